@@ -1,0 +1,494 @@
+"""The bundle: a directory holding ``bundle.json`` (the manifest) and the model files.
+
+A bundle is never modified in place. Every change goes through a :class:`BundleEdit`
+transaction that builds the new bundle in a temporary sibling directory (hard-linking the
+unchanged files), writes the manifest, and swaps the directories with two renames. A step
+that fails leaves the old bundle exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cvdeploy import __version__
+from cvdeploy.errors import BundleError, IntegrityError, UsageError
+from cvdeploy.spec import IOSpec, ModelSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "bundle.json"
+MODEL_CARD = "MODEL_CARD.md"
+_CHUNK = 1 << 20
+
+
+def now() -> _dt.datetime:
+    """The current UTC time, second precision."""
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileRef(_Frozen):
+    """One file of the bundle, relative to the bundle directory (posix separators)."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+class Provenance(_Frozen):
+    """What produced an artifact."""
+
+    tool: str
+    source: str | None = None
+    """Id of the artifact it was made from (``None`` for an imported or trained model)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Check(_Frozen):
+    """One verification result recorded for an artifact (parity, metrics, latency...)."""
+
+    kind: str
+    name: str
+    passed: bool | None = None
+    created: _dt.datetime = Field(default_factory=now)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Artifact(_Frozen):
+    """One deployable variant of the model (format x precision)."""
+
+    id: str
+    format: str
+    precision: str
+    files: tuple[FileRef, ...]
+    io: IOSpec
+    produced_by: Provenance
+    environment: dict[str, Any] = Field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+    created: _dt.datetime = Field(default_factory=now)
+
+    def latest(self, kind: str, name: str | None = None) -> Check | None:
+        """The most recent check of a kind (and name), or ``None``."""
+        for check in reversed(self.checks):
+            if check.kind == kind and (name is None or check.name == name):
+                return check
+        return None
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the artifact's files."""
+        return sum(f.size for f in self.files)
+
+
+class HistoryEntry(_Frozen):
+    """One change made to the bundle."""
+
+    time: _dt.datetime = Field(default_factory=now)
+    action: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    version: str = __version__
+
+
+class Manifest(_Frozen):
+    """The content of ``bundle.json``."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    spec: ModelSpec
+    artifacts: tuple[Artifact, ...] = ()
+    samples: tuple[FileRef, ...] = ()
+    """Sample images stored in the bundle, used by the parity gate when no data is given."""
+    recommended: dict[str, Any] | None = None
+    history: tuple[HistoryEntry, ...] = ()
+    created: _dt.datetime = Field(default_factory=now)
+
+    def artifact(self, artifact_id: str) -> Artifact:
+        """Return the artifact with this id, or raise a :class:`UsageError` listing the ids."""
+        for a in self.artifacts:
+            if a.id == artifact_id:
+                return a
+        known = ", ".join(a.id for a in self.artifacts) or "none"
+        raise UsageError(
+            f"artifact {artifact_id!r} is not in bundle {self.name!r} (artifacts: {known})",
+            hint="run `cvdeploy info BUNDLE` to list the artifacts",
+        )
+
+
+class Bundle:
+    """A bundle directory and its validated manifest. Load with :meth:`Bundle.load`."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, name={self.manifest.name!r}, " \
+               f"artifacts={[a.id for a in self.manifest.artifacts]})"
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model spec."""
+        return self.manifest.spec
+
+    @property
+    def name(self) -> str:
+        """The bundle's name."""
+        return self.manifest.name
+
+    def artifact(self, artifact_id: str) -> Artifact:
+        """The artifact with this id (see :meth:`Manifest.artifact`)."""
+        return self.manifest.artifact(artifact_id)
+
+    def file(self, ref: FileRef) -> Path:
+        """Absolute path of a bundle file."""
+        return self.path / ref.path
+
+    def model_file(self, artifact: Artifact | str) -> Path:
+        """The main model file of an artifact (its first file)."""
+        art = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        return self.path / art.files[0].path
+
+    def sample_images(self) -> list[Path]:
+        """Absolute paths of the bundle's sample images."""
+        return [self.path / s.path for s in self.manifest.samples]
+
+    @classmethod
+    def load(cls, path: Path | str, *, verify: bool = True) -> Bundle:
+        """Load and validate a bundle, checking every file's sha256.
+
+        Args:
+            path: The bundle directory (or its ``bundle.json``).
+            verify: Check file sizes and sha256 sums (default). Only skip for listings.
+
+        Raises:
+            BundleError: The directory or manifest is missing or malformed.
+            IntegrityError: A file is missing or its checksum differs from the manifest.
+        """
+        p = Path(path)
+        if p.name == MANIFEST and p.is_file():
+            p = p.parent
+        mf = p / MANIFEST
+        if not p.is_dir():
+            raise BundleError(f"bundle {p} does not exist",
+                              hint="create one with `cvdeploy import` or `cvdeploy export`")
+        if not mf.is_file():
+            raise BundleError(f"{p} is not a bundle: it has no {MANIFEST}",
+                              hint="create one with `cvdeploy import` or `cvdeploy export`")
+        try:
+            raw = json.loads(mf.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{mf} is not valid JSON: {exc}") from exc
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{mf} has schema version {version!r}; this cvdeploy reads {SCHEMA_VERSION}",
+                hint="use the cvdeploy version that wrote it, or re-create the bundle",
+            )
+        try:
+            manifest = Manifest.model_validate(raw)
+        except ValidationError as exc:
+            raise BundleError(f"{mf} is not a valid manifest:\n{exc}") from exc
+        bundle = cls(p, manifest)
+        if verify:
+            bundle.verify_files()
+        return bundle
+
+    def verify_files(self) -> None:
+        """Check that every listed file exists with the recorded size and sha256.
+
+        Raises:
+            IntegrityError: Naming the first file that differs.
+        """
+        refs: list[FileRef] = [f for a in self.manifest.artifacts for f in a.files]
+        refs.extend(self.manifest.samples)
+        for ref in refs:
+            f = self.path / ref.path
+            if not f.is_file():
+                raise IntegrityError(f"bundle file {ref.path} is missing from {self.path}",
+                                     hint="restore the file or re-create the artifact")
+            if f.stat().st_size != ref.size or sha256_file(f) != ref.sha256:
+                raise IntegrityError(
+                    f"bundle file {ref.path} was altered: its sha256 does not match "
+                    f"{MANIFEST}",
+                    hint="restore the original file or re-create the artifact; "
+                         "never edit bundle files by hand",
+                )
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, path: Path | str, *, name: str, spec: ModelSpec, overwrite: bool = False,
+               action: str = "create", details: Mapping[str, Any] | None = None,
+               ) -> Iterator[BundleEdit]:
+        """Create a new bundle atomically.
+
+        Args:
+            path: Where the bundle directory goes.
+            name: The bundle's name.
+            spec: The model spec.
+            overwrite: Replace an existing bundle at ``path``.
+            action: History action recorded for the creation.
+            details: History details.
+
+        Yields:
+            A :class:`BundleEdit`; the bundle appears at ``path`` when the block exits cleanly.
+        """
+        p = Path(path)
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(f"{p} exists and is not a directory",
+                                 hint="choose another --out path")
+            if (p / MANIFEST).exists() and not overwrite:
+                raise UsageError(f"a bundle already exists at {p}",
+                                 hint="pass --overwrite to replace it, or choose another --out")
+            if not (p / MANIFEST).exists() and any(p.iterdir()):
+                raise UsageError(f"{p} is a non-empty directory that is not a bundle",
+                                 hint="choose an empty or new --out directory")
+        manifest = Manifest(name=name, spec=spec)
+        edit = BundleEdit(target=p, manifest=manifest, source=None,
+                          action=action, details=dict(details or {}))
+        with edit.transaction():
+            yield edit
+
+    @contextlib.contextmanager
+    def edit(self, *, action: str, details: Mapping[str, Any] | None = None,
+             ) -> Iterator[BundleEdit]:
+        """Change the bundle atomically.
+
+        Args:
+            action: History action (``export``, ``eval``, ``quantize``...).
+            details: History details.
+
+        Yields:
+            A :class:`BundleEdit`. On a clean exit the new bundle replaces this one and
+            ``self`` is refreshed; on an exception nothing changes.
+        """
+        edit = BundleEdit(target=self.path, manifest=self.manifest, source=self.path,
+                          action=action, details=dict(details or {}))
+        with edit.transaction():
+            yield edit
+        self.manifest = edit.manifest
+
+
+class BundleEdit:
+    """A staged change to a bundle. Use through :meth:`Bundle.edit` or :meth:`Bundle.create`."""
+
+    def __init__(self, *, target: Path, manifest: Manifest, source: Path | None, action: str,
+                 details: dict[str, Any]) -> None:
+        self.target = target
+        self.manifest = manifest
+        self._source = source
+        self._action = action
+        self._details = details
+        self.staging: Path = Path()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Stage in a sibling temporary directory, then swap it in."""
+        parent = self.target.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=parent))
+        try:
+            if self._source is not None:
+                _link_tree(self._source, self.staging)
+            yield
+            self.manifest = self.manifest.model_copy(update={
+                "history": (*self.manifest.history,
+                            HistoryEntry(action=self._action, details=self._details)),
+            })
+            self._write_manifest()
+            _swap_in(self.staging, self.target)
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The spec of the bundle being edited."""
+        return self.manifest.spec
+
+    def path_of(self, relpath: str) -> Path:
+        """Absolute path in the staging directory (for reading files of the new bundle)."""
+        return self.staging / relpath
+
+    def artifact_dir(self, artifact_id: str, *, replace: bool = False) -> Path:
+        """Create and return the staging directory for a new artifact's files.
+
+        Raises:
+            UsageError: The artifact exists and ``replace`` is False.
+        """
+        _check_id(artifact_id)
+        exists = any(a.id == artifact_id for a in self.manifest.artifacts)
+        if exists and not replace:
+            raise UsageError(f"artifact {artifact_id!r} already exists in the bundle",
+                             hint="pass --overwrite to replace it")
+        d = self.staging / artifact_id
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        return d
+
+    def add_artifact(self, *, artifact_id: str, format: str, precision: str, io: IOSpec,
+                     produced_by: Provenance, environment: Mapping[str, Any] | None = None,
+                     checks: Sequence[Check] = (), main_file: str | None = None) -> Artifact:
+        """Register the files written under ``artifact_dir(artifact_id)`` as an artifact.
+
+        Args:
+            artifact_id: The artifact id (also its directory name).
+            format: Runtime format (``onnx``, ``openvino``, ``torch``...).
+            precision: ``fp32``, ``fp16``, ``int8``...
+            io: The artifact's inputs and outputs.
+            produced_by: Provenance.
+            environment: Environment fingerprint.
+            checks: Checks made before adding (e.g. parity).
+            main_file: Name of the main model file (listed first); default: the first file.
+
+        Returns:
+            The registered artifact (replacing one with the same id).
+        """
+        d = self.staging / artifact_id
+        files = sorted(p for p in d.rglob("*") if p.is_file())
+        if not files:
+            raise BundleError(f"artifact {artifact_id!r} has no files")
+        if main_file is not None:
+            main = d / main_file
+            if main not in files:
+                raise BundleError(f"artifact {artifact_id!r} has no file {main_file}")
+            files.remove(main)
+            files.insert(0, main)
+        refs = tuple(FileRef(path=p.relative_to(self.staging).as_posix(), sha256=sha256_file(p),
+                             size=p.stat().st_size) for p in files)
+        art = Artifact(id=artifact_id, format=format, precision=precision, files=refs, io=io,
+                       produced_by=produced_by, environment=dict(environment or {}),
+                       checks=tuple(checks))
+        others = tuple(a for a in self.manifest.artifacts if a.id != artifact_id)
+        self.manifest = self.manifest.model_copy(update={"artifacts": (*others, art)})
+        return art
+
+    def remove_artifact(self, artifact_id: str) -> None:
+        """Remove an artifact and its files from the new bundle."""
+        self.manifest.artifact(artifact_id)
+        shutil.rmtree(self.staging / artifact_id, ignore_errors=True)
+        self.manifest = self.manifest.model_copy(update={
+            "artifacts": tuple(a for a in self.manifest.artifacts if a.id != artifact_id)})
+
+    def add_check(self, artifact_id: str, check: Check) -> None:
+        """Append a check to an artifact."""
+        arts = []
+        for a in self.manifest.artifacts:
+            if a.id == artifact_id:
+                a = a.model_copy(update={"checks": (*a.checks, check)})
+            arts.append(a)
+        self.manifest.artifact(artifact_id)
+        self.manifest = self.manifest.model_copy(update={"artifacts": tuple(arts)})
+
+    def add_samples(self, images: Sequence[Path]) -> None:
+        """Copy sample images into ``samples/`` (replacing the previous samples)."""
+        d = self.staging / "samples"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir()
+        refs = []
+        for i, src in enumerate(images):
+            dst = d / f"{i:03d}{src.suffix.lower()}"
+            shutil.copyfile(src, dst)
+            refs.append(FileRef(path=dst.relative_to(self.staging).as_posix(),
+                                sha256=sha256_file(dst), size=dst.stat().st_size))
+        self.manifest = self.manifest.model_copy(update={"samples": tuple(refs)})
+
+    def set_recommended(self, recommended: dict[str, Any] | None) -> None:
+        """Set the bundle's recommended runtime configuration."""
+        self.manifest = self.manifest.model_copy(update={"recommended": recommended})
+
+    def write_text(self, relpath: str, text: str) -> None:
+        """Write an auxiliary text file (e.g. the model card) into the new bundle."""
+        p = self.staging / relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():
+            p.unlink()  # may be a hard link to the old bundle's file: never write through it
+        p.write_text(text, encoding="utf-8")
+
+    def _write_manifest(self) -> None:
+        listed = {f.path for a in self.manifest.artifacts for f in a.files}
+        listed |= {s.path for s in self.manifest.samples}
+        for ref in listed:
+            if not (self.staging / ref).is_file():
+                raise BundleError(f"bundle file {ref} is listed but was not written")
+        data = self.manifest.model_dump(mode="json")
+        mf = self.staging / MANIFEST
+        if mf.exists():
+            mf.unlink()
+        with mf.open("w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _check_id(artifact_id: str) -> None:
+    ok = artifact_id and all(c.isalnum() or c in "-_." for c in artifact_id)
+    if not ok or artifact_id.startswith(".") or artifact_id in {"samples"}:
+        raise UsageError(f"invalid artifact id {artifact_id!r}",
+                         hint="use letters, digits, '-', '_' and '.' only")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Populate ``dst`` with hard links (or copies) of every file under ``src``."""
+    for p in src.rglob("*"):
+        rel = p.relative_to(src)
+        if p.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copy2(p, target)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging`` with renames (the old one is removed afterwards)."""
+    old: Path | None = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{id(staging):x}")
+        os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

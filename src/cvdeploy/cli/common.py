@@ -1,0 +1,79 @@
+"""Shared CLI plumbing: error mapping, output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from cvdeploy.errors import CvdeployError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def err_console() -> Console:
+    """Console on stderr (progress, notes, errors)."""
+    return Console(stderr=True, highlight=False)
+
+
+def out_console() -> Console:
+    """Console on stdout (tables)."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn cvdeploy errors into a clear message and exit code (1 check failed, 2 input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except CvdeployError as exc:
+            con = err_console()
+            con.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+            if exc.hint:
+                con.print(f"  [yellow]hint:[/] {exc.hint}", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console().print("interrupted: nothing was changed")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON object on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def parse_imgsz(value: str | None) -> tuple[int, int] | None:
+    """Parse ``640`` or ``480,640`` (height,width)."""
+    if value is None:
+        return None
+    parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"imgsz must be N or H,W, got {value!r}") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) <= 0:
+        raise typer.BadParameter(f"imgsz must be N or H,W with positive values, got {value!r}")
+    return nums[0], nums[1]

@@ -1,0 +1,48 @@
+"""The ``cvdeploy`` command line (typer). Thin: parse, call the library, print, exit code."""
+
+from __future__ import annotations
+
+import typer
+
+from cvdeploy import __version__
+from cvdeploy.cli import bundle_cmds, env_cmds, export_cmds, run_cmds
+
+app = typer.Typer(
+    name="cvdeploy",
+    help="From a trained vision model to a verified, fast, secure deployment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cvdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """cvdeploy: export, verify, benchmark and serve vision models."""
+
+
+app.command("import")(bundle_cmds.import_cmd)
+app.command("info")(bundle_cmds.info_cmd)
+app.command("export")(export_cmds.export_cmd)
+app.command("predict")(run_cmds.predict_cmd)
+app.command("eval")(run_cmds.eval_cmd)
+app.command("runtimes")(env_cmds.runtimes_cmd)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Diagnosis: environment, preprocessing audit, drift, doctor."""

@@ -1,0 +1,348 @@
+"""The export stage: produce artifacts from a source and pass each through the parity gate.
+
+Targets are registered in :data:`EXPORTERS` by format name. Each target function writes the
+artifact's files into a staging directory and returns what it produced; this module then
+runs the integrity gate (:func:`cvdeploy.verify.parity.check_parity`) against the source
+artifact on real images and adds the artifact only when it passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Provenance
+from cvdeploy.data.io import is_image_file, read_image
+from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.errors import CheckFailed, CvdeployError, InputError, UsageError
+from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.registry import Registry
+from cvdeploy.runtime import RUNTIMES, create_runner
+from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
+from cvdeploy.verify.parity import ParityResult, check_parity
+
+GATE_IMAGES = 16
+SAMPLES_KEPT = 8
+
+EXPORTERS = Registry("exporter")
+EXPORTERS.register("onnx", "cvdeploy.export.run:export_onnx", requires=("onnx", "onnxruntime"),
+                   extra="onnxruntime", description="ONNX (from torch: TorchScript exporter "
+                                                    "+ onnxslim)")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """Options shared by every target."""
+
+    imgsz: tuple[int, int] | None = None
+    batch: int = 1
+    dynamic: bool = False
+    opset: int = 17
+    simplify: bool = True
+    half: bool = False
+
+
+@dataclass(slots=True)
+class ExportContext:
+    """What a target function gets: the source artifact (in staging) and the options."""
+
+    spec: ModelSpec
+    source: Artifact
+    source_file: Path
+    options: ExportOptions
+    images: list[np.ndarray]
+    torch_module: Any = None
+
+
+@dataclass(slots=True)
+class Produced:
+    """What a target function returns."""
+
+    format: str
+    precision: str
+    io: IOSpec
+    main_file: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ExportOutcome:
+    """The result for one requested format."""
+
+    artifact_id: str
+    status: str  # "added" | "refused" | "failed"
+    message: str = ""
+    parity: ParityResult | None = None
+
+
+@dataclass(slots=True)
+class ExportReport:
+    """The result of one export call."""
+
+    bundle: Path
+    source: str
+    outcomes: list[ExportOutcome]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every requested artifact was added."""
+        return all(o.status == "added" for o in self.outcomes)
+
+
+TargetFn = Callable[[ExportContext, Path], Produced]
+
+
+def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
+    """ONNX target: from a torch source with the TorchScript exporter."""
+    from cvdeploy.export.onnx import torch_to_onnx
+
+    if ctx.torch_module is None:
+        raise UsageError(f"ONNX export needs a torch source; the source artifact is "
+                         f"{ctx.source.format}")
+    hw = ctx.options.imgsz or ctx.spec.imgsz
+    io, facts = torch_to_onnx(ctx.torch_module, out_dir / "model.onnx", imgsz=hw,
+                              channels=ctx.spec.preprocess.channels, batch=ctx.options.batch,
+                              dynamic=ctx.options.dynamic, opset=ctx.options.opset,
+                              simplify=ctx.options.simplify)
+    return Produced("onnx", "fp32", io, "model.onnx", facts)
+
+
+def artifact_id_for(fmt: str, options: ExportOptions) -> str:
+    """Default artifact id of a format with the options (``onnx-fp32``, ``openvino-fp16``)."""
+    return f"{fmt}-{'fp16' if options.half else 'fp32'}"
+
+
+def gate_images(data: Path | None, fallback: Sequence[Path], *, limit: int = GATE_IMAGES
+                ) -> list[Path]:
+    """Pick real images for the gate: from ``data`` (folder, image, dataset yaml) or fallback."""
+    paths: list[Path]
+    if data is None:
+        paths = list(fallback)
+    elif data.is_file() and is_image_file(data):
+        paths = [data]
+    elif data.suffix.lower() in (".yaml", ".yml", ".json") or (
+            data.is_dir() and any(data.glob("*.yaml"))):
+        from cvdeploy.data.base import load_detection_dataset
+
+        paths = [it.path for it in load_detection_dataset(data, split="val").items]
+    else:
+        from cvdeploy.data.folder import list_images
+
+        paths = list_images(data)
+    if not paths:
+        raise InputError("no images for the parity gate",
+                         hint="pass --data with a folder of real images")
+    if len(paths) > limit:
+        idx = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths = [paths[i] for i in idx]
+    return paths
+
+
+def _source_artifact(manifest_artifacts: Sequence[Artifact]) -> Artifact:
+    for fmt in ("torch", "onnx"):
+        for a in manifest_artifacts:
+            if a.format == fmt and a.precision == "fp32":
+                return a
+    for a in manifest_artifacts:
+        if a.precision == "fp32":
+            return a
+    raise UsageError("the bundle has no fp32 artifact to export from")
+
+
+def _predictor(spec: ModelSpec, fmt: str, path: Path, io: IOSpec, imgsz: tuple[int, int] | None,
+               artifact_id: str) -> Predictor:
+    runner = create_runner(fmt, path, io)
+    return Predictor(spec=spec, runner=runner, artifact_id=artifact_id, imgsz=imgsz, batch=1)
+
+
+def _export_one(edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bool
+                ) -> ExportOutcome:
+    art_id = artifact_id_for(fmt, ctx.options)
+    backup = edit.staging / f".previous-{art_id}"
+    if (edit.staging / art_id).exists() and overwrite:
+        (edit.staging / art_id).rename(backup)  # restored if the new one fails
+
+    def restore() -> None:
+        shutil.rmtree(edit.staging / art_id, ignore_errors=True)
+        if backup.exists():
+            backup.rename(edit.staging / art_id)
+
+    try:
+        target: TargetFn = EXPORTERS.get(fmt)
+        out_dir = edit.artifact_dir(art_id, replace=overwrite)
+        produced = target(ctx, out_dir)
+        if not RUNTIMES.availability(produced.format).available:
+            raise UsageError(f"the {produced.format} runtime is "
+                             f"{RUNTIMES.availability(produced.format).reason}: the artifact "
+                             "cannot be verified here, so it is not added")
+        hw = ctx.options.imgsz if ctx.options.imgsz is not None else None
+        src = _predictor(ctx.spec, ctx.source.format, ctx.source_file, ctx.source.io, hw,
+                         ctx.source.id)
+        cand = _predictor(ctx.spec, produced.format, out_dir / produced.main_file, produced.io,
+                          hw, art_id)
+        with src, cand:
+            parity = check_parity(src, cand, ctx.images, precision=produced.precision)
+    except CvdeployError as exc:
+        restore()
+        return ExportOutcome(art_id, "failed", str(exc))
+    except BaseException:
+        restore()
+        raise
+    if not parity.passed:
+        restore()
+        return ExportOutcome(art_id, "refused", "; ".join(parity.failures), parity)
+    shutil.rmtree(backup, ignore_errors=True)
+    opts = dataclasses.asdict(ctx.options)
+    edit.add_artifact(artifact_id=art_id, format=produced.format, precision=produced.precision,
+                      io=produced.io, main_file=produced.main_file,
+                      produced_by=Provenance(tool=f"export:{fmt}", source=ctx.source.id,
+                                             options={**opts, **produced.facts}),
+                      environment=fingerprint(), checks=[parity.to_check(source=ctx.source.id)])
+    return ExportOutcome(art_id, "added", "", parity)
+
+
+def _torch_io(spec: ModelSpec, hw: tuple[int, int]) -> IOSpec:
+    c = spec.preprocess.channels
+    if spec.task == "classify":
+        out = TensorSpec(name="output0", shape=(-1, spec.num_classes))
+    else:
+        out = TensorSpec(name="output0", shape=(-1, 4 + spec.num_classes, -1))
+    return IOSpec(inputs=(TensorSpec(name="images", shape=(-1, c, -1, -1)),), outputs=(out,))
+
+
+def _synthetic_samples(task: str, tmp: Path, n: int) -> list[Path]:
+    from cvdeploy.data import synthetic
+
+    if task == "classify":
+        root = synthetic.make_classification_dataset(tmp / "cls", n_per_class_train=0,
+                                                     n_per_class_val=2, seed=12345)
+        return sorted((root / "val").rglob("*.png"))[:n]
+    yaml_path = synthetic.make_detection_dataset(tmp / "det", n_train=0, n_val=n, seed=12345)
+    return sorted((yaml_path.parent / "images" / "val").iterdir())[:n]
+
+
+def export_model(source: str | Path, *, formats: Sequence[str], out: Path | None = None,
+                 options: ExportOptions | None = None, spec_file: Path | None = None,
+                 data: Path | None = None, overwrite: bool = False) -> ExportReport:
+    """Export ``source`` to ``formats``, each through the parity gate.
+
+    Args:
+        source: A zoo name, a training checkpoint, ``module:factory`` (with ``spec_file``),
+            or an existing bundle directory (its best source artifact is exported).
+        formats: Target formats (see :data:`EXPORTERS`).
+        out: Bundle directory (required for a new bundle; for a bundle source, another
+            directory to write the extended copy to).
+        options: Export options.
+        spec_file: Spec of a ``module:factory`` source.
+        data: Real images for the gate (folder or dataset); default: the bundle's samples,
+            or freshly generated synthetic images for zoo models.
+        overwrite: Replace existing artifacts (or an existing bundle at ``out``).
+
+    Returns:
+        The report; artifacts that failed the gate were not added.
+    """
+    opts = options or ExportOptions()
+    fmts = [f.strip() for f in formats if f.strip()]
+    if not fmts:
+        raise UsageError("no --format given", hint=f"formats: {', '.join(EXPORTERS.names())}")
+    for f in fmts:
+        EXPORTERS.entry(f)
+    if opts.dynamic and opts.batch != 1:
+        raise UsageError("--dynamic and --batch N exclude each other",
+                         hint="--dynamic accepts any batch; --batch N fixes it to N")
+    src_path = Path(source)
+    if src_path.is_dir() and (src_path / "bundle.json").exists():
+        return _export_from_bundle(Bundle.load(src_path), fmts, out, opts, data, overwrite)
+    if out is None:
+        raise UsageError("--out is required when exporting from a model (not a bundle)")
+    return _export_from_torch(str(source), fmts, out, opts, spec_file, data, overwrite)
+
+
+def _load_images(paths: Sequence[Path]) -> list[np.ndarray]:
+    return [read_image(p) for p in paths]
+
+
+def _export_from_torch(source: str, fmts: list[str], out: Path, opts: ExportOptions,
+                       spec_file: Path | None, data: Path | None, overwrite: bool
+                       ) -> ExportReport:
+    from cvdeploy.export.sources import resolve_torch_source
+    from cvdeploy.runtime.torch import save_checkpoint
+
+    ts = resolve_torch_source(source, spec_file=spec_file, imgsz=opts.imgsz)
+    spec = ts.spec
+    with tempfile.TemporaryDirectory(prefix="cvdeploy-samples-") as tmp:
+        fallback = [] if data is not None else _synthetic_samples(spec.task, Path(tmp),
+                                                                   GATE_IMAGES)
+        paths = gate_images(data, fallback)
+        images = _load_images(paths)
+        outcomes: list[ExportOutcome] = []
+        with Bundle.create(out, name=ts.name, spec=spec, overwrite=overwrite, action="export",
+                           details={"source": source, "formats": fmts}) as edit:
+            d = edit.artifact_dir("torch-fp32")
+            save_checkpoint(d / "model.pt", builder=ts.builder, num_classes=ts.num_classes,
+                            state_dict=ts.module.state_dict())
+            torch_art = edit.add_artifact(
+                artifact_id="torch-fp32", format="torch", precision="fp32",
+                io=_torch_io(spec, spec.imgsz), main_file="model.pt",
+                produced_by=Provenance(tool="torch", options=ts.facts),
+                environment=fingerprint())
+            edit.add_samples(paths[:SAMPLES_KEPT])
+            ctx = ExportContext(spec=spec, source=torch_art,
+                                source_file=edit.path_of(torch_art.files[0].path),
+                                options=opts, images=images, torch_module=ts.module)
+            for f in fmts:
+                outcomes.append(_export_one(edit, ctx, f, overwrite=True))
+            if not any(o.status == "added" for o in outcomes):
+                raise CheckFailed("no artifact passed: " + "; ".join(
+                    f"{o.artifact_id}: {o.message}" for o in outcomes))
+    return ExportReport(Path(out), source, outcomes)
+
+
+def _export_from_bundle(bundle: Bundle, fmts: list[str], out: Path | None, opts: ExportOptions,
+                        data: Path | None, overwrite: bool) -> ExportReport:
+    target = bundle
+    if out is not None and Path(out).resolve() != bundle.path.resolve():
+        if Path(out).exists() and not overwrite:
+            raise UsageError(f"{out} exists", hint="pass --overwrite or choose another --out")
+        with Bundle.create(out, name=bundle.name, spec=bundle.spec, overwrite=overwrite,
+                           action="copy", details={"from": str(bundle.path)}) as edit:
+            for a in bundle.manifest.artifacts:
+                shutil.copytree(bundle.path / a.id, edit.artifact_dir(a.id), dirs_exist_ok=True)
+            edit.manifest = edit.manifest.model_copy(update={
+                "artifacts": bundle.manifest.artifacts, "samples": bundle.manifest.samples,
+                "recommended": bundle.manifest.recommended,
+                "history": bundle.manifest.history})
+            if bundle.manifest.samples:
+                shutil.copytree(bundle.path / "samples", edit.path_of("samples"))
+        target = Bundle.load(out)
+    clashes = [artifact_id_for(f, opts) for f in fmts
+               if any(a.id == artifact_id_for(f, opts) for a in target.manifest.artifacts)]
+    if clashes and not overwrite:
+        raise UsageError(f"artifact(s) {', '.join(clashes)} already exist in {target.path}",
+                         hint="pass --overwrite to replace them")
+    src_art = _source_artifact(target.manifest.artifacts)
+    paths = gate_images(data, target.sample_images())
+    images = _load_images(paths)
+    module = None
+    if src_art.format == "torch":
+        from cvdeploy.runtime.torch import load_checkpoint
+
+        module, _ = load_checkpoint(target.model_file(src_art))
+    outcomes: list[ExportOutcome] = []
+    with target.edit(action="export", details={"source": src_art.id, "formats": fmts}) as edit:
+        ctx = ExportContext(spec=target.spec, source=src_art,
+                            source_file=edit.path_of(src_art.files[0].path), options=opts,
+                            images=images, torch_module=module)
+        for f in fmts:
+            outcomes.append(_export_one(edit, ctx, f, overwrite=overwrite))
+        if not any(o.status == "added" for o in outcomes):
+            raise CheckFailed("no artifact passed: " + "; ".join(
+                f"{o.artifact_id}: {o.message}" for o in outcomes))
+    return ExportReport(target.path, src_art.id, outcomes)

@@ -1,0 +1,278 @@
+"""The Predictor: preprocess (spec) -> Runner -> decode + NMS (spec) -> results.
+
+Eval, bench, serve and doctor all use this class, so the pipeline that was measured is
+the pipeline that is served. Every call reports per-stage wall-clock times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cvdeploy.bundle import Artifact, Bundle
+from cvdeploy.errors import BackendUnavailable, SpecError, UsageError
+from cvdeploy.pipeline.decode import decode_logits, get_decoder
+from cvdeploy.pipeline.preprocess import ResizeMeta, resize_image, scale_boxes, to_tensor
+from cvdeploy.pipeline.results import Classification, Detections
+from cvdeploy.runtime import RUNTIMES, Runner, RunnerOptions, create_runner
+from cvdeploy.runtime.base import numpy_dtype
+from cvdeploy.spec import IOSpec, ModelSpec
+
+Result = Detections | Classification
+STAGES = ("preprocess", "inference", "postprocess")
+# When no artifact is named and the bundle recommends none: deployment formats first.
+FORMAT_PREFERENCE = ("openvino", "onnx", "tflite", "tensorrt", "torch")
+
+
+@dataclass(slots=True)
+class StageTimes:
+    """Accumulated wall-clock milliseconds per stage, and how many images they cover."""
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    images: int = 0
+    batches: int = 0
+
+    def add(self, other: StageTimes) -> None:
+        """Accumulate another measurement."""
+        self.preprocess += other.preprocess
+        self.inference += other.inference
+        self.postprocess += other.postprocess
+        self.images += other.images
+        self.batches += other.batches
+
+    def per_image(self) -> dict[str, float]:
+        """Mean milliseconds per image for each stage."""
+        n = max(self.images, 1)
+        return {s: getattr(self, s) / n for s in STAGES}
+
+    @property
+    def total(self) -> float:
+        """Sum of the stages, in milliseconds."""
+        return self.preprocess + self.inference + self.postprocess
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Post-processing thresholds (``None``: the spec's default)."""
+
+    conf: float | None = None
+    iou: float | None = None
+    max_det: int | None = None
+    multi_label: bool = False
+    agnostic: bool | None = None
+
+
+@dataclass(slots=True)
+class Predictor:
+    """Runs images through one artifact with the bundle spec's pre- and post-processing.
+
+    Build with :meth:`from_bundle`; use as a context manager to release the runner.
+
+    Attributes:
+        spec: The model spec.
+        runner: A runner for the artifact.
+        artifact_id: Which artifact runs.
+        thresholds: Post-processing overrides.
+        imgsz: Input height and width (defaults to the artifact's static size or spec.imgsz).
+        batch: Largest batch per inference call (the artifact's fixed batch wins).
+    """
+
+    spec: ModelSpec
+    runner: Runner
+    artifact_id: str = "?"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    imgsz: tuple[int, int] | None = None
+    batch: int = 8
+    _dtype: Any = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        io = self.runner.io
+        hw = _static_hw(io)
+        if self.imgsz is None:
+            self.imgsz = hw or self.spec.imgsz
+        elif hw is not None and tuple(self.imgsz) != hw:
+            raise UsageError(
+                f"artifact {self.artifact_id} has a fixed input size {hw[0]}x{hw[1]}, "
+                f"cannot run at {self.imgsz[0]}x{self.imgsz[1]}",
+                hint="drop --imgsz, or export with --dynamic to change the input size",
+            )
+        if any(s % self.spec.stride for s in self.imgsz) and self.spec.task == "detect":
+            raise UsageError(f"imgsz {self.imgsz} must be a multiple of the model stride "
+                             f"{self.spec.stride}")
+        fixed = io.fixed_batch
+        if fixed is not None:
+            self.batch = fixed
+        if self.batch < 1:
+            raise UsageError(f"batch must be >= 1, got {self.batch}")
+        self._dtype = numpy_dtype(io.input.dtype)
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, artifact: str | None = None, *,
+                    options: RunnerOptions | None = None, thresholds: Thresholds | None = None,
+                    imgsz: tuple[int, int] | None = None, batch: int = 8,
+                    model_bytes: bytes | None = None) -> Predictor:
+        """Create a predictor for an artifact of a bundle (not loaded until first use).
+
+        Args:
+            bundle: The bundle.
+            artifact: Artifact id; default: the bundle's recommended one, else the first
+                available in :data:`FORMAT_PREFERENCE` order.
+            options: Runner options; default: the recommended configuration's when the
+                recommended artifact is used.
+            thresholds: Post-processing overrides.
+            imgsz: Input size override (dynamic-size artifacts only).
+            batch: Largest batch per inference call.
+            model_bytes: Model content in memory (decrypted artifacts).
+        """
+        art = select_artifact(bundle, artifact)
+        rec = bundle.manifest.recommended or {}
+        if options is None and rec.get("artifact") == art.id and rec.get("options"):
+            ro = rec["options"]
+            options = RunnerOptions(threads=ro.get("threads"), device=ro.get("device", "cpu"),
+                                    extra=ro.get("extra", {}))
+        runner = create_runner(art.format, bundle.model_file(art), art.io, options=options,
+                               model_bytes=model_bytes)
+        return cls(spec=bundle.spec, runner=runner, artifact_id=art.id,
+                   thresholds=thresholds or Thresholds(), imgsz=imgsz, batch=batch)
+
+    def __enter__(self) -> Predictor:
+        self.runner.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.close()
+
+    # stages -------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[ResizeMeta]]:
+        """Resize and normalise images (BGR uint8) into one input batch."""
+        pp = self.spec.preprocess
+        assert self.imgsz is not None
+        resized, metas = [], []
+        for img in images:
+            r, m = resize_image(img, self.imgsz, mode=pp.resize, align=pp.align,
+                                pad_value=pp.pad_value)
+            resized.append(r)
+            metas.append(m)
+        gray = pp.color == "gray"
+        x = to_tensor(resized, color="rgb" if gray else pp.color, scale=pp.scale, mean=pp.mean,
+                      std=pp.std, layout=self.runner.io.layout, dtype=self._dtype,
+                      grayscale=gray)
+        return x, metas
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a preprocessed batch, padding a short batch for fixed-batch models."""
+        n = x.shape[0]
+        fixed = self.runner.io.fixed_batch
+        if fixed is not None and n < fixed:
+            pad = np.zeros((fixed - n, *x.shape[1:]), dtype=x.dtype)
+            return [o[:n] for o in self.runner.run(np.concatenate([x, pad]))]
+        return self.runner.run(x)
+
+    def postprocess(self, outputs: list[np.ndarray], metas: Sequence[ResizeMeta]) -> list[Result]:
+        """Decode raw outputs into results in original-image coordinates."""
+        dec = self.spec.decoder
+        out = outputs[0].astype(np.float32, copy=False)
+        if self.spec.task == "classify":
+            return list(decode_logits(out, softmax=dec.softmax))
+        t = self.thresholds
+        kw: dict[str, Any] = {
+            "conf": dec.conf if t.conf is None else t.conf,
+            "iou": dec.iou if t.iou is None else t.iou,
+            "max_det": dec.max_det if t.max_det is None else t.max_det,
+            "multi_label": t.multi_label,
+            "agnostic": dec.agnostic if t.agnostic is None else t.agnostic,
+        }
+        if dec.kind == "yolox":
+            assert self.imgsz is not None
+            kw.update(input_hw=tuple(self.imgsz), strides=dec.strides)
+        dets: list[Detections] = get_decoder(dec.kind)(out, **kw)
+        return [Detections(boxes=scale_boxes(d.boxes, m).astype(np.float32), scores=d.scores,
+                           class_ids=d.class_ids) for d, m in zip(dets, metas, strict=True)]
+
+    # calls --------------------------------------------------------------------------------
+    def predict_batch(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
+        """Predict one batch (at most :attr:`batch` images), timing each stage."""
+        if not images:
+            return [], StageTimes()
+        if len(images) > self.batch:
+            raise UsageError(f"batch of {len(images)} images exceeds {self.batch}")
+        t0 = time.perf_counter()
+        x, metas = self.preprocess(images)
+        t1 = time.perf_counter()
+        outs = self.infer(x)
+        t2 = time.perf_counter()
+        results = self.postprocess(outs, metas)
+        t3 = time.perf_counter()
+        times = StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+                           images=len(images), batches=1)
+        return results, times
+
+    def predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
+        """Predict any number of images, in batches of :attr:`batch`."""
+        results: list[Result] = []
+        total = StageTimes()
+        for chunk in _chunks(images, self.batch):
+            r, t = self.predict_batch(chunk)
+            results.extend(r)
+            total.add(t)
+        return results, total
+
+    def stream(self, images: Iterable[np.ndarray]) -> Iterator[tuple[list[Result], StageTimes]]:
+        """Predict an iterable lazily, one batch at a time."""
+        buf: list[np.ndarray] = []
+        for img in images:
+            buf.append(img)
+            if len(buf) == self.batch:
+                yield self.predict_batch(buf)
+                buf = []
+        if buf:
+            yield self.predict_batch(buf)
+
+
+def _static_hw(io: IOSpec) -> tuple[int, int] | None:
+    shape = io.input.shape
+    hw = shape[2:4] if io.layout == "NCHW" else shape[1:3]
+    if len(hw) != 2 or -1 in hw:
+        return None
+    return int(hw[0]), int(hw[1])
+
+
+def _chunks(seq: Sequence[np.ndarray], n: int) -> Iterator[Sequence[np.ndarray]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def select_artifact(bundle: Bundle, artifact: str | None) -> Artifact:
+    """Resolve an artifact id: explicit, else recommended, else by format preference.
+
+    Raises:
+        UsageError: The id is unknown.
+        BackendUnavailable: No artifact of the bundle can run here.
+    """
+    if artifact not in (None, "auto"):
+        return bundle.artifact(str(artifact))
+    arts = bundle.manifest.artifacts
+    if not arts:
+        raise SpecError(f"bundle {bundle.name!r} has no artifacts",
+                        hint="add one with `cvdeploy export` or `cvdeploy import`")
+    rec = bundle.manifest.recommended or {}
+    if rec.get("artifact") and any(a.id == rec["artifact"] for a in arts):
+        return bundle.artifact(rec["artifact"])
+    reasons = []
+    for fmt in FORMAT_PREFERENCE:
+        for a in arts:
+            if a.format != fmt:
+                continue
+            av = RUNTIMES.availability(fmt) if fmt in RUNTIMES.names() else None
+            if av is not None and av.available:
+                return a
+            reasons.append(f"{a.id}: {av.reason if av else 'no runtime registered'}")
+    raise BackendUnavailable(f"no artifact of bundle {bundle.name!r} can run here: "
+                             + "; ".join(reasons))

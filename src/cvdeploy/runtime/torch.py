@@ -1,0 +1,100 @@
+"""PyTorch backend: runs a cvdeploy torch checkpoint (the source of exports).
+
+A torch artifact is a ``model.pt`` file holding ``{"format": "cvdeploy-torch", "builder":
+..., "num_classes": ..., "state_dict": ...}``. ``builder`` is ``"zoo:NAME"`` for a model of
+the bundled zoo or ``"factory:module:function"`` for a user's factory returning a
+``torch.nn.Module``. Only state dicts are loaded (``weights_only=True``): no pickled code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvdeploy.errors import ModelLoadError, UsageError
+from cvdeploy.runtime.base import Runner, reject_unknown
+
+CHECKPOINT_FORMAT = "cvdeploy-torch"
+
+
+def save_checkpoint(path: Path, *, builder: str, num_classes: int,
+                    state_dict: dict[str, torch.Tensor]) -> None:
+    """Write a torch artifact checkpoint."""
+    torch.save({"format": CHECKPOINT_FORMAT, "builder": builder, "num_classes": num_classes,
+                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}, path)
+
+
+def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
+    """Instantiate the module a builder string names (weights not loaded)."""
+    kind, _, rest = builder.partition(":")
+    if kind == "zoo":
+        from cvdeploy.zoo.models import build_model
+
+        return build_model(rest, num_classes=num_classes)
+    if kind == "factory":
+        mod_name, _, fn_name = rest.partition(":")
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot import model factory {rest!r}: {exc}",
+                                 hint="make the module importable (PYTHONPATH) and check the "
+                                      "'module:function' spelling") from exc
+        module = fn()
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"factory {rest!r} returned {type(module).__name__}, "
+                                 "not a torch.nn.Module")
+        return module
+    raise ModelLoadError(f"unknown torch builder {builder!r}")
+
+
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a torch artifact checkpoint into an eval-mode module."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupted files
+        raise ModelLoadError(f"cannot read torch checkpoint {path.name}: {exc}".splitlines()[0],
+                             hint="the file may be corrupted; re-create the artifact") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{path.name} is not a cvdeploy torch checkpoint")
+    module = build_module(str(ckpt["builder"]), num_classes=int(ckpt["num_classes"]))
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ModelLoadError(f"weights in {path.name} do not fit the model: "
+                             f"{str(exc).splitlines()[0]}") from exc
+    return module.eval(), ckpt
+
+
+class TorchRunner(Runner):
+    """Runs a cvdeploy torch checkpoint on the CPU (or CUDA with ``device='cuda'``).
+
+    Note: ``threads`` calls ``torch.set_num_threads``, which is process-wide in PyTorch;
+    it is only called when given explicitly.
+    """
+
+    format = "torch"
+
+    def _load(self) -> None:
+        reject_unknown(self.options.extra, set(), "torch")
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
+        self.module, _ = load_checkpoint(self.model_path)
+        self.device = torch.device("cuda" if self.options.device in ("cuda", "gpu") else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("torch here has no CUDA device", hint="use device cpu")
+        self.module.to(self.device)
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(x).to(self.device))
+        outs = out if isinstance(out, list | tuple) else [out]
+        return [o.float().cpu().numpy() for o in outs]
+
+    def _close(self) -> None:
+        del self.module

@@ -1,0 +1,206 @@
+"""The integrity gate: a produced artifact must compute what its source computed.
+
+Both models run on the same real images, each through its own spec's preprocessing.
+Tensor level: max/mean absolute error and cosine similarity per output. Task level: the
+fraction of detections matched at IoU 0.9 with the same class (or top-1 agreement for
+classifiers) and score differences. Tolerances depend on the precision and are recorded with
+the result; an artifact that fails is not added to the bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cvdeploy.bundle import Check
+from cvdeploy.errors import CheckFailed, UsageError
+from cvdeploy.pipeline.nms import box_iou
+from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.pipeline.results import Classification, Detections
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    """Pass criteria of the gate for one precision.
+
+    Attributes:
+        cosine_min: Minimum cosine similarity of each output with the source's.
+        rel_max_err: Maximum of ``max|a-b| / max(1, max|a|)`` per output.
+        match_min: Minimum fraction of detections matched (IoU >= 0.9, same class), or of
+            top-1 agreement for classifiers.
+        score_diff_max: Maximum mean absolute score difference of matched detections.
+    """
+
+    cosine_min: float
+    rel_max_err: float
+    match_min: float
+    score_diff_max: float
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(cosine_min=0.99999, rel_max_err=1e-3, match_min=0.97, score_diff_max=1e-3),
+    "fp16": Tolerance(cosine_min=0.999, rel_max_err=2e-2, match_min=0.9, score_diff_max=1e-2),
+    "int8": Tolerance(cosine_min=0.98, rel_max_err=float("inf"), match_min=0.75,
+                      score_diff_max=0.08),
+}
+MATCH_IOU = 0.9
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    """Tolerance for a precision name (``int8-dynamic`` counts as ``int8``)."""
+    key = precision.split("-")[0]
+    if key not in TOLERANCES:
+        raise UsageError(f"no parity tolerance for precision {precision!r}")
+    return TOLERANCES[key]
+
+
+@dataclass(slots=True)
+class OutputStats:
+    """Tensor-level agreement of one output."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    rel_max: float
+    cosine: float
+
+
+@dataclass(slots=True)
+class ParityResult:
+    """The gate's verdict and its evidence."""
+
+    passed: bool
+    images: int
+    outputs: list[OutputStats]
+    match_fraction: float
+    score_diff_mean: float
+    n_source: int
+    n_candidate: int
+    tolerance: Tolerance
+    precision: str
+    failures: list[str] = field(default_factory=list)
+
+    def to_check(self, *, source: str) -> Check:
+        """This result as a manifest check."""
+        data = asdict(self)
+        data["source"] = source
+        return Check(kind="parity", name=source, passed=self.passed, data=_finite(data))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _output_stats(name: str, a: np.ndarray, b: np.ndarray) -> OutputStats:
+    a64 = a.astype(np.float64).ravel()
+    b64 = b.astype(np.float64).ravel()
+    diff = np.abs(a64 - b64)
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    cos = float(a64 @ b64 / denom) if denom > 0 else (1.0 if diff.max(initial=0) == 0 else 0.0)
+    return OutputStats(name=name, max_abs=float(diff.max(initial=0.0)),
+                       mean_abs=float(diff.mean()) if diff.size else 0.0,
+                       rel_max=float(diff.max(initial=0.0) / max(1.0, np.abs(a64).max(initial=0))),
+                       cosine=cos)
+
+
+def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
+    """Greedy one-to-one matching at IoU >= 0.9 with the same class, best scores first."""
+    if len(src) == 0 or len(cand) == 0:
+        return 0, []
+    iou = box_iou(src.boxes, cand.boxes)
+    iou[src.class_ids[:, None] != cand.class_ids[None, :]] = 0.0
+    used = np.zeros(len(cand), dtype=bool)
+    diffs: list[float] = []
+    for i in np.argsort(-src.scores, kind="stable"):
+        row = np.where(used, 0.0, iou[i])
+        j = int(row.argmax())
+        if row[j] >= MATCH_IOU:
+            used[j] = True
+            diffs.append(abs(float(src.scores[i]) - float(cand.scores[j])))
+    return len(diffs), diffs
+
+
+def check_parity(source: Predictor, candidate: Predictor, images: Sequence[np.ndarray], *,
+                 precision: str, tolerance: Tolerance | None = None) -> ParityResult:
+    """Run ``candidate`` beside ``source`` on ``images`` and compare.
+
+    Each predictor preprocesses with its own spec, so a candidate recorded with a wrong
+    preprocessing spec fails here. Outputs are compared in the source's layout.
+
+    Args:
+        source: Predictor of the source artifact.
+        candidate: Predictor of the produced artifact.
+        images: Real images (BGR uint8), at least one.
+        precision: The candidate's precision (selects the tolerance).
+        tolerance: Override the precision's tolerance.
+
+    Returns:
+        The result; ``passed`` is False with ``failures`` naming what diverged.
+    """
+    if not images:
+        raise UsageError("the parity gate needs at least one image",
+                         hint="give --data with images, or store sample images in the bundle")
+    tol = tolerance or tolerance_for(precision)
+    out_names = [o.name for o in source.runner.io.outputs]
+    stats_acc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in out_names]
+    n_src = n_cand = matched = 0
+    diffs: list[float] = []
+    for img in images:
+        xs, ms = source.preprocess([img])
+        xc, mc = candidate.preprocess([img])
+        os_ = source.infer(xs)
+        oc = candidate.infer(xc)
+        if len(os_) != len(oc):
+            raise CheckFailed(f"the candidate has {len(oc)} outputs, its source {len(os_)}")
+        for k, (a, b) in enumerate(zip(os_, oc, strict=True)):
+            if a.shape != b.shape:
+                raise CheckFailed(f"output {out_names[k]!r}: shape {list(b.shape)} differs from "
+                                  f"the source's {list(a.shape)}")
+            stats_acc[k].append((a, b))
+        rs = source.postprocess(os_, ms)[0]
+        rc = candidate.postprocess(oc, mc)[0]
+        if isinstance(rs, Classification) and isinstance(rc, Classification):
+            n_src += 1
+            n_cand += 1
+            same = int(np.argmax(rs.probs) == np.argmax(rc.probs))
+            matched += same
+            diffs.append(float(np.abs(rs.probs - rc.probs).max()))
+        elif isinstance(rs, Detections) and isinstance(rc, Detections):
+            n_src += len(rs)
+            n_cand += len(rc)
+            m, d = _match(rs, rc)
+            matched += m
+            diffs.extend(d)
+    outputs = [_output_stats(name, np.concatenate([a for a, _ in acc]),
+                             np.concatenate([b for _, b in acc]))
+               for name, acc in zip(out_names, stats_acc, strict=True)]
+    denom = max(n_src, n_cand)
+    match_fraction = matched / denom if denom else 1.0
+    score_diff = float(np.mean(diffs)) if diffs else 0.0
+    failures = []
+    for o in outputs:
+        if o.cosine < tol.cosine_min:
+            failures.append(f"output {o.name!r} diverged: cosine similarity {o.cosine:.6f} < "
+                            f"{tol.cosine_min} (max abs error {o.max_abs:.4g})")
+        elif o.rel_max > tol.rel_max_err:
+            failures.append(f"output {o.name!r} diverged: max abs error {o.max_abs:.4g} "
+                            f"(relative {o.rel_max:.3g} > {tol.rel_max_err:g})")
+    if match_fraction < tol.match_min:
+        failures.append(f"output {out_names[0]!r}: only {match_fraction:.1%} of the results "
+                        f"agree ({matched} of {denom}; need {tol.match_min:.0%})")
+    if score_diff > tol.score_diff_max:
+        failures.append(f"output {out_names[0]!r}: matched scores differ by {score_diff:.4f} on "
+                        f"average (> {tol.score_diff_max})")
+    return ParityResult(passed=not failures, images=len(images), outputs=outputs,
+                        match_fraction=match_fraction, score_diff_mean=score_diff,
+                        n_source=n_src, n_candidate=n_cand, tolerance=tol, precision=precision,
+                        failures=failures)

@@ -1,0 +1,89 @@
+"""The integrity gate must refuse what diverges, naming the output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.runtime import create_runner
+from cvdeploy.runtime.torch import save_checkpoint
+from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
+from cvdeploy.verify.parity import check_parity, tolerance_for
+from tests.tiny_models import IMGSZ, N_ANCHORS, NC, tiny_detector_onnx, tiny_detector_torch, \
+    tiny_spec_dict
+
+IO = IOSpec(inputs=(TensorSpec(name="images", shape=(-1, 3, IMGSZ, IMGSZ)),),
+            outputs=(TensorSpec(name="output0", shape=(-1, 4 + NC, N_ANCHORS)),))
+
+
+def _images(n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, size=(48 + 8 * i, 80, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _torch_predictor(tmp: Path, spec: ModelSpec) -> Predictor:
+    p = tmp / "model.pt"
+    save_checkpoint(p, builder="factory:tests.tiny_models:tiny_detector_torch", num_classes=NC,
+                    state_dict=tiny_detector_torch().state_dict())
+    return Predictor(spec=spec, runner=create_runner("torch", p, IO), artifact_id="torch-fp32")
+
+
+def _onnx_predictor(path: Path, spec: ModelSpec) -> Predictor:
+    return Predictor(spec=spec, runner=create_runner("onnx", path, IO), artifact_id="onnx-fp32")
+
+
+def test_equal_models_pass(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    src = _torch_predictor(tmp_path, spec)
+    cand = _onnx_predictor(tiny_detector_onnx(tmp_path / "m.onnx"), spec)
+    with src, cand:
+        res = check_parity(src, cand, _images(), precision="fp32")
+    assert res.passed, res.failures
+    assert res.outputs[0].cosine > 0.99999
+    assert res.match_fraction == 1.0
+    check = res.to_check(source="torch-fp32")
+    assert check.kind == "parity" and check.passed
+    assert check.data["tolerance"]["cosine_min"] == tolerance_for("fp32").cosine_min
+
+
+def test_perturbed_weight_is_refused(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    path = tiny_detector_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        if init.name == "w":
+            w = numpy_helper.to_array(init).copy()
+            w[0, 0, 0, 0] += 3.0  # one weight changed
+            init.CopyFrom(numpy_helper.from_array(w, "w"))
+    onnx.save(model, str(path))
+    src = _torch_predictor(tmp_path, spec)
+    cand = _onnx_predictor(path, spec)
+    with src, cand:
+        res = check_parity(src, cand, _images(), precision="fp32")
+    assert not res.passed
+    assert any("output 'output0' diverged" in f for f in res.failures), res.failures
+
+
+def test_wrong_preprocessing_spec_is_refused(tmp_path: Path) -> None:
+    good = ModelSpec.model_validate(tiny_spec_dict())
+    d = tiny_spec_dict()
+    d["preprocess"]["color"] = "bgr"  # the candidate was recorded with the wrong colour order
+    wrong = ModelSpec.model_validate(d)
+    src = _torch_predictor(tmp_path, good)
+    cand = _onnx_predictor(tiny_detector_onnx(tmp_path / "m.onnx"), wrong)
+    with src, cand:
+        res = check_parity(src, cand, _images(), precision="fp32")
+    assert not res.passed
+    assert any("'output0'" in f for f in res.failures), res.failures
+
+
+def test_fp16_tolerance_is_looser() -> None:
+    assert tolerance_for("fp16").cosine_min < tolerance_for("fp32").cosine_min
+    assert tolerance_for("int8-dynamic") == tolerance_for("int8")
+    with pytest.raises(Exception, match="no parity tolerance"):
+        tolerance_for("fp8")

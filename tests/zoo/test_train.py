@@ -1,0 +1,174 @@
+"""Zoo training: assigner/loss units (fast) and short end-to-end runs (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvdeploy.data.synthetic import make_classification_dataset, make_detection_dataset
+from cvdeploy.errors import ModelLoadError, UsageError
+from cvdeploy.zoo.assigner import TaskAlignedAssigner, bbox_iou
+from cvdeploy.zoo.loss import DetectionLoss
+from cvdeploy.zoo.models import Detector, build_model
+from cvdeploy.zoo.registry import list_zoo, load_zoo_model
+from cvdeploy.zoo.train import train_classifier, train_detector
+from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
+from cvdeploy.zoo.trainutil import Schedule
+
+
+def test_ciou_matches_iou_for_identical_and_disjoint_boxes() -> None:
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assert float(bbox_iou(a, a)) == pytest.approx(1.0, abs=1e-5)
+    b = torch.tensor([[20.0, 20.0, 30.0, 30.0]])
+    assert float(bbox_iou(a, b, ciou=False)) == 0.0
+    assert float(bbox_iou(a, b)) < 0.0
+
+
+def test_assigner_picks_anchors_inside_the_box() -> None:
+    anchors = (
+        torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="xy"), -1).view(
+            -1, 2
+        )
+        * 8
+        + 4
+    )
+    gt = torch.tensor([[[8.0, 8.0, 32.0, 32.0]]])
+    pred = torch.cat((anchors - 12, anchors + 12), -1)[None]
+    scores = torch.full((1, 64, 3), 0.5)
+    labels, _, target_scores, fg = TaskAlignedAssigner(topk=4)(
+        scores, pred, anchors, torch.tensor([[2]]), gt, torch.tensor([[True]])
+    )
+    assert int(fg.sum()) == 4
+    pos = anchors[fg[0]]
+    assert bool(((pos > 8) & (pos < 32)).all())
+    assert bool((labels[fg] == 2).all())
+    assert bool((target_scores[fg][:, 2] > 0).all()) and float(target_scores[~fg].sum()) == 0.0
+
+
+def test_loss_is_finite_with_and_without_targets() -> None:
+    torch.manual_seed(0)
+    model = build_model("detector-n", num_classes=3).train()
+    assert isinstance(model, Detector)
+    crit = DetectionLoss(num_classes=3, reg_max=16, strides=(8, 16, 32))
+    feats = model.forward_raw(torch.rand(2, 3, 64, 64))
+    targets = torch.tensor([[[1, 4.0, 4.0, 40.0, 30.0]], [[-1, 0.0, 0.0, 0.0, 0.0]]])
+    loss, parts = crit(feats, targets)
+    assert torch.isfinite(loss) and parts.shape == (3,)
+    loss.backward()
+    empty, parts_empty = crit([f.detach() for f in feats], torch.zeros(2, 0, 5))
+    assert torch.isfinite(empty) and float(parts_empty[0]) == 0.0
+
+
+def test_schedule_follows_time_budget() -> None:
+    sched = Schedule(total_iters=None, budget_s=100.0, warmup=0.1, final_ratio=0.0)
+    assert sched.progress(5, 50.0) == pytest.approx(0.5)
+    assert sched.lr_factor(0.05) == pytest.approx(0.5)
+    assert sched.lr_factor(0.1) == pytest.approx(1.0)
+    assert sched.lr_factor(1.0) == pytest.approx(0.0, abs=1e-9)
+    both = Schedule(total_iters=10, budget_s=100.0)
+    assert both.progress(5, 80.0) == pytest.approx(0.8)
+
+
+def test_trainset_augmentation_keeps_boxes_inside(tmp_path: Path) -> None:
+    make_detection_dataset(tmp_path, n_train=6, n_val=0, imgsz=64, seed=0)
+    splits, names = read_data_yaml(tmp_path / "data.yaml")
+    ds = YoloTrainSet(splits["train"], names=names, imgsz=64)
+    x, targets = ds.batch(
+        list(range(6)), rng=np.random.default_rng(0), aug=AugmentConfig(), mosaic=True
+    )
+    assert x.shape == (6, 3, 64, 64) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    real = targets[targets[..., 0] >= 0]
+    assert bool(((real[:, 1:] >= 0) & (real[:, 1:] <= 64)).all())
+    assert bool((real[:, 3] > real[:, 1]).all() and (real[:, 4] > real[:, 2]).all())
+
+
+def test_train_rejects_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        train_detector(data=tmp_path, out_dir=tmp_path)
+    with pytest.raises(UsageError):
+        train_detector(model="classifier-n", data=tmp_path, out_dir=tmp_path, epochs=1)
+
+
+def test_load_zoo_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="available"):
+        load_zoo_model("detector-xxl")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError):
+        load_zoo_model(bad)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(
+        {
+            "model": "detector-n",
+            "num_classes": 2,
+            "names": ["a", "b"],
+            "imgsz": 64,
+            "state_dict": {},
+        },
+        wrong,
+    )
+    with pytest.raises(ModelLoadError):
+        load_zoo_model(wrong)
+
+
+def test_shipped_weights_load_and_match_metadata() -> None:
+    entries = list_zoo()
+    if not entries:
+        pytest.skip("no shipped weights")
+    for entry in entries:
+        model, loaded = load_zoo_model(entry.name)
+        assert not model.training
+        assert loaded.names == entry.names and loaded.params == entry.params
+        meta = json.loads(entry.weights.with_suffix(".json").read_text())
+        assert meta["params"] == sum(p.numel() for p in model.parameters())
+        size = entry.imgsz
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, size, size))
+        assert out.shape[1] == (
+            4 + len(entry.names) if entry.task == "detect" else len(entry.names)
+        )
+
+
+@pytest.mark.slow
+def test_train_detector_smoke(tmp_path: Path) -> None:
+    data = make_detection_dataset(tmp_path / "data", n_train=32, n_val=8, imgsz=64, seed=0)
+    calls: list[torch.nn.Module] = []
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        calls.append(model)
+        return {"dummy": 1.0}
+
+    result = train_detector(
+        data=data, out_dir=tmp_path / "run", epochs=6, imgsz=64, batch=8, seed=0,
+        progress=False, evaluate=evaluate, lr=0.004,
+    )  # fmt: skip
+    assert result.iterations == 24 and result.epochs == 6
+    losses = [h["box"] + h["cls"] + h["dfl"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert len(calls) == 1 and not calls[0].training
+    assert result.metrics["dummy"] == 1.0 and "val_loss" in result.metrics
+    model, entry = load_zoo_model(result.best)
+    assert entry.task == "detect" and entry.imgsz == 64 and len(entry.names) == 6
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 10, 84)
+    ckpt = torch.load(result.last, weights_only=True)
+    assert ckpt["metrics"]["dummy"] == 1.0 and ckpt["train_args"]["epochs"] == 6
+
+
+@pytest.mark.slow
+def test_train_classifier_smoke(tmp_path: Path) -> None:
+    root = make_classification_dataset(
+        tmp_path / "data", n_per_class_train=16, n_per_class_val=4, imgsz=32
+    )
+    result = train_classifier(
+        data=root, out_dir=tmp_path / "run", epochs=3, imgsz=32, batch=16, progress=False
+    )
+    assert 0.0 <= result.metrics["top1"] <= 1.0
+    model, entry = load_zoo_model(result.last)
+    assert entry.task == "classify"
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 6)
