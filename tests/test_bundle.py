@@ -12,8 +12,10 @@ from cvdeploy.errors import BundleError, IntegrityError, UsageError
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
 from tests.tiny_models import tiny_spec_dict
 
-IO = IOSpec(inputs=(TensorSpec(name="images", shape=(1, 3, 64, 64)),),
-            outputs=(TensorSpec(name="output0", shape=(1, 7, 64)),))
+IO = IOSpec(
+    inputs=(TensorSpec(name="images", shape=(1, 3, 64, 64)),),
+    outputs=(TensorSpec(name="output0", shape=(1, 7, 64)),),
+)
 
 
 def _make(path: Path) -> Bundle:
@@ -21,8 +23,13 @@ def _make(path: Path) -> Bundle:
     with Bundle.create(path, name="t", spec=spec) as edit:
         d = edit.artifact_dir("onnx-fp32")
         (d / "model.onnx").write_bytes(b"model-bytes")
-        edit.add_artifact(artifact_id="onnx-fp32", format="onnx", precision="fp32", io=IO,
-                          produced_by=Provenance(tool="test"))
+        edit.add_artifact(
+            artifact_id="onnx-fp32",
+            format="onnx",
+            precision="fp32",
+            io=IO,
+            produced_by=Provenance(tool="test"),
+        )
     return Bundle.load(path)
 
 
@@ -76,13 +83,17 @@ def test_edit_adds_check_and_history_without_touching_old_files(tmp_path: Path) 
 def test_create_refuses_existing_bundle_and_foreign_dir(tmp_path: Path) -> None:
     _make(tmp_path / "b")
     spec = ModelSpec.model_validate(tiny_spec_dict())
-    with pytest.raises(UsageError, match="already exists"), \
-            Bundle.create(tmp_path / "b", name="x", spec=spec):
+    with (
+        pytest.raises(UsageError, match="already exists"),
+        Bundle.create(tmp_path / "b", name="x", spec=spec),
+    ):
         pass
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="not a bundle"), \
-            Bundle.create(tmp_path / "other", name="x", spec=spec):
+    with (
+        pytest.raises(UsageError, match="not a bundle"),
+        Bundle.create(tmp_path / "other", name="x", spec=spec),
+    ):
         pass
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 

@@ -21,8 +21,13 @@ def test_spec_is_frozen_and_strict() -> None:
 
 def test_spec_consistency() -> None:
     with pytest.raises(ValidationError, match="logits"):
-        ModelSpec(task="classify", names=("a",), imgsz=(32, 32), preprocess=Preprocess(),
-                  decoder=Decoder(kind="yolov8"))
+        ModelSpec(
+            task="classify",
+            names=("a",),
+            imgsz=(32, 32),
+            preprocess=Preprocess(),
+            decoder=Decoder(kind="yolov8"),
+        )
     with pytest.raises(ValidationError, match="non-zero"):
         Preprocess(std=(1.0, 0.0, 1.0))
     with pytest.raises(ValidationError, match="mean and std"):

@@ -27,25 +27,29 @@ def tiny_detector_onnx(path: Path, *, batch: int | str = "batch", seed: int = 0)
 
     w, b = conv_weights(seed)
     nodes = [
-        helper.make_node("Conv", ["images", "w", "b"], ["c"], kernel_shape=[8, 8],
-                         strides=[8, 8]),
+        helper.make_node("Conv", ["images", "w", "b"], ["c"], kernel_shape=[8, 8], strides=[8, 8]),
         helper.make_node("Reshape", ["c", "shape"], ["r"]),
         helper.make_node("Slice", ["r", "s0", "s4", "ax"], ["box"]),
         helper.make_node("Slice", ["r", "s4", "send", "ax"], ["cls_raw"]),
         helper.make_node("Sigmoid", ["cls_raw"], ["cls"]),
         helper.make_node("Concat", ["box", "cls"], ["output0"], axis=1),
     ]
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
-             numpy_helper.from_array(np.array([0, 4 + NC, -1], dtype=np.int64), "shape"),
-             numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
-             numpy_helper.from_array(np.array([4], dtype=np.int64), "s4"),
-             numpy_helper.from_array(np.array([4 + NC], dtype=np.int64), "send"),
-             numpy_helper.from_array(np.array([1], dtype=np.int64), "ax")]
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(b, "b"),
+        numpy_helper.from_array(np.array([0, 4 + NC, -1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
+        numpy_helper.from_array(np.array([4], dtype=np.int64), "s4"),
+        numpy_helper.from_array(np.array([4 + NC], dtype=np.int64), "send"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "ax"),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, IMGSZ, IMGSZ])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + NC, N_ANCHORS])],
-        inits)
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -75,11 +79,20 @@ def tiny_detector_torch():  # type: ignore[no-untyped-def]
 
 def tiny_spec_dict() -> dict:
     """A spec for the tiny detector (yaml/json-able)."""
-    return {"task": "detect", "names": [f"c{i}" for i in range(NC)], "imgsz": [IMGSZ, IMGSZ],
-            "preprocess": {"resize": "letterbox", "align": "center", "pad_value": 114,
-                           "color": "rgb", "scale": 1 / 255},
-            "decoder": {"kind": "yolov8", "conf": 0.25, "iou": 0.7, "max_det": 100},
-            "stride": 32}
+    return {
+        "task": "detect",
+        "names": [f"c{i}" for i in range(NC)],
+        "imgsz": [IMGSZ, IMGSZ],
+        "preprocess": {
+            "resize": "letterbox",
+            "align": "center",
+            "pad_value": 114,
+            "color": "rgb",
+            "scale": 1 / 255,
+        },
+        "decoder": {"kind": "yolov8", "conf": 0.25, "iou": 0.7, "max_det": 100},
+        "stride": 32,
+    }
 
 
 def write_image(path: Path, h: int = 48, w: int = 80, seed: int = 0) -> Path:

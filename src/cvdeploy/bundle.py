@@ -144,8 +144,10 @@ class Bundle:
         self.manifest = manifest
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, name={self.manifest.name!r}, " \
-               f"artifacts={[a.id for a in self.manifest.artifacts]})"
+        return (
+            f"Bundle({str(self.path)!r}, name={self.manifest.name!r}, "
+            f"artifacts={[a.id for a in self.manifest.artifacts]})"
+        )
 
     @property
     def spec(self) -> ModelSpec:
@@ -191,11 +193,15 @@ class Bundle:
             p = p.parent
         mf = p / MANIFEST
         if not p.is_dir():
-            raise BundleError(f"bundle {p} does not exist",
-                              hint="create one with `cvdeploy import` or `cvdeploy export`")
+            raise BundleError(
+                f"bundle {p} does not exist",
+                hint="create one with `cvdeploy import` or `cvdeploy export`",
+            )
         if not mf.is_file():
-            raise BundleError(f"{p} is not a bundle: it has no {MANIFEST}",
-                              hint="create one with `cvdeploy import` or `cvdeploy export`")
+            raise BundleError(
+                f"{p} is not a bundle: it has no {MANIFEST}",
+                hint="create one with `cvdeploy import` or `cvdeploy export`",
+            )
         try:
             raw = json.loads(mf.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -226,21 +232,29 @@ class Bundle:
         for ref in refs:
             f = self.path / ref.path
             if not f.is_file():
-                raise IntegrityError(f"bundle file {ref.path} is missing from {self.path}",
-                                     hint="restore the file or re-create the artifact")
+                raise IntegrityError(
+                    f"bundle file {ref.path} is missing from {self.path}",
+                    hint="restore the file or re-create the artifact",
+                )
             if f.stat().st_size != ref.size or sha256_file(f) != ref.sha256:
                 raise IntegrityError(
-                    f"bundle file {ref.path} was altered: its sha256 does not match "
-                    f"{MANIFEST}",
+                    f"bundle file {ref.path} was altered: its sha256 does not match {MANIFEST}",
                     hint="restore the original file or re-create the artifact; "
-                         "never edit bundle files by hand",
+                    "never edit bundle files by hand",
                 )
 
     @classmethod
     @contextlib.contextmanager
-    def create(cls, path: Path | str, *, name: str, spec: ModelSpec, overwrite: bool = False,
-               action: str = "create", details: Mapping[str, Any] | None = None,
-               ) -> Iterator[BundleEdit]:
+    def create(
+        cls,
+        path: Path | str,
+        *,
+        name: str,
+        spec: ModelSpec,
+        overwrite: bool = False,
+        action: str = "create",
+        details: Mapping[str, Any] | None = None,
+    ) -> Iterator[BundleEdit]:
         """Create a new bundle atomically.
 
         Args:
@@ -257,23 +271,33 @@ class Bundle:
         p = Path(path)
         if p.exists():
             if not p.is_dir():
-                raise UsageError(f"{p} exists and is not a directory",
-                                 hint="choose another --out path")
+                raise UsageError(
+                    f"{p} exists and is not a directory", hint="choose another --out path"
+                )
             if (p / MANIFEST).exists() and not overwrite:
-                raise UsageError(f"a bundle already exists at {p}",
-                                 hint="pass --overwrite to replace it, or choose another --out")
+                raise UsageError(
+                    f"a bundle already exists at {p}",
+                    hint="pass --overwrite to replace it, or choose another --out",
+                )
             if not (p / MANIFEST).exists() and any(p.iterdir()):
-                raise UsageError(f"{p} is a non-empty directory that is not a bundle",
-                                 hint="choose an empty or new --out directory")
+                raise UsageError(
+                    f"{p} is a non-empty directory that is not a bundle",
+                    hint="choose an empty or new --out directory",
+                )
         manifest = Manifest(name=name, spec=spec)
-        edit = BundleEdit(target=p, manifest=manifest, source=None,
-                          action=action, details=dict(details or {}))
+        edit = BundleEdit(
+            target=p, manifest=manifest, source=None, action=action, details=dict(details or {})
+        )
         with edit.transaction():
             yield edit
 
     @contextlib.contextmanager
-    def edit(self, *, action: str, details: Mapping[str, Any] | None = None,
-             ) -> Iterator[BundleEdit]:
+    def edit(
+        self,
+        *,
+        action: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> Iterator[BundleEdit]:
         """Change the bundle atomically.
 
         Args:
@@ -284,8 +308,13 @@ class Bundle:
             A :class:`BundleEdit`. On a clean exit the new bundle replaces this one and
             ``self`` is refreshed; on an exception nothing changes.
         """
-        edit = BundleEdit(target=self.path, manifest=self.manifest, source=self.path,
-                          action=action, details=dict(details or {}))
+        edit = BundleEdit(
+            target=self.path,
+            manifest=self.manifest,
+            source=self.path,
+            action=action,
+            details=dict(details or {}),
+        )
         with edit.transaction():
             yield edit
         self.manifest = edit.manifest
@@ -294,8 +323,15 @@ class Bundle:
 class BundleEdit:
     """A staged change to a bundle. Use through :meth:`Bundle.edit` or :meth:`Bundle.create`."""
 
-    def __init__(self, *, target: Path, manifest: Manifest, source: Path | None, action: str,
-                 details: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        target: Path,
+        manifest: Manifest,
+        source: Path | None,
+        action: str,
+        details: dict[str, Any],
+    ) -> None:
         self.target = target
         self.manifest = manifest
         self._source = source
@@ -313,10 +349,14 @@ class BundleEdit:
             if self._source is not None:
                 _link_tree(self._source, self.staging)
             yield
-            self.manifest = self.manifest.model_copy(update={
-                "history": (*self.manifest.history,
-                            HistoryEntry(action=self._action, details=self._details)),
-            })
+            self.manifest = self.manifest.model_copy(
+                update={
+                    "history": (
+                        *self.manifest.history,
+                        HistoryEntry(action=self._action, details=self._details),
+                    ),
+                }
+            )
             self._write_manifest()
             _swap_in(self.staging, self.target)
         except BaseException:
@@ -341,17 +381,28 @@ class BundleEdit:
         _check_id(artifact_id)
         exists = any(a.id == artifact_id for a in self.manifest.artifacts)
         if exists and not replace:
-            raise UsageError(f"artifact {artifact_id!r} already exists in the bundle",
-                             hint="pass --overwrite to replace it")
+            raise UsageError(
+                f"artifact {artifact_id!r} already exists in the bundle",
+                hint="pass --overwrite to replace it",
+            )
         d = self.staging / artifact_id
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
         return d
 
-    def add_artifact(self, *, artifact_id: str, format: str, precision: str, io: IOSpec,
-                     produced_by: Provenance, environment: Mapping[str, Any] | None = None,
-                     checks: Sequence[Check] = (), main_file: str | None = None) -> Artifact:
+    def add_artifact(
+        self,
+        *,
+        artifact_id: str,
+        format: str,
+        precision: str,
+        io: IOSpec,
+        produced_by: Provenance,
+        environment: Mapping[str, Any] | None = None,
+        checks: Sequence[Check] = (),
+        main_file: str | None = None,
+    ) -> Artifact:
         """Register the files written under ``artifact_dir(artifact_id)`` as an artifact.
 
         Args:
@@ -377,11 +428,24 @@ class BundleEdit:
                 raise BundleError(f"artifact {artifact_id!r} has no file {main_file}")
             files.remove(main)
             files.insert(0, main)
-        refs = tuple(FileRef(path=p.relative_to(self.staging).as_posix(), sha256=sha256_file(p),
-                             size=p.stat().st_size) for p in files)
-        art = Artifact(id=artifact_id, format=format, precision=precision, files=refs, io=io,
-                       produced_by=produced_by, environment=dict(environment or {}),
-                       checks=tuple(checks))
+        refs = tuple(
+            FileRef(
+                path=p.relative_to(self.staging).as_posix(),
+                sha256=sha256_file(p),
+                size=p.stat().st_size,
+            )
+            for p in files
+        )
+        art = Artifact(
+            id=artifact_id,
+            format=format,
+            precision=precision,
+            files=refs,
+            io=io,
+            produced_by=produced_by,
+            environment=dict(environment or {}),
+            checks=tuple(checks),
+        )
         others = tuple(a for a in self.manifest.artifacts if a.id != artifact_id)
         self.manifest = self.manifest.model_copy(update={"artifacts": (*others, art)})
         return art
@@ -390,8 +454,9 @@ class BundleEdit:
         """Remove an artifact and its files from the new bundle."""
         self.manifest.artifact(artifact_id)
         shutil.rmtree(self.staging / artifact_id, ignore_errors=True)
-        self.manifest = self.manifest.model_copy(update={
-            "artifacts": tuple(a for a in self.manifest.artifacts if a.id != artifact_id)})
+        self.manifest = self.manifest.model_copy(
+            update={"artifacts": tuple(a for a in self.manifest.artifacts if a.id != artifact_id)}
+        )
 
     def add_check(self, artifact_id: str, check: Check) -> None:
         """Append a check to an artifact."""
@@ -413,8 +478,13 @@ class BundleEdit:
         for i, src in enumerate(images):
             dst = d / f"{i:03d}{src.suffix.lower()}"
             shutil.copyfile(src, dst)
-            refs.append(FileRef(path=dst.relative_to(self.staging).as_posix(),
-                                sha256=sha256_file(dst), size=dst.stat().st_size))
+            refs.append(
+                FileRef(
+                    path=dst.relative_to(self.staging).as_posix(),
+                    sha256=sha256_file(dst),
+                    size=dst.stat().st_size,
+                )
+            )
         self.manifest = self.manifest.model_copy(update={"samples": tuple(refs)})
 
     def set_recommended(self, recommended: dict[str, Any] | None) -> None:
@@ -449,8 +519,10 @@ class BundleEdit:
 def _check_id(artifact_id: str) -> None:
     ok = artifact_id and all(c.isalnum() or c in "-_." for c in artifact_id)
     if not ok or artifact_id.startswith(".") or artifact_id in {"samples"}:
-        raise UsageError(f"invalid artifact id {artifact_id!r}",
-                         hint="use letters, digits, '-', '_' and '.' only")
+        raise UsageError(
+            f"invalid artifact id {artifact_id!r}",
+            hint="use letters, digits, '-', '_' and '.' only",
+        )
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -47,9 +47,16 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, target: str, *, requires: tuple[str, ...] = (),
-                 extra: str | None = None, description: str = "",
-                 check: Callable[[], str | None] | None = None) -> None:
+    def register(
+        self,
+        name: str,
+        target: str,
+        *,
+        requires: tuple[str, ...] = (),
+        extra: str | None = None,
+        description: str = "",
+        check: Callable[[], str | None] | None = None,
+    ) -> None:
         """Register ``target`` (``"module:attr"``) under ``name``."""
         self._entries[name] = Entry(name, target, requires, extra, description, check)
 
@@ -70,10 +77,14 @@ class Registry:
         e = self.entry(name)
         missing = [m for m in e.requires if importlib.util.find_spec(m) is None]
         if missing:
-            how = f"pip install 'cvdeploy[{e.extra}]'" if e.extra else \
-                f"pip install {' '.join(missing)}"
-            return Availability(name, False, f"unavailable: {how} (missing {', '.join(missing)})",
-                                e.description)
+            how = (
+                f"pip install 'cvdeploy[{e.extra}]'"
+                if e.extra
+                else f"pip install {' '.join(missing)}"
+            )
+            return Availability(
+                name, False, f"unavailable: {how} (missing {', '.join(missing)})", e.description
+            )
         if e.check is not None:
             reason = e.check()
             if reason:

@@ -7,7 +7,7 @@ served. It is stored in the bundle manifest (``bundle.json``) and validated with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -164,28 +164,35 @@ class ModelSpec(_Frozen):
                     if mine[key][sub] != theirs[key][sub]:
                         out.append(f"{key}.{sub}: {mine[key][sub]!r} != {theirs[key][sub]!r}")
             elif key == "names":
-                out.append(f"names: {len(mine[key])} classes != {len(theirs[key])} classes"
-                           if len(mine[key]) != len(theirs[key]) else "names: differ")
+                out.append(
+                    f"names: {len(mine[key])} classes != {len(theirs[key])} classes"
+                    if len(mine[key]) != len(theirs[key])
+                    else "names: differ"
+                )
             else:
                 out.append(f"{key}: {mine[key]!r} != {theirs[key]!r}")
         return out
 
 
-# Presets for known model families: preprocessing and decoder that their exports expect.
-PRESETS: dict[str, dict[str, object]] = {
-    "ultralytics": {
-        "preprocess": Preprocess(resize="letterbox", align="center", pad_value=114, color="rgb",
-                                 scale=1 / 255),
-        "decoder": Decoder(kind="yolov8", conf=0.25, iou=0.7, max_det=300),
-    },
-    "yolov5": {
-        "preprocess": Preprocess(resize="letterbox", align="center", pad_value=114, color="rgb",
-                                 scale=1 / 255),
-        "decoder": Decoder(kind="yolov5", conf=0.25, iou=0.45, max_det=300),
-    },
-    "yolox": {
-        "preprocess": Preprocess(resize="letterbox", align="top-left", pad_value=114,
-                                 color="bgr", scale=1.0),
-        "decoder": Decoder(kind="yolox", strides=(8, 16, 32), conf=0.25, iou=0.65, max_det=300),
-    },
+class Preset(NamedTuple):
+    """Preprocessing and decoder that a model family's exports expect."""
+
+    preprocess: Preprocess
+    decoder: Decoder
+
+
+# Presets for known model families.
+PRESETS: dict[str, Preset] = {
+    "ultralytics": Preset(
+        Preprocess(resize="letterbox", align="center", pad_value=114, color="rgb", scale=1 / 255),
+        Decoder(kind="yolov8", conf=0.25, iou=0.7, max_det=300),
+    ),
+    "yolov5": Preset(
+        Preprocess(resize="letterbox", align="center", pad_value=114, color="rgb", scale=1 / 255),
+        Decoder(kind="yolov5", conf=0.25, iou=0.45, max_det=300),
+    ),
+    "yolox": Preset(
+        Preprocess(resize="letterbox", align="top-left", pad_value=114, color="bgr", scale=1.0),
+        Decoder(kind="yolox", strides=(8, 16, 32), conf=0.25, iou=0.65, max_det=300),
+    ),
 }

@@ -16,8 +16,13 @@ from tests.tiny_models import tiny_detector_onnx, write_image
 
 def _ultra(path: Path) -> Path:
     m = onnx.load(str(tiny_detector_onnx(path, batch=1)))
-    for k, v in {"author": "Ultralytics", "task": "detect", "stride": "32", "imgsz": "[64, 64]",
-                 "names": "{0: 'a', 1: 'b', 2: 'c'}"}.items():
+    for k, v in {
+        "author": "Ultralytics",
+        "task": "detect",
+        "stride": "32",
+        "imgsz": "[64, 64]",
+        "names": "{0: 'a', 1: 'b', 2: 'c'}",
+    }.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
     onnx.save(m, str(path))
@@ -26,8 +31,9 @@ def _ultra(path: Path) -> Path:
 
 @pytest.fixture()
 def bundle(tmp_path: Path) -> Path:
-    res = CliRunner().invoke(app, ["import", str(_ultra(tmp_path / "m.onnx")), "--out",
-                                   str(tmp_path / "b")])
+    res = CliRunner().invoke(
+        app, ["import", str(_ultra(tmp_path / "m.onnx")), "--out", str(tmp_path / "b")]
+    )
     assert res.exit_code == 0, res.output
     return tmp_path / "b"
 
@@ -36,8 +42,9 @@ def _yolo(root: Path, label: str) -> Path:
     write_image(root / "images" / "val" / "x.jpg")
     (root / "labels" / "val").mkdir(parents=True)
     (root / "labels" / "val" / "x.txt").write_text(label)
-    (root / "data.yaml").write_text("path: .\ntrain: images/val\nval: images/val\n"
-                                    "names: [a, b, c]\n")
+    (root / "data.yaml").write_text(
+        "path: .\ntrain: images/val\nval: images/val\nnames: [a, b, c]\n"
+    )
     return root / "data.yaml"
 
 
@@ -89,8 +96,12 @@ def test_eval_records_and_info_json(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_real_process_has_no_traceback(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "cvdeploy.cli.main", "info",
-                          str(tmp_path / "nothing")], capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "cvdeploy.cli.main", "info", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and "does not exist" in res.stderr
 

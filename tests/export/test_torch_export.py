@@ -28,8 +28,14 @@ def spec_and_images(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_dynamic_batch_export(tmp_path: Path, spec_and_images: tuple[Path, Path]) -> None:
     spec, imgs = spec_and_images
-    rep = export_model(SOURCE, formats=["onnx"], out=tmp_path / "b", spec_file=spec, data=imgs,
-                       options=ExportOptions(dynamic=True))
+    rep = export_model(
+        SOURCE,
+        formats=["onnx"],
+        out=tmp_path / "b",
+        spec_file=spec,
+        data=imgs,
+        options=ExportOptions(dynamic=True),
+    )
     assert rep.ok
     b = Bundle.load(tmp_path / "b")
     art = b.artifact("onnx-fp32")
@@ -43,28 +49,41 @@ def test_dynamic_batch_export(tmp_path: Path, spec_and_images: tuple[Path, Path]
     assert out.shape[0] == 3
 
 
-def test_fixed_batch_and_reexport_into_bundle(tmp_path: Path,
-                                               spec_and_images: tuple[Path, Path]) -> None:
+def test_fixed_batch_and_reexport_into_bundle(
+    tmp_path: Path, spec_and_images: tuple[Path, Path]
+) -> None:
     spec, imgs = spec_and_images
-    export_model(SOURCE, formats=["onnx"], out=tmp_path / "b", spec_file=spec, data=imgs,
-                 options=ExportOptions(batch=2))
+    export_model(
+        SOURCE,
+        formats=["onnx"],
+        out=tmp_path / "b",
+        spec_file=spec,
+        data=imgs,
+        options=ExportOptions(batch=2),
+    )
     b = Bundle.load(tmp_path / "b")
     assert b.artifact("onnx-fp32").io.input.shape[0] == 2
     before = (tmp_path / "b" / "bundle.json").read_bytes()
     with pytest.raises(UsageError, match="--overwrite"):
         export_model(tmp_path / "b", formats=["onnx"])  # exists, no --overwrite
     assert (tmp_path / "b" / "bundle.json").read_bytes() == before
-    rep = export_model(tmp_path / "b", formats=["onnx"], overwrite=True,
-                       options=ExportOptions(dynamic=True))
+    rep = export_model(
+        tmp_path / "b", formats=["onnx"], overwrite=True, options=ExportOptions(dynamic=True)
+    )
     assert rep.ok
     assert Bundle.load(tmp_path / "b").artifact("onnx-fp32").io.input.shape[0] == -1
 
 
 def test_bad_options(tmp_path: Path, spec_and_images: tuple[Path, Path]) -> None:
-    spec, imgs = spec_and_images
+    spec, _ = spec_and_images
     with pytest.raises(UsageError, match="exclude each other"):
-        export_model(SOURCE, formats=["onnx"], out=tmp_path / "b", spec_file=spec,
-                     options=ExportOptions(dynamic=True, batch=4))
+        export_model(
+            SOURCE,
+            formats=["onnx"],
+            out=tmp_path / "b",
+            spec_file=spec,
+            options=ExportOptions(dynamic=True, batch=4),
+        )
     with pytest.raises(UsageError, match="unknown exporter"):
         export_model(SOURCE, formats=["coreml"], out=tmp_path / "b", spec_file=spec)
     with pytest.raises(UsageError, match="needs --spec"):

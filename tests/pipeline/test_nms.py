@@ -77,16 +77,19 @@ def test_matches_bruteforce(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     iou = reference_iou(boxes)
     for thr in (0.3, 0.45, 0.5, 0.6, 0.7, 0.9):
         expected = reference_nms(boxes, scores, thr, iou=iou)
-        # Exercise the blocking, the chunk growth, the sweep and the dense fallback.
-        for block, chunk, kept_block, dense in (
-            (4, 16, 3, 0),
-            (16, 64, 8, 0),
-            (512, 512, 2048, 1024),
+        # Exercise the blocking, the chunk growth, the sweep, the dense fallback, and
+        # both the fixed-point rounds and the sequential pass inside a block.
+        for block, chunk, kept_block, dense, rounds in (
+            (4, 16, 3, 0, 8),
+            (16, 64, 8, 0, 1),
+            (512, 512, 2048, 1024, 0),
+            (512, 512, 2048, 1024, 8),
         ):
             monkeypatch.setattr(nms_module, "_BLOCK", block)
             monkeypatch.setattr(nms_module, "_MAX_CHUNK", chunk)
             monkeypatch.setattr(nms_module, "_KEPT_BLOCK", kept_block)
             monkeypatch.setattr(nms_module, "_DENSE_PAIRS", dense)
+            monkeypatch.setattr(nms_module, "_FIXED_POINT_ROUNDS", rounds)
             got = nms(boxes, scores, thr)
             assert got.dtype == np.int64
             assert got.tolist() == expected, (thr, block)
@@ -94,13 +97,15 @@ def test_matches_bruteforce(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_max_keep_is_a_prefix(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nms_module, "_BLOCK", 8)
-    monkeypatch.setattr(nms_module, "_DENSE_PAIRS", 0)
     rng = np.random.default_rng(100 + seed)
     boxes, scores = random_boxes(rng, 80, ties=True)
     full = reference_nms(boxes, scores, 0.5)
-    for k in (0, 1, 3, 10, len(full), len(full) + 5):
-        assert nms(boxes, scores, 0.5, max_keep=k).tolist() == full[:k]
+    for block, rounds in ((8, 8), (8, 0), (512, 8), (512, 0)):
+        monkeypatch.setattr(nms_module, "_BLOCK", block)
+        monkeypatch.setattr(nms_module, "_DENSE_PAIRS", 0)
+        monkeypatch.setattr(nms_module, "_FIXED_POINT_ROUNDS", rounds)
+        for k in (0, 1, 3, 10, len(full), len(full) + 5):
+            assert nms(boxes, scores, 0.5, max_keep=k).tolist() == full[:k]
 
 
 def test_ties_keep_original_order() -> None:

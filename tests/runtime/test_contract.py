@@ -12,10 +12,11 @@ from cvdeploy.runtime import RUNTIMES, RunnerOptions, create_runner
 from cvdeploy.spec import IOSpec, TensorSpec
 from tests.tiny_models import IMGSZ, N_ANCHORS, NC, tiny_detector_onnx
 
-DYN = IOSpec(inputs=(TensorSpec(name="images", shape=(-1, 3, IMGSZ, IMGSZ)),),
-             outputs=(TensorSpec(name="output0", shape=(-1, 4 + NC, N_ANCHORS)),))
-FIXED = IOSpec(inputs=(TensorSpec(name="images", shape=(1, 3, IMGSZ, IMGSZ)),),
-               outputs=DYN.outputs)
+DYN = IOSpec(
+    inputs=(TensorSpec(name="images", shape=(-1, 3, IMGSZ, IMGSZ)),),
+    outputs=(TensorSpec(name="output0", shape=(-1, 4 + NC, N_ANCHORS)),),
+)
+FIXED = IOSpec(inputs=(TensorSpec(name="images", shape=(1, 3, IMGSZ, IMGSZ)),), outputs=DYN.outputs)
 
 
 def _model_for(fmt: str, tmp: Path) -> Path:
@@ -27,8 +28,12 @@ def _model_for(fmt: str, tmp: Path) -> Path:
 
         m = tiny_detector_torch()
         p = tmp / "model.pt"
-        save_checkpoint(p, builder="factory:tests.tiny_models:tiny_detector_torch",
-                        num_classes=NC, state_dict=m.state_dict())
+        save_checkpoint(
+            p,
+            builder="factory:tests.tiny_models:tiny_detector_torch",
+            num_classes=NC,
+            state_dict=m.state_dict(),
+        )
         return p
     pytest.skip(f"no contract fixture for format {fmt}")
 

@@ -21,14 +21,15 @@ from pycocotools.cocoeval import COCOeval
 def letterbox_center(img: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
     h, w = img.shape[:2]
     r = min(size / h, size / w)
-    nw, nh = int(round(w * r)), int(round(h * r))
+    nw, nh = round(w * r), round(h * r)
     if (nw, nh) != (w, h):
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     dw, dh = (size - nw) / 2, (size - nh) / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                             value=(114, 114, 114))
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    img = cv2.copyMakeBorder(
+        img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114)
+    )
     return img, r, left, top
 
 
@@ -74,9 +75,18 @@ def yolox_decode(out: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def reference_map(*, model: Path, kind: str, coco_json: Path, images: Path, size: int,
-                  names: list[str], conf: float = 0.001, iou: float = 0.7,
-                  max_det: int = 300) -> float:
+def reference_map(
+    *,
+    model: Path,
+    kind: str,
+    coco_json: Path,
+    images: Path,
+    size: int,
+    names: list[str],
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+) -> float:
     """mAP50-95 of an Ultralytics (yolov8 layout) or YOLOX model, computed independently."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(coco_json))
@@ -125,9 +135,14 @@ def reference_map(*, model: Path, kind: str, coco_json: Path, images: Path, size
             x1, y1, x2, y2 = (box - [px, py, px, py]) / r
             x1, x2 = np.clip([x1, x2], 0, img.shape[1])
             y1, y2 = np.clip([y1, y2], 0, img.shape[0])
-            dets.append({"image_id": img_info["id"], "category_id": cat_by_name[names[cls]],
-                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                         "score": score})
+            dets.append(
+                {
+                    "image_id": img_info["id"],
+                    "category_id": cat_by_name[names[cls]],
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                    "score": score,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(json.loads(json.dumps(dets)))
         ev = COCOeval(gt, dt, "bbox")

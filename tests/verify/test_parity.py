@@ -14,11 +14,19 @@ from cvdeploy.runtime import create_runner
 from cvdeploy.runtime.torch import save_checkpoint
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
 from cvdeploy.verify.parity import check_parity, tolerance_for
-from tests.tiny_models import IMGSZ, N_ANCHORS, NC, tiny_detector_onnx, tiny_detector_torch, \
-    tiny_spec_dict
+from tests.tiny_models import (
+    IMGSZ,
+    N_ANCHORS,
+    NC,
+    tiny_detector_onnx,
+    tiny_detector_torch,
+    tiny_spec_dict,
+)
 
-IO = IOSpec(inputs=(TensorSpec(name="images", shape=(-1, 3, IMGSZ, IMGSZ)),),
-            outputs=(TensorSpec(name="output0", shape=(-1, 4 + NC, N_ANCHORS)),))
+IO = IOSpec(
+    inputs=(TensorSpec(name="images", shape=(-1, 3, IMGSZ, IMGSZ)),),
+    outputs=(TensorSpec(name="output0", shape=(-1, 4 + NC, N_ANCHORS)),),
+)
 
 
 def _images(n: int = 6) -> list[np.ndarray]:
@@ -28,8 +36,12 @@ def _images(n: int = 6) -> list[np.ndarray]:
 
 def _torch_predictor(tmp: Path, spec: ModelSpec) -> Predictor:
     p = tmp / "model.pt"
-    save_checkpoint(p, builder="factory:tests.tiny_models:tiny_detector_torch", num_classes=NC,
-                    state_dict=tiny_detector_torch().state_dict())
+    save_checkpoint(
+        p,
+        builder="factory:tests.tiny_models:tiny_detector_torch",
+        num_classes=NC,
+        state_dict=tiny_detector_torch().state_dict(),
+    )
     return Predictor(spec=spec, runner=create_runner("torch", p, IO), artifact_id="torch-fp32")
 
 

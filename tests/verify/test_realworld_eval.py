@@ -23,20 +23,30 @@ CASES = [
 
 
 @pytest.mark.parametrize(("model", "preset", "kind", "source"), CASES)
-def test_map_matches_independent_evaluation(realworld: Path, tmp_path: Path, model: str,
-                                            preset: str | None, kind: str, source: str) -> None:
+def test_map_matches_independent_evaluation(
+    realworld: Path, tmp_path: Path, model: str, preset: str | None, kind: str, source: str
+) -> None:
     coco = realworld / "datasets" / "coco128"
-    bundle, _ = import_model(realworld / model, out=tmp_path / "b",
-                             overrides=ImportOverrides(preset=preset))
-    data = coco / "coco128.yaml" if source == "yaml" else \
-        coco / "annotations" / "instances_train2017.json"
+    bundle, _ = import_model(
+        realworld / model, out=tmp_path / "b", overrides=ImportOverrides(preset=preset)
+    )
+    data = (
+        coco / "coco128.yaml"
+        if source == "yaml"
+        else coco / "annotations" / "instances_train2017.json"
+    )
     rep = evaluate_bundle(bundle, data, progress=False)
     assert rep.images == 128
     ours = rep.metrics["map50_95"]
     model_file = bundle.model_file(bundle.manifest.artifacts[0])
-    ref = reference_map(model=model_file, kind=kind, size=bundle.spec.imgsz[0],
-                        coco_json=coco / "annotations" / "instances_train2017.json",
-                        images=coco / "images" / "train2017", names=list(bundle.spec.names))
+    ref = reference_map(
+        model=model_file,
+        kind=kind,
+        size=bundle.spec.imgsz[0],
+        coco_json=coco / "annotations" / "instances_train2017.json",
+        images=coco / "images" / "train2017",
+        names=list(bundle.spec.names),
+    )
     # YOLO labels lack the json's 10 crowd regions: a yaml-based mAP may differ a little.
     tol = 0.002 if source == "json" else 0.01
     assert ours == pytest.approx(ref, abs=tol), (ours, ref)
@@ -48,8 +58,7 @@ def test_predictions_on_demo_images(realworld: Path, tmp_path: Path) -> None:
     from cvdeploy.data.io import read_image
     from cvdeploy.pipeline.predictor import Predictor
 
-    bundle, _ = import_model(realworld / "models/yolov8n_int8_openvino_model",
-                             out=tmp_path / "b")
+    bundle, _ = import_model(realworld / "models/yolov8n_int8_openvino_model", out=tmp_path / "b")
     with Predictor.from_bundle(bundle, batch=1) as p:
         (bus,), _ = p.predict([read_image(realworld / "images/bus.jpg")])
         (zid,), _ = p.predict([read_image(realworld / "images/zidane.jpg")])

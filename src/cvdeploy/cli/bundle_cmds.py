@@ -18,26 +18,32 @@ def import_cmd(
     path: Annotated[Path, typer.Argument(help="ONNX file, OpenVINO .xml, or a folder holding one")],
     out: Annotated[Path, typer.Option("--out", "-o", help="bundle directory to create")],
     name: Annotated[str | None, typer.Option(help="bundle name (default: file stem)")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="model family: ultralytics | yolox | yolov5 (Ultralytics exports are detected)")
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="model family: ultralytics | yolox | yolov5 (Ultralytics exports are detected)"
+        ),
     ] = None,
-    names: Annotated[Path | None, typer.Option(
-        help="class names: text file (one per line) or yaml/json list")] = None,
+    names: Annotated[
+        Path | None, typer.Option(help="class names: text file (one per line) or yaml/json list")
+    ] = None,
     imgsz: Annotated[str | None, typer.Option(help="input size N or H,W")] = None,
     decoder: Annotated[str | None, typer.Option(help="yolov8 | yolox | yolov5 | logits")] = None,
     color: Annotated[str | None, typer.Option(help="rgb | bgr | gray")] = None,
-    align: Annotated[str | None, typer.Option(help="letterbox alignment: center | top-left")
-                     ] = None,
+    align: Annotated[
+        str | None, typer.Option(help="letterbox alignment: center | top-left")
+    ] = None,
     resize: Annotated[str | None, typer.Option(help="letterbox | stretch | crop")] = None,
     pad: Annotated[int | None, typer.Option(help="letterbox pad value 0..255")] = None,
-    scale: Annotated[float | None, typer.Option(help="pixel scale, e.g. 0.00392156 or 1")
-                     ] = None,
-    mean: Annotated[str | None, typer.Option(help="per-channel mean after scaling, 'a,b,c'")
-                    ] = None,
-    std: Annotated[str | None, typer.Option(help="per-channel std after scaling, 'a,b,c'")
-                   ] = None,
-    samples: Annotated[Path | None, typer.Option(
-        help="images to keep in the bundle for parity checks (up to 8 are stored)")] = None,
+    scale: Annotated[float | None, typer.Option(help="pixel scale, e.g. 0.00392156 or 1")] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="per-channel mean after scaling, 'a,b,c'")
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="per-channel std after scaling, 'a,b,c'")] = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(help="images to keep in the bundle for parity checks (up to 8 are stored)"),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -53,15 +59,31 @@ def import_cmd(
         except ValueError:
             raise UsageError(f"expected comma-separated numbers, got {v!r}") from None
 
-    ov = ImportOverrides(preset=preset, names=read_names_file(names) if names else None,
-                         imgsz=parse_imgsz(imgsz), decoder=decoder, color=color, align=align,
-                         resize=resize, pad=pad, scale=scale, mean=floats(mean), std=floats(std))
+    ov = ImportOverrides(
+        preset=preset,
+        names=read_names_file(names) if names else None,
+        imgsz=parse_imgsz(imgsz),
+        decoder=decoder,
+        color=color,
+        align=align,
+        resize=resize,
+        pad=pad,
+        scale=scale,
+        mean=floats(mean),
+        std=floats(std),
+    )
     sample_files = list_images(samples)[:8] if samples else []
-    bundle, notes = import_model(path, out=out, name=name, overrides=ov, overwrite=overwrite,
-                                 samples=sample_files)
+    bundle, notes = import_model(
+        path, out=out, name=name, overrides=ov, overwrite=overwrite, samples=sample_files
+    )
     if json_out:
-        print_json({"bundle": str(bundle.path), "notes": notes,
-                    **bundle.manifest.model_dump(mode="json", include={"name", "spec"})})
+        print_json(
+            {
+                "bundle": str(bundle.path),
+                "notes": notes,
+                **bundle.manifest.model_dump(mode="json", include={"name", "spec"}),
+            }
+        )
         return
     con = err_console()
     for n in notes:
@@ -73,7 +95,8 @@ def import_cmd(
         f"  artifact {art.id}: {art.format} {art.precision}, input {list(art.io.input.shape)}\n"
         f"  task {s.task}, {len(s.names)} classes, imgsz {s.imgsz[0]}x{s.imgsz[1]}, "
         f"decoder {s.decoder.kind}, {s.preprocess.resize}/{s.preprocess.align}, "
-        f"{s.preprocess.color}, scale {s.preprocess.scale:g}")
+        f"{s.preprocess.color}, scale {s.preprocess.scale:g}"
+    )
 
 
 def artifact_summary(a: Artifact) -> dict[str, Any]:
@@ -82,12 +105,17 @@ def artifact_summary(a: Artifact) -> dict[str, Any]:
     metrics = {c.name: c.data.get("metrics", {}) for c in a.checks if c.kind == "metrics"}
     latency = [c.data for c in a.checks if c.kind == "latency"]
     return {
-        "id": a.id, "format": a.format, "precision": a.precision,
-        "files": [f.model_dump() for f in a.files], "size_bytes": a.size_bytes,
-        "input": a.io.input.model_dump(), "layout": a.io.layout,
+        "id": a.id,
+        "format": a.format,
+        "precision": a.precision,
+        "files": [f.model_dump() for f in a.files],
+        "size_bytes": a.size_bytes,
+        "input": a.io.input.model_dump(),
+        "layout": a.io.layout,
         "produced_by": a.produced_by.model_dump(),
         "parity": parity.model_dump(mode="json") if parity else None,
-        "metrics": metrics, "latency": latency,
+        "metrics": metrics,
+        "latency": latency,
         "created": a.created.isoformat(),
     }
 
@@ -101,26 +129,46 @@ def info_cmd(
     b = Bundle.load(bundle)
     m = b.manifest
     if json_out:
-        print_json({"name": m.name, "path": str(b.path), "schema_version": m.schema_version,
-                    "spec": m.spec.model_dump(mode="json"),
-                    "artifacts": [artifact_summary(a) for a in m.artifacts],
-                    "recommended": m.recommended,
-                    "samples": [s.path for s in m.samples],
-                    "history": [h.model_dump(mode="json") for h in m.history]})
+        print_json(
+            {
+                "name": m.name,
+                "path": str(b.path),
+                "schema_version": m.schema_version,
+                "spec": m.spec.model_dump(mode="json"),
+                "artifacts": [artifact_summary(a) for a in m.artifacts],
+                "recommended": m.recommended,
+                "samples": [s.path for s in m.samples],
+                "history": [h.model_dump(mode="json") for h in m.history],
+            }
+        )
         return
     con = out_console()
     s = m.spec
     pp = s.preprocess
     con.print(f"[bold]{m.name}[/]  ({b.path})")
-    con.print(f"  task {s.task}, {len(s.names)} classes ({', '.join(s.names[:6])}"
-              f"{', ...' if len(s.names) > 6 else ''}), imgsz {s.imgsz[0]}x{s.imgsz[1]}")
-    con.print(f"  preprocess: {pp.resize} {pp.align} pad {pp.pad_value}, {pp.color}, "
-              f"scale {pp.scale:g}, mean {pp.mean}, std {pp.std}")
-    con.print(f"  decoder: {s.decoder.kind} conf {s.decoder.conf} iou {s.decoder.iou} "
-              f"max_det {s.decoder.max_det}")
+    con.print(
+        f"  task {s.task}, {len(s.names)} classes ({', '.join(s.names[:6])}"
+        f"{', ...' if len(s.names) > 6 else ''}), imgsz {s.imgsz[0]}x{s.imgsz[1]}"
+    )
+    con.print(
+        f"  preprocess: {pp.resize} {pp.align} pad {pp.pad_value}, {pp.color}, "
+        f"scale {pp.scale:g}, mean {pp.mean}, std {pp.std}"
+    )
+    con.print(
+        f"  decoder: {s.decoder.kind} conf {s.decoder.conf} iou {s.decoder.iou} "
+        f"max_det {s.decoder.max_det}"
+    )
     t = Table(title="artifacts")
-    for col in ("id", "format", "precision", "size", "input", "parity", "mAP50-95 / top1",
-                "latency p50"):
+    for col in (
+        "id",
+        "format",
+        "precision",
+        "size",
+        "input",
+        "parity",
+        "mAP50-95 / top1",
+        "latency p50",
+    ):
         t.add_column(col)
     for a in m.artifacts:
         parity = a.latest("parity")
@@ -131,11 +179,16 @@ def info_cmd(
             md = met.data.get("metrics", {})
             v = md.get("map50_95", md.get("top1"))
             mval = f"{v:.4f} ({met.name})" if isinstance(v, float) else "-"
-        t.add_row(a.id, a.format, a.precision, f"{a.size_bytes / 1e6:.2f} MB",
-                  str(list(a.io.input.shape)),
-                  "-" if parity is None else ("pass" if parity.passed else "FAIL"),
-                  mval,
-                  f"{lat.data.get('e2e_ms', {}).get('p50', float('nan')):.2f} ms" if lat else "-")
+        t.add_row(
+            a.id,
+            a.format,
+            a.precision,
+            f"{a.size_bytes / 1e6:.2f} MB",
+            str(list(a.io.input.shape)),
+            "-" if parity is None else ("pass" if parity.passed else "FAIL"),
+            mval,
+            f"{lat.data.get('e2e_ms', {}).get('p50', float('nan')):.2f} ms" if lat else "-",
+        )
     con.print(t)
     if m.recommended:
         con.print(f"recommended: {m.recommended}")

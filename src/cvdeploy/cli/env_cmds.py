@@ -19,8 +19,17 @@ def runtimes_cmd(
 
     rows = RUNTIMES.list()
     if json_out:
-        print_json([{"name": r.name, "available": r.available, "reason": r.reason,
-                     "description": r.description} for r in rows])
+        print_json(
+            [
+                {
+                    "name": r.name,
+                    "available": r.available,
+                    "reason": r.reason,
+                    "description": r.description,
+                }
+                for r in rows
+            ]
+        )
         return
     t = Table(title="runtimes")
     for c in ("format", "status", "description"):

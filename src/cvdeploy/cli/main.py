@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from cvdeploy import __version__
-from cvdeploy.cli import bundle_cmds, env_cmds, export_cmds, run_cmds
+from cvdeploy.cli import (
+    bench_cmds,
+    bundle_cmds,
+    env_cmds,
+    export_cmds,
+    quantize_cmds,
+    run_cmds,
+    serve_cmds,
+    zoo_cmds,
+)
 
 app = typer.Typer(
     name="cvdeploy",
@@ -25,8 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="print the version and exit"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     """cvdeploy: export, verify, benchmark and serve vision models."""
 
@@ -36,7 +46,14 @@ app.command("info")(bundle_cmds.info_cmd)
 app.command("export")(export_cmds.export_cmd)
 app.command("predict")(run_cmds.predict_cmd)
 app.command("eval")(run_cmds.eval_cmd)
+app.command("quantize")(quantize_cmds.quantize_cmd)
+app.command("bench")(bench_cmds.bench_cmd)
 app.command("runtimes")(env_cmds.runtimes_cmd)
+app.command("demo")(zoo_cmds.demo_cmd)
+app.add_typer(zoo_cmds.zoo_app, name="zoo")
+app.command("serve")(serve_cmds.serve_cmd)
+app.add_typer(serve_cmds.registry_app, name="registry")
+app.add_typer(serve_cmds.logs_app, name="logs")
 
 
 def main() -> None:

@@ -17,16 +17,12 @@ from cvdeploy.errors import UsageError
 def predict_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
-    artifact: Annotated[str | None, typer.Option(help="artifact id (see `cvdeploy info`)")
-                        ] = None,
-    save: Annotated[Path | None, typer.Option(help="folder for images with results drawn")
-                    ] = None,
-    conf: Annotated[float | None, typer.Option(help="confidence threshold (default: spec)")
-                    ] = None,
+    artifact: Annotated[str | None, typer.Option(help="artifact id (see `cvdeploy info`)")] = None,
+    save: Annotated[Path | None, typer.Option(help="folder for images with results drawn")] = None,
+    conf: Annotated[float | None, typer.Option(help="confidence threshold (default: spec)")] = None,
     iou: Annotated[float | None, typer.Option(help="NMS IoU threshold (default: spec)")] = None,
     max_det: Annotated[int | None, typer.Option(help="max detections per image")] = None,
-    imgsz: Annotated[str | None, typer.Option(help="input size (dynamic artifacts only)")
-                     ] = None,
+    imgsz: Annotated[str | None, typer.Option(help="input size (dynamic artifacts only)")] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
 ) -> None:
@@ -42,8 +38,14 @@ def predict_cmd(
     b = Bundle.load(bundle)
     paths = list_images(images)
     opts = RunnerOptions(threads=threads) if threads else None
-    pred = Predictor.from_bundle(b, artifact, options=opts, imgsz=parse_imgsz(imgsz), batch=1,
-                                 thresholds=Thresholds(conf=conf, iou=iou, max_det=max_det))
+    pred = Predictor.from_bundle(
+        b,
+        artifact,
+        options=opts,
+        imgsz=parse_imgsz(imgsz),
+        batch=1,
+        thresholds=Thresholds(conf=conf, iou=iou, max_det=max_det),
+    )
     names = b.spec.names
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
@@ -52,8 +54,13 @@ def predict_cmd(
         for p in paths:
             img = read_image(p)
             (res,), times = pred.predict_batch([img])
-            rec = {"image": str(p), "width": img.shape[1], "height": img.shape[0],
-                   "results": res.to_dicts(names), "speed_ms": times.per_image()}
+            rec = {
+                "image": str(p),
+                "width": img.shape[1],
+                "height": img.shape[0],
+                "results": res.to_dicts(names),
+                "speed_ms": times.per_image(),
+            }
             if save is not None:
                 dst = save / f"{p.stem}.jpg"
                 if not cv2.imwrite(str(dst), draw(img, res, names)):
@@ -67,11 +74,14 @@ def predict_cmd(
     for rec in records:
         items = rec["results"]
         desc = ", ".join(
-            f"{r.get('class_name', r.get('class_id'))} {r['score']:.2f}" for r in items[:12])
+            f"{r.get('class_name', r.get('class_id'))} {r['score']:.2f}" for r in items[:12]
+        )
         more = f" (+{len(items) - 12})" if len(items) > 12 else ""
         sp = rec["speed_ms"]
-        con.print(f"{rec['image']}: {len(items)} result(s) {desc}{more}  "
-                  f"[{sp['preprocess']:.1f}+{sp['inference']:.1f}+{sp['postprocess']:.1f} ms]")
+        con.print(
+            f"{rec['image']}: {len(items)} result(s) {desc}{more}  "
+            f"[{sp['preprocess']:.1f}+{sp['inference']:.1f}+{sp['postprocess']:.1f} ms]"
+        )
     if save is not None:
         err_console().print(f"saved {len(records)} image(s) to {save}")
 
@@ -79,12 +89,16 @@ def predict_cmd(
 @handle_errors
 def eval_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-    data: Annotated[Path, typer.Option(help="YOLO data.yaml (or its folder), COCO json, or a "
-                                            "class-per-folder image tree (classifiers)")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="YOLO data.yaml (or its folder), COCO json, or a "
+            "class-per-folder image tree (classifiers)"
+        ),
+    ],
     split: Annotated[str, typer.Option(help="dataset split")] = "val",
     images: Annotated[Path | None, typer.Option(help="image folder of a COCO json")] = None,
-    artifact: Annotated[str | None, typer.Option(help="artifact id (default: recommended)")
-                        ] = None,
+    artifact: Annotated[str | None, typer.Option(help="artifact id (default: recommended)")] = None,
     conf: Annotated[float, typer.Option(help="confidence threshold")] = 0.001,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.7,
     max_det: Annotated[int, typer.Option(help="max detections per image")] = 300,
@@ -100,17 +114,28 @@ def eval_cmd(
 
     b = Bundle.load(bundle)
     proto = Protocol(conf=conf, iou=iou, max_det=max_det, imgsz=parse_imgsz(imgsz))
-    rep = evaluate_bundle(b, data, artifact=artifact, split=split, images=images,
-                          protocol=proto, options=RunnerOptions(threads=threads) if threads
-                          else None, batch=batch, record=record, progress=not json_out)
+    rep = evaluate_bundle(
+        b,
+        data,
+        artifact=artifact,
+        split=split,
+        images=images,
+        protocol=proto,
+        options=RunnerOptions(threads=threads) if threads else None,
+        batch=batch,
+        record=record,
+        progress=not json_out,
+    )
     if json_out:
         print_json(rep.to_dict())
         return
     con = out_console()
     m = rep.metrics
     if "map50_95" in m:
-        con.print(f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
-                  f"mAP50-95 [bold]{m['map50_95']:.4f}[/]  mAP50 {m['map50']:.4f}")
+        con.print(
+            f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
+            f"mAP50-95 [bold]{m['map50_95']:.4f}[/]  mAP50 {m['map50']:.4f}"
+        )
         per = m.get("per_class", {})
         if per:
             t = Table(title="per-class AP50-95 (classes with ground truth)")
@@ -120,12 +145,16 @@ def eval_cmd(
                 t.add_row(k, f"{v:.4f}")
             con.print(t)
     else:
-        con.print(f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
-                  f"top1 [bold]{m.get('top1', float('nan')):.4f}[/]  "
-                  f"top5 {m.get('top5', float('nan')):.4f}")
+        con.print(
+            f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
+            f"top1 [bold]{m.get('top1', float('nan')):.4f}[/]  "
+            f"top5 {m.get('top5', float('nan')):.4f}"
+        )
     sp = rep.speed_ms
-    con.print(f"speed per image: decode {sp['decode']:.1f} ms, preprocess "
-              f"{sp['preprocess']:.1f} ms, inference {sp['inference']:.1f} ms, postprocess "
-              f"{sp['postprocess']:.1f} ms")
+    con.print(
+        f"speed per image: decode {sp['decode']:.1f} ms, preprocess "
+        f"{sp['preprocess']:.1f} ms, inference {sp['inference']:.1f} ms, postprocess "
+        f"{sp['postprocess']:.1f} ms"
+    )
     if record:
         err_console().print(f"recorded in {b.path / 'bundle.json'}")

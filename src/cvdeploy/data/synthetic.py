@@ -90,6 +90,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     xx = (np.arange(size, dtype=np.float32) / size)[None, :]
     yy = xx.T
     kind = rng.integers(4)
+    img: np.ndarray
     c1, c2 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     if kind == 0:  # flat colour
         img = np.broadcast_to(c1, (size, size, 3)).astype(np.float32)

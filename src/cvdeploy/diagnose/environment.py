@@ -17,13 +17,44 @@ from typing import Any
 
 from cvdeploy import __version__
 
-PACKAGES = ("numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu",
-            "openvino", "nncf", "torch", "onnxslim", "ai-edge-litert", "litert-torch",
-            "tensorflow-cpu", "onnx2tf", "tensorrt", "pycocotools")
+PACKAGES = (
+    "numpy",
+    "opencv-python-headless",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "nncf",
+    "torch",
+    "onnxslim",
+    "ai-edge-litert",
+    "litert-torch",
+    "tensorflow-cpu",
+    "onnx2tf",
+    "tensorrt",
+    "pycocotools",
+)
 # Instruction sets that change INT8/FP16 speed or numerics.
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-             "asimd", "asimddp", "i8mm", "sve")
+CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -52,8 +83,12 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
             model = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
-    return {"model": model, "arch": platform.machine(), "logical_cores": os.cpu_count(),
-            "flags": sorted(f for f in CPU_FLAGS if f in flags)}
+    return {
+        "model": model,
+        "arch": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "flags": sorted(f for f in CPU_FLAGS if f in flags),
+    }
 
 
 def gpu_info() -> list[dict[str, str]]:
@@ -62,9 +97,13 @@ def gpu_info() -> list[dict[str, str]]:
     if exe is None:
         return []
     try:
-        res = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        res = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     gpus = []

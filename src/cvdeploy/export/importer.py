@@ -58,8 +58,10 @@ class ModelFacts:
 def find_model_file(path: Path) -> Path:
     """The ONNX or OpenVINO IR file named by ``path`` (a file, or a folder holding one)."""
     if not path.exists():
-        raise InputError(f"{path} does not exist", hint="give an .onnx file, an OpenVINO .xml, "
-                                                        "or a folder holding one")
+        raise InputError(
+            f"{path} does not exist",
+            hint="give an .onnx file, an OpenVINO .xml, or a folder holding one",
+        )
     if path.is_file():
         if path.suffix.lower() not in (".onnx", ".xml"):
             raise InputError(f"{path.name} is not an ONNX (.onnx) or OpenVINO IR (.xml) file")
@@ -69,8 +71,10 @@ def find_model_file(path: Path) -> Path:
     found = xmls or onnxs
     if len(found) != 1:
         what = ", ".join(p.name for p in found) if found else "no .xml or .onnx file"
-        raise InputError(f"{path} must hold exactly one model file, found: {what}",
-                         hint="pass the model file itself")
+        raise InputError(
+            f"{path} must hold exactly one model file, found: {what}",
+            hint="pass the model file itself",
+        )
     return found[0]
 
 
@@ -127,8 +131,10 @@ def _onnx_facts(path: Path) -> ModelFacts:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others
-        raise ModelLoadError(f"{path.name} is not a readable ONNX model: {exc}".splitlines()[0],
-                             hint="the file may be truncated or corrupted") from exc
+        raise ModelLoadError(
+            f"{path.name} is not a readable ONNX model: {exc}".splitlines()[0],
+            hint="the file may be truncated or corrupted",
+        ) from exc
     inits = {i.name for i in model.graph.initializer}
     elem = {1: "float32", 10: "float16", 2: "uint8", 3: "int8"}
 
@@ -140,8 +146,9 @@ def _onnx_facts(path: Path) -> ModelFacts:
     inputs = tuple(tensor(i) for i in model.graph.input if i.name not in inits)
     outputs = tuple(tensor(o) for o in model.graph.output)
     if len(inputs) != 1:
-        raise SpecError(f"{path.name} has {len(inputs)} inputs; cvdeploy handles single-image-"
-                        "input models")
+        raise SpecError(
+            f"{path.name} has {len(inputs)} inputs; cvdeploy handles single-image-input models"
+        )
     ops = {n.op_type for n in model.graph.node}
     if ops & {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}:
         precision = "int8-dynamic"
@@ -154,8 +161,14 @@ def _onnx_facts(path: Path) -> ModelFacts:
     meta = {p.key: p.value for p in model.metadata_props}
     io = IOSpec(inputs=inputs, outputs=outputs, layout=_layout(inputs[0].shape))
     files = [path] + [path.with_name(f) for f in _external_files(model)]
-    return ModelFacts("onnx", files, io, meta, precision,
-                      "ultralytics" if "ultralytics" in meta.get("author", "").lower() else "onnx")
+    return ModelFacts(
+        "onnx",
+        files,
+        io,
+        meta,
+        precision,
+        "ultralytics" if "ultralytics" in meta.get("author", "").lower() else "onnx",
+    )
 
 
 def _external_files(model: Any) -> list[str]:
@@ -182,22 +195,28 @@ def _openvino_facts(xml: Path) -> ModelFacts:
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as exc:  # openvino raises RuntimeError
-        raise ModelLoadError(f"OpenVINO cannot read {xml.name}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}",
-                             hint="the .xml/.bin pair may be corrupted") from exc
+        raise ModelLoadError(
+            f"OpenVINO cannot read {xml.name}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}",
+            hint="the .xml/.bin pair may be corrupted",
+        ) from exc
     ovt = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8"}
 
     def tensor(port: Any, i: int, prefix: str) -> TensorSpec:
         names = sorted(port.get_names())
         shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
-        return TensorSpec(name=names[0] if names else f"{prefix}{i}", shape=_dims(shape),
-                          dtype=ovt.get(port.get_element_type().get_type_name(), "float32"))
+        return TensorSpec(
+            name=names[0] if names else f"{prefix}{i}",
+            shape=_dims(shape),
+            dtype=ovt.get(port.get_element_type().get_type_name(), "float32"),
+        )
 
     inputs = tuple(tensor(p, i, "input") for i, p in enumerate(model.inputs))
     outputs = tuple(tensor(p, i, "output") for i, p in enumerate(model.outputs))
     if len(inputs) != 1:
-        raise SpecError(f"{xml.name} has {len(inputs)} inputs; cvdeploy handles single-image-"
-                        "input models")
+        raise SpecError(
+            f"{xml.name} has {len(inputs)} inputs; cvdeploy handles single-image-input models"
+        )
     ops = {o.get_type_name() for o in model.get_ops()}
     precision = "int8" if "FakeQuantize" in ops else "fp32"
     meta: dict[str, Any] = {}
@@ -209,9 +228,14 @@ def _openvino_facts(xml: Path) -> ModelFacts:
             raise InputError(f"{meta_file} is not valid YAML: {exc}") from exc
     files = [xml, bin_file] + ([meta_file] if meta_file.is_file() else [])
     kind = "ultralytics" if "ultralytics" in str(meta.get("author", "")).lower() else "openvino"
-    return ModelFacts("openvino", files, IOSpec(inputs=inputs, outputs=outputs,
-                                                layout=_layout(inputs[0].shape)),
-                      meta, precision, kind)
+    return ModelFacts(
+        "openvino",
+        files,
+        IOSpec(inputs=inputs, outputs=outputs, layout=_layout(inputs[0].shape)),
+        meta,
+        precision,
+        kind,
+    )
 
 
 def read_model_facts(path: Path) -> ModelFacts:
@@ -262,14 +286,14 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
                 "cannot tell how to decode this model's output "
                 f"{list(out_shape)}: it carries no Ultralytics metadata",
                 hint="pass --preset ultralytics|yolox|yolov5, or --decoder yolov8|yolox|yolov5|"
-                     "logits with --color/--align/--scale as the model was trained",
+                "logits with --color/--align/--scale as the model was trained",
             )
     task = task or "detect"
     base_pp: Preprocess
     base_dec: Decoder
     if preset is not None:
-        base_pp = PRESETS[preset]["preprocess"]  # type: ignore[assignment]
-        base_dec = PRESETS[preset]["decoder"]  # type: ignore[assignment]
+        base_pp = PRESETS[preset].preprocess
+        base_dec = PRESETS[preset].decoder
     elif task == "classify":
         base_pp = Preprocess(resize="stretch", color="rgb", scale=1 / 255)
         base_dec = Decoder(kind="logits")
@@ -278,9 +302,19 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
         base_dec = Decoder(kind=ov.decoder or "yolov8")  # type: ignore[arg-type]
     if task == "classify" and base_dec.kind != "logits":
         base_dec = Decoder(kind="logits")
-    pp_update = {k: v for k, v in {"color": ov.color, "align": ov.align, "resize": ov.resize,
-                                   "pad_value": ov.pad, "scale": ov.scale, "mean": ov.mean,
-                                   "std": ov.std}.items() if v is not None}
+    pp_update = {
+        k: v
+        for k, v in {
+            "color": ov.color,
+            "align": ov.align,
+            "resize": ov.resize,
+            "pad_value": ov.pad,
+            "scale": ov.scale,
+            "mean": ov.mean,
+            "std": ov.std,
+        }.items()
+        if v is not None
+    }
     if ov.color == "gray" and ov.mean is None:
         pp_update.setdefault("mean", (0.0,))
         pp_update.setdefault("std", (1.0,))
@@ -294,18 +328,27 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
     in_shape = facts.io.input.shape
     channels = in_shape[1] if facts.io.layout == "NCHW" else in_shape[-1]
     if channels == 1 and pp.color != "gray":
-        pp = Preprocess.model_validate({**pp.model_dump(), "color": "gray", "mean": pp.mean[:1],
-                                        "std": pp.std[:1]})
+        pp = Preprocess.model_validate(
+            {**pp.model_dump(), "color": "gray", "mean": pp.mean[:1], "std": pp.std[:1]}
+        )
         notes.append("the model takes 1 channel: images are converted to grayscale")
     static_hw = in_shape[2:4] if facts.io.layout == "NCHW" else in_shape[1:3]
-    imgsz = ov.imgsz or _hw(_meta_value(meta, "imgsz")) or (
-        (static_hw[0], static_hw[1]) if -1 not in static_hw else None)
+    imgsz = (
+        ov.imgsz
+        or _hw(_meta_value(meta, "imgsz"))
+        or ((static_hw[0], static_hw[1]) if -1 not in static_hw else None)
+    )
     if imgsz is None:
-        raise SpecError("the model's input size is dynamic and not in its metadata",
-                        hint="pass --imgsz N (the size it was trained/validated at)")
+        raise SpecError(
+            "the model's input size is dynamic and not in its metadata",
+            hint="pass --imgsz N (the size it was trained/validated at)",
+        )
     if -1 not in static_hw and tuple(static_hw) != tuple(imgsz):
-        raise SpecError(f"--imgsz {imgsz[0]}x{imgsz[1]} does not fit the model's fixed input "
-                        f"{static_hw[0]}x{static_hw[1]}", hint="drop --imgsz")
+        raise SpecError(
+            f"--imgsz {imgsz[0]}x{imgsz[1]} does not fit the model's fixed input "
+            f"{static_hw[0]}x{static_hw[1]}",
+            hint="drop --imgsz",
+        )
 
     nc = _num_classes(dec.kind, out_shape)
     names = ov.names or _names_from(_meta_value(meta, "names"))
@@ -314,16 +357,26 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
             names = COCO80
             notes.append("assumed the 80 COCO class names (pass --names FILE if they differ)")
         else:
-            raise SpecError(f"the class names of this model ({nc if nc else 'unknown'} classes) "
-                            "are not in its metadata", hint="pass --names FILE (one per line, "
-                                                            "or a yaml/json list)")
+            raise SpecError(
+                f"the class names of this model ({nc if nc else 'unknown'} classes) "
+                "are not in its metadata",
+                hint="pass --names FILE (one per line, or a yaml/json list)",
+            )
     if nc is not None and nc != len(names):
-        raise SpecError(f"the model emits {nc} classes but {len(names)} names were given",
-                        hint="check --names and --decoder")
+        raise SpecError(
+            f"the model emits {nc} classes but {len(names)} names were given",
+            hint="check --names and --decoder",
+        )
     stride = int(_meta_value(meta, "stride") or (max(dec.strides) if task == "detect" else 1))
     try:
-        return ModelSpec(task=task, names=tuple(names), imgsz=imgsz, preprocess=pp,  # type: ignore[arg-type]
-                         decoder=dec, stride=stride)
+        return ModelSpec(
+            task=task,
+            names=tuple(names),
+            imgsz=imgsz,
+            preprocess=pp,  # type: ignore[arg-type]
+            decoder=dec,
+            stride=stride,
+        )
     except ValueError as exc:
         raise SpecError(f"inconsistent spec: {exc}") from exc
 
@@ -336,9 +389,11 @@ def _num_classes(kind: str, shape: tuple[int, ...]) -> int | None:
     if kind == "logits" and len(shape) == 2 and shape[1] > 0:
         return shape[1]
     if shape and -1 not in shape:
-        raise SpecError(f"output shape {list(shape)} does not fit decoder {kind!r}",
-                        hint="yolov8 expects [B, 4+nc, N]; yolov5/yolox [B, N, 5+nc]; "
-                             "logits [B, nc]. Pass the right --preset or --decoder")
+        raise SpecError(
+            f"output shape {list(shape)} does not fit decoder {kind!r}",
+            hint="yolov8 expects [B, 4+nc, N]; yolov5/yolox [B, N, 5+nc]; "
+            "logits [B, nc]. Pass the right --preset or --decoder",
+        )
     return None
 
 
@@ -354,14 +409,22 @@ def _smoke_test(bundle: Bundle, artifact_id: str) -> None:
     except CvdeployError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"the imported model failed a test inference: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                             hint="check --preset/--decoder/--imgsz against the model") from exc
+        raise ModelLoadError(
+            f"the imported model failed a test inference: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="check --preset/--decoder/--imgsz against the model",
+        ) from exc
 
 
-def import_model(path: Path | str, *, out: Path | str, name: str | None = None,
-                 overrides: ImportOverrides | None = None, overwrite: bool = False,
-                 samples: Sequence[Path] = ()) -> tuple[Bundle, list[str]]:
+def import_model(
+    path: Path | str,
+    *,
+    out: Path | str,
+    name: str | None = None,
+    overrides: ImportOverrides | None = None,
+    overwrite: bool = False,
+    samples: Sequence[Path] = (),
+) -> tuple[Bundle, list[str]]:
     """Wrap an external ONNX file or OpenVINO IR into a new bundle.
 
     Args:
@@ -382,10 +445,15 @@ def import_model(path: Path | str, *, out: Path | str, name: str | None = None,
     spec = build_spec(facts, ov, notes=notes)
     main = facts.files[0]
     art_id = f"{facts.format}-{facts.precision}"
-    details = {"source": str(main.resolve()), "notes": notes,
-               "overrides": _asdict(ov)}
-    with Bundle.create(out, name=name or main.stem, spec=spec, overwrite=overwrite,
-                       action="import", details=details) as edit:
+    details = {"source": str(main.resolve()), "notes": notes, "overrides": _asdict(ov)}
+    with Bundle.create(
+        out,
+        name=name or main.stem,
+        spec=spec,
+        overwrite=overwrite,
+        action="import",
+        details=details,
+    ) as edit:
         d = edit.artifact_dir(art_id)
         main_name = "model.onnx" if facts.format == "onnx" else "model.xml"
         for f in facts.files:
@@ -396,11 +464,18 @@ def import_model(path: Path | str, *, out: Path | str, name: str | None = None,
             else:
                 dst = d / f.name
             shutil.copyfile(f, dst)
-        edit.add_artifact(artifact_id=art_id, format=facts.format, precision=facts.precision,
-                          io=facts.io, main_file=main_name,
-                          produced_by=Provenance(tool="import", options={
-                              "source": str(main.resolve()), "source_kind": facts.source_kind}),
-                          environment=fingerprint())
+        edit.add_artifact(
+            artifact_id=art_id,
+            format=facts.format,
+            precision=facts.precision,
+            io=facts.io,
+            main_file=main_name,
+            produced_by=Provenance(
+                tool="import",
+                options={"source": str(main.resolve()), "source_kind": facts.source_kind},
+            ),
+            environment=fingerprint(),
+        )
         if samples:
             edit.add_samples(list(samples))
         # Check the whole pipeline on the staged copy before the bundle appears.

@@ -12,6 +12,7 @@ import io
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +22,19 @@ from cvdeploy.spec import IOSpec, TensorSpec
 SIMPLIFY_ATOL = 1e-5
 
 
-def torch_to_onnx(module: object, out_file: Path, *, imgsz: tuple[int, int], channels: int = 3,
-                  batch: int = 1, dynamic: bool = False, opset: int = 17, simplify: bool = True,
-                  input_name: str = "images", output_names: tuple[str, ...] = ("output0",),
-                  ) -> tuple[IOSpec, dict[str, object]]:
+def torch_to_onnx(
+    module: object,
+    out_file: Path,
+    *,
+    imgsz: tuple[int, int],
+    channels: int = 3,
+    batch: int = 1,
+    dynamic: bool = False,
+    opset: int = 17,
+    simplify: bool = True,
+    input_name: str = "images",
+    output_names: tuple[str, ...] = ("output0",),
+) -> tuple[IOSpec, dict[str, object]]:
     """Export ``module`` (eval mode) to ``out_file``.
 
     Args:
@@ -55,23 +65,38 @@ def torch_to_onnx(module: object, out_file: Path, *, imgsz: tuple[int, int], cha
         n_out = len(_as_list(module(example)))
     if len(output_names) != n_out:
         output_names = ("output0",) if n_out == 1 else tuple(f"output{i}" for i in range(n_out))
-    axes = {input_name: {0: "batch"}, **{o: {0: "batch"} for o in output_names}} \
-        if dynamic else None
+    axes = (
+        {input_name: {0: "batch"}, **{o: {0: "batch"} for o in output_names}} if dynamic else None
+    )
     tmp = out_file.with_suffix(".raw.onnx")
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[input_name], output_names=list(output_names),
-                              dynamic_axes=axes, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
     except Exception as exc:  # the exporter raises many types
         tmp.unlink(missing_ok=True)
         raise ModelLoadError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
-    facts: dict[str, object] = {"exporter": "torch.onnx (TorchScript)", "opset": opset,
-                                "simplified": False}
+    facts: dict[str, object] = {
+        "exporter": "torch.onnx (TorchScript)",
+        "opset": opset,
+        "simplified": False,
+    }
     if simplify:
-        facts.update(_try_simplify(tmp, out_file, imgsz=imgsz, channels=channels,
-                                   batch=1 if dynamic else batch))
+        facts.update(
+            _try_simplify(
+                tmp, out_file, imgsz=imgsz, channels=channels, batch=1 if dynamic else batch
+            )
+        )
     if not out_file.exists():
         shutil.move(tmp, out_file)
     tmp.unlink(missing_ok=True)
@@ -93,8 +118,9 @@ def _run_ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(o) for o in sess.run(None, {sess.get_inputs()[0].name: x})]
 
 
-def _try_simplify(raw: Path, out_file: Path, *, imgsz: tuple[int, int], channels: int,
-                  batch: int) -> dict[str, object]:
+def _try_simplify(
+    raw: Path, out_file: Path, *, imgsz: tuple[int, int], channels: int, batch: int
+) -> dict[str, object]:
     try:
         import onnxslim
     except ImportError:
@@ -114,8 +140,10 @@ def _try_simplify(raw: Path, out_file: Path, *, imgsz: tuple[int, int], channels
     err = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
     if err > SIMPLIFY_ATOL * max(1.0, max(float(np.abs(a).max()) for a in ref)):
         out_file.unlink()
-        return {"simplified": False,
-                "simplify_note": f"onnxslim changed outputs (max abs error {err:.3g}): kept raw"}
+        return {
+            "simplified": False,
+            "simplify_note": f"onnxslim changed outputs (max abs error {err:.3g}): kept raw",
+        }
     return {"simplified": True, "simplify_max_abs_error": err}
 
 
@@ -123,9 +151,11 @@ def _io_of(model: object, *, dynamic: bool) -> IOSpec:
     graph = model.graph  # type: ignore[attr-defined]
     inits = {i.name for i in graph.initializer}
 
-    def spec(v: object) -> TensorSpec:
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-                for d in v.type.tensor_type.shape.dim]  # type: ignore[attr-defined]
+    def spec(v: Any) -> TensorSpec:
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in v.type.tensor_type.shape.dim
+        ]  # type: ignore[attr-defined]
         return TensorSpec(name=v.name, shape=tuple(dims))  # type: ignore[attr-defined]
 
     inputs = tuple(spec(i) for i in graph.input if i.name not in inits)

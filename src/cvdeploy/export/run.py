@@ -32,9 +32,13 @@ GATE_IMAGES = 16
 SAMPLES_KEPT = 8
 
 EXPORTERS = Registry("exporter")
-EXPORTERS.register("onnx", "cvdeploy.export.run:export_onnx", requires=("onnx", "onnxruntime"),
-                   extra="onnxruntime", description="ONNX (from torch: TorchScript exporter "
-                                                    "+ onnxslim)")
+EXPORTERS.register(
+    "onnx",
+    "cvdeploy.export.run:export_onnx",
+    requires=("onnx", "onnxruntime"),
+    extra="onnxruntime",
+    description="ONNX (from torch: TorchScript exporter + onnxslim)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +108,20 @@ def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
     from cvdeploy.export.onnx import torch_to_onnx
 
     if ctx.torch_module is None:
-        raise UsageError(f"ONNX export needs a torch source; the source artifact is "
-                         f"{ctx.source.format}")
+        raise UsageError(
+            f"ONNX export needs a torch source; the source artifact is {ctx.source.format}"
+        )
     hw = ctx.options.imgsz or ctx.spec.imgsz
-    io, facts = torch_to_onnx(ctx.torch_module, out_dir / "model.onnx", imgsz=hw,
-                              channels=ctx.spec.preprocess.channels, batch=ctx.options.batch,
-                              dynamic=ctx.options.dynamic, opset=ctx.options.opset,
-                              simplify=ctx.options.simplify)
+    io, facts = torch_to_onnx(
+        ctx.torch_module,
+        out_dir / "model.onnx",
+        imgsz=hw,
+        channels=ctx.spec.preprocess.channels,
+        batch=ctx.options.batch,
+        dynamic=ctx.options.dynamic,
+        opset=ctx.options.opset,
+        simplify=ctx.options.simplify,
+    )
     return Produced("onnx", "fp32", io, "model.onnx", facts)
 
 
@@ -119,8 +130,9 @@ def artifact_id_for(fmt: str, options: ExportOptions) -> str:
     return f"{fmt}-{'fp16' if options.half else 'fp32'}"
 
 
-def gate_images(data: Path | None, fallback: Sequence[Path], *, limit: int = GATE_IMAGES
-                ) -> list[Path]:
+def gate_images(
+    data: Path | None, fallback: Sequence[Path], *, limit: int = GATE_IMAGES
+) -> list[Path]:
     """Pick real images for the gate: from ``data`` (folder, image, dataset yaml) or fallback."""
     paths: list[Path]
     if data is None:
@@ -128,7 +140,8 @@ def gate_images(data: Path | None, fallback: Sequence[Path], *, limit: int = GAT
     elif data.is_file() and is_image_file(data):
         paths = [data]
     elif data.suffix.lower() in (".yaml", ".yml", ".json") or (
-            data.is_dir() and any(data.glob("*.yaml"))):
+        data.is_dir() and any(data.glob("*.yaml"))
+    ):
         from cvdeploy.data.base import load_detection_dataset
 
         paths = [it.path for it in load_detection_dataset(data, split="val").items]
@@ -137,8 +150,9 @@ def gate_images(data: Path | None, fallback: Sequence[Path], *, limit: int = GAT
 
         paths = list_images(data)
     if not paths:
-        raise InputError("no images for the parity gate",
-                         hint="pass --data with a folder of real images")
+        raise InputError(
+            "no images for the parity gate", hint="pass --data with a folder of real images"
+        )
     if len(paths) > limit:
         idx = np.linspace(0, len(paths) - 1, limit).round().astype(int)
         paths = [paths[i] for i in idx]
@@ -156,14 +170,21 @@ def _source_artifact(manifest_artifacts: Sequence[Artifact]) -> Artifact:
     raise UsageError("the bundle has no fp32 artifact to export from")
 
 
-def _predictor(spec: ModelSpec, fmt: str, path: Path, io: IOSpec, imgsz: tuple[int, int] | None,
-               artifact_id: str) -> Predictor:
+def _predictor(
+    spec: ModelSpec,
+    fmt: str,
+    path: Path,
+    io: IOSpec,
+    imgsz: tuple[int, int] | None,
+    artifact_id: str,
+) -> Predictor:
     runner = create_runner(fmt, path, io)
     return Predictor(spec=spec, runner=runner, artifact_id=artifact_id, imgsz=imgsz, batch=1)
 
 
-def _export_one(edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bool
-                ) -> ExportOutcome:
+def _export_one(
+    edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bool
+) -> ExportOutcome:
     art_id = artifact_id_for(fmt, ctx.options)
     backup = edit.staging / f".previous-{art_id}"
     if (edit.staging / art_id).exists() and overwrite:
@@ -179,14 +200,18 @@ def _export_one(edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bo
         out_dir = edit.artifact_dir(art_id, replace=overwrite)
         produced = target(ctx, out_dir)
         if not RUNTIMES.availability(produced.format).available:
-            raise UsageError(f"the {produced.format} runtime is "
-                             f"{RUNTIMES.availability(produced.format).reason}: the artifact "
-                             "cannot be verified here, so it is not added")
+            raise UsageError(
+                f"the {produced.format} runtime is "
+                f"{RUNTIMES.availability(produced.format).reason}: the artifact "
+                "cannot be verified here, so it is not added"
+            )
         hw = ctx.options.imgsz if ctx.options.imgsz is not None else None
-        src = _predictor(ctx.spec, ctx.source.format, ctx.source_file, ctx.source.io, hw,
-                         ctx.source.id)
-        cand = _predictor(ctx.spec, produced.format, out_dir / produced.main_file, produced.io,
-                          hw, art_id)
+        src = _predictor(
+            ctx.spec, ctx.source.format, ctx.source_file, ctx.source.io, hw, ctx.source.id
+        )
+        cand = _predictor(
+            ctx.spec, produced.format, out_dir / produced.main_file, produced.io, hw, art_id
+        )
         with src, cand:
             parity = check_parity(src, cand, ctx.images, precision=produced.precision)
     except CvdeployError as exc:
@@ -200,11 +225,18 @@ def _export_one(edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bo
         return ExportOutcome(art_id, "refused", "; ".join(parity.failures), parity)
     shutil.rmtree(backup, ignore_errors=True)
     opts = dataclasses.asdict(ctx.options)
-    edit.add_artifact(artifact_id=art_id, format=produced.format, precision=produced.precision,
-                      io=produced.io, main_file=produced.main_file,
-                      produced_by=Provenance(tool=f"export:{fmt}", source=ctx.source.id,
-                                             options={**opts, **produced.facts}),
-                      environment=fingerprint(), checks=[parity.to_check(source=ctx.source.id)])
+    edit.add_artifact(
+        artifact_id=art_id,
+        format=produced.format,
+        precision=produced.precision,
+        io=produced.io,
+        main_file=produced.main_file,
+        produced_by=Provenance(
+            tool=f"export:{fmt}", source=ctx.source.id, options={**opts, **produced.facts}
+        ),
+        environment=fingerprint(),
+        checks=[parity.to_check(source=ctx.source.id)],
+    )
     return ExportOutcome(art_id, "added", "", parity)
 
 
@@ -221,16 +253,24 @@ def _synthetic_samples(task: str, tmp: Path, n: int) -> list[Path]:
     from cvdeploy.data import synthetic
 
     if task == "classify":
-        root = synthetic.make_classification_dataset(tmp / "cls", n_per_class_train=0,
-                                                     n_per_class_val=2, seed=12345)
+        root = synthetic.make_classification_dataset(
+            tmp / "cls", n_per_class_train=0, n_per_class_val=2, seed=12345
+        )
         return sorted((root / "val").rglob("*.png"))[:n]
     yaml_path = synthetic.make_detection_dataset(tmp / "det", n_train=0, n_val=n, seed=12345)
     return sorted((yaml_path.parent / "images" / "val").iterdir())[:n]
 
 
-def export_model(source: str | Path, *, formats: Sequence[str], out: Path | None = None,
-                 options: ExportOptions | None = None, spec_file: Path | None = None,
-                 data: Path | None = None, overwrite: bool = False) -> ExportReport:
+def export_model(
+    source: str | Path,
+    *,
+    formats: Sequence[str],
+    out: Path | None = None,
+    options: ExportOptions | None = None,
+    spec_file: Path | None = None,
+    data: Path | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
     """Export ``source`` to ``formats``, each through the parity gate.
 
     Args:
@@ -255,8 +295,10 @@ def export_model(source: str | Path, *, formats: Sequence[str], out: Path | None
     for f in fmts:
         EXPORTERS.entry(f)
     if opts.dynamic and opts.batch != 1:
-        raise UsageError("--dynamic and --batch N exclude each other",
-                         hint="--dynamic accepts any batch; --batch N fixes it to N")
+        raise UsageError(
+            "--dynamic and --batch N exclude each other",
+            hint="--dynamic accepts any batch; --batch N fixes it to N",
+        )
     src_path = Path(source)
     if src_path.is_dir() and (src_path / "bundle.json").exists():
         return _export_from_bundle(Bundle.load(src_path), fmts, out, opts, data, overwrite)
@@ -269,64 +311,132 @@ def _load_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_image(p) for p in paths]
 
 
-def _export_from_torch(source: str, fmts: list[str], out: Path, opts: ExportOptions,
-                       spec_file: Path | None, data: Path | None, overwrite: bool
-                       ) -> ExportReport:
+def create_torch_bundle(
+    source: str,
+    *,
+    out: Path,
+    spec_file: Path | None = None,
+    data: Path | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Create a bundle holding only the torch source artifact (and sample images).
+
+    Args:
+        source: A zoo name, a training checkpoint, or ``module:factory``.
+        out: Bundle directory.
+        spec_file: Spec of a ``module:factory`` source.
+        data: Sample images (folder or dataset); default: generated synthetic images.
+        overwrite: Replace an existing bundle at ``out``.
+    """
+    _export_from_torch(source, [], out, ExportOptions(), spec_file, data, overwrite)
+    return Bundle.load(out)
+
+
+def _export_from_torch(
+    source: str,
+    fmts: list[str],
+    out: Path,
+    opts: ExportOptions,
+    spec_file: Path | None,
+    data: Path | None,
+    overwrite: bool,
+) -> ExportReport:
     from cvdeploy.export.sources import resolve_torch_source
     from cvdeploy.runtime.torch import save_checkpoint
 
     ts = resolve_torch_source(source, spec_file=spec_file, imgsz=opts.imgsz)
     spec = ts.spec
     with tempfile.TemporaryDirectory(prefix="cvdeploy-samples-") as tmp:
-        fallback = [] if data is not None else _synthetic_samples(spec.task, Path(tmp),
-                                                                   GATE_IMAGES)
+        fallback = [] if data is not None else _synthetic_samples(spec.task, Path(tmp), GATE_IMAGES)
         paths = gate_images(data, fallback)
         images = _load_images(paths)
         outcomes: list[ExportOutcome] = []
-        with Bundle.create(out, name=ts.name, spec=spec, overwrite=overwrite, action="export",
-                           details={"source": source, "formats": fmts}) as edit:
+        with Bundle.create(
+            out,
+            name=ts.name,
+            spec=spec,
+            overwrite=overwrite,
+            action="export",
+            details={"source": source, "formats": fmts},
+        ) as edit:
             d = edit.artifact_dir("torch-fp32")
-            save_checkpoint(d / "model.pt", builder=ts.builder, num_classes=ts.num_classes,
-                            state_dict=ts.module.state_dict())
+            save_checkpoint(
+                d / "model.pt",
+                builder=ts.builder,
+                num_classes=ts.num_classes,
+                state_dict=ts.module.state_dict(),
+            )
             torch_art = edit.add_artifact(
-                artifact_id="torch-fp32", format="torch", precision="fp32",
-                io=_torch_io(spec, spec.imgsz), main_file="model.pt",
+                artifact_id="torch-fp32",
+                format="torch",
+                precision="fp32",
+                io=_torch_io(spec, spec.imgsz),
+                main_file="model.pt",
                 produced_by=Provenance(tool="torch", options=ts.facts),
-                environment=fingerprint())
+                environment=fingerprint(),
+            )
             edit.add_samples(paths[:SAMPLES_KEPT])
-            ctx = ExportContext(spec=spec, source=torch_art,
-                                source_file=edit.path_of(torch_art.files[0].path),
-                                options=opts, images=images, torch_module=ts.module)
+            ctx = ExportContext(
+                spec=spec,
+                source=torch_art,
+                source_file=edit.path_of(torch_art.files[0].path),
+                options=opts,
+                images=images,
+                torch_module=ts.module,
+            )
             for f in fmts:
                 outcomes.append(_export_one(edit, ctx, f, overwrite=True))
-            if not any(o.status == "added" for o in outcomes):
-                raise CheckFailed("no artifact passed: " + "; ".join(
-                    f"{o.artifact_id}: {o.message}" for o in outcomes))
+            if fmts and not any(o.status == "added" for o in outcomes):
+                raise CheckFailed(
+                    "no artifact passed: "
+                    + "; ".join(f"{o.artifact_id}: {o.message}" for o in outcomes)
+                )
     return ExportReport(Path(out), source, outcomes)
 
 
-def _export_from_bundle(bundle: Bundle, fmts: list[str], out: Path | None, opts: ExportOptions,
-                        data: Path | None, overwrite: bool) -> ExportReport:
+def _export_from_bundle(
+    bundle: Bundle,
+    fmts: list[str],
+    out: Path | None,
+    opts: ExportOptions,
+    data: Path | None,
+    overwrite: bool,
+) -> ExportReport:
     target = bundle
     if out is not None and Path(out).resolve() != bundle.path.resolve():
         if Path(out).exists() and not overwrite:
             raise UsageError(f"{out} exists", hint="pass --overwrite or choose another --out")
-        with Bundle.create(out, name=bundle.name, spec=bundle.spec, overwrite=overwrite,
-                           action="copy", details={"from": str(bundle.path)}) as edit:
+        with Bundle.create(
+            out,
+            name=bundle.name,
+            spec=bundle.spec,
+            overwrite=overwrite,
+            action="copy",
+            details={"from": str(bundle.path)},
+        ) as edit:
             for a in bundle.manifest.artifacts:
                 shutil.copytree(bundle.path / a.id, edit.artifact_dir(a.id), dirs_exist_ok=True)
-            edit.manifest = edit.manifest.model_copy(update={
-                "artifacts": bundle.manifest.artifacts, "samples": bundle.manifest.samples,
-                "recommended": bundle.manifest.recommended,
-                "history": bundle.manifest.history})
+            edit.manifest = edit.manifest.model_copy(
+                update={
+                    "artifacts": bundle.manifest.artifacts,
+                    "samples": bundle.manifest.samples,
+                    "recommended": bundle.manifest.recommended,
+                    "history": bundle.manifest.history,
+                }
+            )
             if bundle.manifest.samples:
                 shutil.copytree(bundle.path / "samples", edit.path_of("samples"))
         target = Bundle.load(out)
-    clashes = [artifact_id_for(f, opts) for f in fmts
-               if any(a.id == artifact_id_for(f, opts) for a in target.manifest.artifacts)]
+    clashes = [
+        artifact_id_for(f, opts)
+        for f in fmts
+        if any(a.id == artifact_id_for(f, opts) for a in target.manifest.artifacts)
+    ]
     if clashes and not overwrite:
-        raise UsageError(f"artifact(s) {', '.join(clashes)} already exist in {target.path}",
-                         hint="pass --overwrite to replace them")
+        raise UsageError(
+            f"artifact(s) {', '.join(clashes)} already exist in {target.path}",
+            hint="pass --overwrite to replace them",
+        )
     src_art = _source_artifact(target.manifest.artifacts)
     paths = gate_images(data, target.sample_images())
     images = _load_images(paths)
@@ -337,12 +447,19 @@ def _export_from_bundle(bundle: Bundle, fmts: list[str], out: Path | None, opts:
         module, _ = load_checkpoint(target.model_file(src_art))
     outcomes: list[ExportOutcome] = []
     with target.edit(action="export", details={"source": src_art.id, "formats": fmts}) as edit:
-        ctx = ExportContext(spec=target.spec, source=src_art,
-                            source_file=edit.path_of(src_art.files[0].path), options=opts,
-                            images=images, torch_module=module)
+        ctx = ExportContext(
+            spec=target.spec,
+            source=src_art,
+            source_file=edit.path_of(src_art.files[0].path),
+            options=opts,
+            images=images,
+            torch_module=module,
+        )
         for f in fmts:
             outcomes.append(_export_one(edit, ctx, f, overwrite=overwrite))
         if not any(o.status == "added" for o in outcomes):
-            raise CheckFailed("no artifact passed: " + "; ".join(
-                f"{o.artifact_id}: {o.message}" for o in outcomes))
+            raise CheckFailed(
+                "no artifact passed: "
+                + "; ".join(f"{o.artifact_id}: {o.message}" for o in outcomes)
+            )
     return ExportReport(target.path, src_art.id, outcomes)

@@ -31,12 +31,19 @@ def zoo_spec(task: str, names: tuple[str, ...], imgsz: tuple[int, int]) -> Model
     if task == "classify":
         pp = Preprocess(resize="stretch", color="rgb", scale=1 / 255)
         dec = Decoder(kind="logits")
-        return ModelSpec(task="classify", names=names, imgsz=imgsz, preprocess=pp, decoder=dec,
-                         stride=32)
-    pp = PRESETS["ultralytics"]["preprocess"]
-    dec = PRESETS["ultralytics"]["decoder"]
-    return ModelSpec(task="detect", names=names, imgsz=imgsz, preprocess=pp,  # type: ignore[arg-type]
-                     decoder=dec, stride=32)  # type: ignore[arg-type]
+        return ModelSpec(
+            task="classify", names=names, imgsz=imgsz, preprocess=pp, decoder=dec, stride=32
+        )
+    pp = PRESETS["ultralytics"].preprocess
+    dec = PRESETS["ultralytics"].decoder
+    return ModelSpec(
+        task="detect",
+        names=names,
+        imgsz=imgsz,
+        preprocess=pp,  # type: ignore[arg-type]
+        decoder=dec,
+        stride=32,
+    )  # type: ignore[arg-type]
 
 
 def read_spec_file(path: Path) -> ModelSpec:
@@ -50,13 +57,15 @@ def read_spec_file(path: Path) -> ModelSpec:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise SpecError(f"spec file {path} is not valid: {exc}") from exc
     except ValidationError as exc:
-        raise SpecError(f"spec file {path} is not a valid model spec:\n{exc}",
-                        hint="see `cvdeploy info --json BUNDLE` of any bundle for the fields",
-                        ) from exc
+        raise SpecError(
+            f"spec file {path} is not a valid model spec:\n{exc}",
+            hint="see `cvdeploy info --json BUNDLE` of any bundle for the fields",
+        ) from exc
 
 
-def resolve_torch_source(source: str, *, spec_file: Path | None = None,
-                         imgsz: tuple[int, int] | None = None) -> TorchSource:
+def resolve_torch_source(
+    source: str, *, spec_file: Path | None = None, imgsz: tuple[int, int] | None = None
+) -> TorchSource:
     """Load the torch module named by ``source``.
 
     Args:
@@ -71,32 +80,48 @@ def resolve_torch_source(source: str, *, spec_file: Path | None = None,
     path = Path(source)
     if source in zoo_names or (path.suffix in (".pt", ".pth") and path.is_file()):
         module, entry = load_zoo_model(source)
-        spec = read_spec_file(spec_file) if spec_file else \
-            zoo_spec(entry.task, tuple(entry.names), _hw(entry.imgsz))
+        spec = (
+            read_spec_file(spec_file)
+            if spec_file
+            else zoo_spec(entry.task, tuple(entry.names), _hw(entry.imgsz))
+        )
         if imgsz is not None:
             spec = spec.model_copy(update={"imgsz": imgsz})
-        builder_name = getattr(entry, "model", None) or entry.name
-        return TorchSource(module=module, builder=f"zoo:{builder_name}",
-                           num_classes=len(entry.names), spec=spec,
-                           name=entry.name if source in zoo_names else path.stem,
-                           facts={"source": source, "zoo": entry.name})
+        builder_name = entry.architecture
+        return TorchSource(
+            module=module,
+            builder=f"zoo:{builder_name}",
+            num_classes=len(entry.names),
+            spec=spec,
+            name=entry.name if source in zoo_names else path.stem,
+            facts={"source": source, "zoo": entry.name},
+        )
     if ":" in source and not path.exists():
         if spec_file is None:
-            raise UsageError(f"{source!r} is a module:factory source and needs --spec FILE",
-                             hint="write the spec (task, names, imgsz, preprocess, decoder) as "
-                                  "yaml; `cvdeploy info --json` shows one")
+            raise UsageError(
+                f"{source!r} is a module:factory source and needs --spec FILE",
+                hint="write the spec (task, names, imgsz, preprocess, decoder) as "
+                "yaml; `cvdeploy info --json` shows one",
+            )
         from cvdeploy.runtime.torch import build_module
 
         spec = read_spec_file(spec_file)
         if imgsz is not None:
             spec = spec.model_copy(update={"imgsz": imgsz})
         module = build_module(f"factory:{source}", num_classes=spec.num_classes).eval()
-        return TorchSource(module=module, builder=f"factory:{source}",
-                           num_classes=spec.num_classes, spec=spec,
-                           name=source.rsplit(":", 1)[-1], facts={"source": source})
-    raise UsageError(f"cannot export {source!r}: it is not a zoo model, a checkpoint file, a "
-                     "bundle, an .onnx file or a module:factory path",
-                     hint=f"zoo models: {', '.join(sorted(zoo_names)) or 'none'}")
+        return TorchSource(
+            module=module,
+            builder=f"factory:{source}",
+            num_classes=spec.num_classes,
+            spec=spec,
+            name=source.rsplit(":", 1)[-1],
+            facts={"source": source},
+        )
+    raise UsageError(
+        f"cannot export {source!r}: it is not a zoo model, a checkpoint file, a "
+        "bundle, an .onnx file or a module:factory path",
+        hint=f"zoo models: {', '.join(sorted(zoo_names)) or 'none'}",
+    )
 
 
 def _hw(v: Any) -> tuple[int, int]:

@@ -17,8 +17,9 @@ def _color(class_id: int) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def draw(image: np.ndarray, result: Detections | Classification, names: Sequence[str]
-         ) -> np.ndarray:
+def draw(
+    image: np.ndarray, result: Detections | Classification, names: Sequence[str]
+) -> np.ndarray:
     """Return a copy of ``image`` (BGR) with boxes and labels, or the top classes, drawn."""
     out = image.copy()
     h, w = out.shape[:2]
@@ -27,19 +28,43 @@ def draw(image: np.ndarray, result: Detections | Classification, names: Sequence
     if isinstance(result, Classification):
         for i, (cid, p) in enumerate(result.top_k(3)):
             label = f"{names[cid] if cid < len(names) else cid} {p:.2f}"
-            cv2.putText(out, label, (8, int(24 * scale * (i + 1)) + 4), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
-            cv2.putText(out, label, (8, int(24 * scale * (i + 1)) + 4), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (255, 255, 255), thick, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                label,
+                (8, int(24 * scale * (i + 1)) + 4),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (0, 0, 0),
+                thick + 2,
+                cv2.LINE_AA,
+            )
+            cv2.putText(
+                out,
+                label,
+                (8, int(24 * scale * (i + 1)) + 4),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                thick,
+                cv2.LINE_AA,
+            )
         return out
     for box, score, cid in zip(result.boxes, result.scores, result.class_ids, strict=True):
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         color = _color(int(cid))
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
         label = f"{names[int(cid)] if int(cid) < len(names) else int(cid)} {float(score):.2f}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         y_text = y1 - 4 if y1 - th - base - 4 > 0 else y1 + th + 4
         cv2.rectangle(out, (x1, y_text - th - 2), (x1 + tw + 2, y_text + base), color, -1)
-        cv2.putText(out, label, (x1 + 1, y_text), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-                    thick, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            label,
+            (x1 + 1, y_text),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thick,
+            cv2.LINE_AA,
+        )
     return out

@@ -9,8 +9,9 @@ torchvision's operation order, then compared with the threshold as a double woul
 Greedy NMS is sequential by nature, but a box's fate depends only on the boxes before it.
 The candidates are therefore processed in score order, chunk by chunk: a chunk is first
 filtered against every box kept so far, then its survivors are resolved in blocks of
-``_BLOCK`` with a boolean "would suppress" matrix, where the only Python loop runs over
-the boxes that are *kept*. Processing stops as soon as ``max_keep`` boxes are kept, so a
+``_BLOCK``: a few vectorised fixed-point rounds usually settle a block, and long
+suppression chains fall back to a sequential pass whose only Python loop runs over the
+boxes that are *kept*. Processing stops as soon as ``max_keep`` boxes are kept, so a
 detector that keeps 300 boxes out of 30000 candidates only looks at the first chunks;
 when nearly a whole chunk is suppressed the next one is larger (linear cost).
 
@@ -31,6 +32,7 @@ _BLOCK = 256  # candidates resolved per IoU matrix (256 x 256 floats: 256 KiB)
 _MAX_CHUNK = 16384  # most candidates filtered at once when nearly all are suppressed
 _KEPT_BLOCK = 2048  # boxes compared with a set at once (bounds memory)
 _DENSE_PAIRS = 1024  # below this many pairs a dense IoU matrix is cheapest
+_FIXED_POINT_ROUNDS = 8  # vectorised rounds tried before the sequential pass
 
 
 def _as_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -177,6 +179,42 @@ def _alive(kept: np.ndarray, cand: np.ndarray, thr: np.floating) -> np.ndarray:
     return alive
 
 
+def _greedy_block(block: np.ndarray, thr: np.floating, limit: int) -> np.ndarray:
+    """Exact greedy NMS inside one block of score-ordered boxes (at most ``limit`` kept).
+
+    First a few rounds of the fixed-point iteration ``keep[j] = no kept i < j overlaps j``
+    from "everything kept": the greedy result is its only fixed point and it is usually
+    reached in two or three vectorised rounds. Long suppression chains fall back to the
+    sequential pass, a Python loop over the KEPT boxes only.
+    """
+    m = len(block)
+    i_idx, j_idx = _pairs_over(block, block, thr)
+    later = i_idx < j_idx  # i (better) would suppress j
+    i_idx, j_idx = i_idx[later], j_idx[later]
+    keep = np.ones(m, dtype=bool)
+    for _ in range(_FIXED_POINT_ROUNDS):
+        suppressed = np.zeros(m, dtype=bool)
+        suppressed[j_idx[keep[i_idx]]] = True
+        if not (suppressed == keep).any():  # keep == ~suppressed: the fixed point
+            return np.flatnonzero(keep)[:limit]
+        keep = ~suppressed
+    over = np.zeros((m, m), dtype=bool)
+    over[i_idx, j_idx] = True
+    alive = np.ones(m, dtype=bool)
+    local: list[int] = []
+    i = 0
+    while len(local) < limit and i < m:
+        rest = alive[i:]
+        step = int(rest.argmax())
+        if not rest[step]:
+            break
+        i += step
+        local.append(i)
+        i += 1
+        alive[i:] &= ~over[i - 1, i:]
+    return np.asarray(local, dtype=np.intp)
+
+
 def nms_sorted(
     boxes_xyxy: np.ndarray, iou_threshold: float, *, max_keep: int | None = None
 ) -> np.ndarray:
@@ -222,27 +260,10 @@ def nms_sorted(
             cand = cand[_alive(kept_boxes[filtered_by:], boxes[cand], thr)]
             if not cand.size:
                 continue
-        # over[i, j]: candidate i would suppress candidate j (only j > i is used).
-        m = len(cand)
-        over = np.zeros((m, m), dtype=bool)
-        i_idx, j_idx = _pairs_over(boxes[cand], boxes[cand], thr)
-        later = i_idx < j_idx
-        over[i_idx[later], j_idx[later]] = True
-        alive = np.ones(m, dtype=bool)
-        local: list[int] = []
-        i = 0
-        while n_kept + len(local) < limit and i < m:
-            rest = alive[i:]
-            step = int(rest.argmax())
-            if not rest[step]:
-                break
-            i += step
-            local.append(i)
-            i += 1
-            alive[i:] &= ~over[i - 1, i:]
+        local = _greedy_block(boxes[cand], thr, limit - n_kept)
         chosen = cand[local]
         keep.append(chosen)
-        n_kept += len(local)
+        n_kept += local.size
         kept_boxes = np.concatenate([kept_boxes, boxes[chosen]])
     if not keep:
         return np.zeros(0, dtype=np.int64)

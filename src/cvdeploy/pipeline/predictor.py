@@ -103,8 +103,9 @@ class Predictor:
                 hint="drop --imgsz, or export with --dynamic to change the input size",
             )
         if any(s % self.spec.stride for s in self.imgsz) and self.spec.task == "detect":
-            raise UsageError(f"imgsz {self.imgsz} must be a multiple of the model stride "
-                             f"{self.spec.stride}")
+            raise UsageError(
+                f"imgsz {self.imgsz} must be a multiple of the model stride {self.spec.stride}"
+            )
         fixed = io.fixed_batch
         if fixed is not None:
             self.batch = fixed
@@ -114,10 +115,17 @@ class Predictor:
 
     # construction -------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, bundle: Bundle, artifact: str | None = None, *,
-                    options: RunnerOptions | None = None, thresholds: Thresholds | None = None,
-                    imgsz: tuple[int, int] | None = None, batch: int = 8,
-                    model_bytes: bytes | None = None) -> Predictor:
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        artifact: str | None = None,
+        *,
+        options: RunnerOptions | None = None,
+        thresholds: Thresholds | None = None,
+        imgsz: tuple[int, int] | None = None,
+        batch: int = 8,
+        model_bytes: bytes | None = None,
+    ) -> Predictor:
         """Create a predictor for an artifact of a bundle (not loaded until first use).
 
         Args:
@@ -135,12 +143,20 @@ class Predictor:
         rec = bundle.manifest.recommended or {}
         if options is None and rec.get("artifact") == art.id and rec.get("options"):
             ro = rec["options"]
-            options = RunnerOptions(threads=ro.get("threads"), device=ro.get("device", "cpu"),
-                                    extra=ro.get("extra", {}))
-        runner = create_runner(art.format, bundle.model_file(art), art.io, options=options,
-                               model_bytes=model_bytes)
-        return cls(spec=bundle.spec, runner=runner, artifact_id=art.id,
-                   thresholds=thresholds or Thresholds(), imgsz=imgsz, batch=batch)
+            options = RunnerOptions(
+                threads=ro.get("threads"), device=ro.get("device", "cpu"), extra=ro.get("extra", {})
+            )
+        runner = create_runner(
+            art.format, bundle.model_file(art), art.io, options=options, model_bytes=model_bytes
+        )
+        return cls(
+            spec=bundle.spec,
+            runner=runner,
+            artifact_id=art.id,
+            thresholds=thresholds or Thresholds(),
+            imgsz=imgsz,
+            batch=batch,
+        )
 
     def __enter__(self) -> Predictor:
         self.runner.load()
@@ -156,14 +172,22 @@ class Predictor:
         assert self.imgsz is not None
         resized, metas = [], []
         for img in images:
-            r, m = resize_image(img, self.imgsz, mode=pp.resize, align=pp.align,
-                                pad_value=pp.pad_value)
+            r, m = resize_image(
+                img, self.imgsz, mode=pp.resize, align=pp.align, pad_value=pp.pad_value
+            )
             resized.append(r)
             metas.append(m)
         gray = pp.color == "gray"
-        x = to_tensor(resized, color="rgb" if gray else pp.color, scale=pp.scale, mean=pp.mean,
-                      std=pp.std, layout=self.runner.io.layout, dtype=self._dtype,
-                      grayscale=gray)
+        x = to_tensor(
+            resized,
+            color="rgb" if pp.color == "gray" else pp.color,
+            scale=pp.scale,
+            mean=pp.mean,
+            std=pp.std,
+            layout=self.runner.io.layout,
+            dtype=self._dtype,
+            grayscale=gray,
+        )
         return x, metas
 
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
@@ -193,8 +217,14 @@ class Predictor:
             assert self.imgsz is not None
             kw.update(input_hw=tuple(self.imgsz), strides=dec.strides)
         dets: list[Detections] = get_decoder(dec.kind)(out, **kw)
-        return [Detections(boxes=scale_boxes(d.boxes, m).astype(np.float32), scores=d.scores,
-                           class_ids=d.class_ids) for d, m in zip(dets, metas, strict=True)]
+        return [
+            Detections(
+                boxes=scale_boxes(d.boxes, m).astype(np.float32),
+                scores=d.scores,
+                class_ids=d.class_ids,
+            )
+            for d, m in zip(dets, metas, strict=True)
+        ]
 
     # calls --------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
@@ -210,8 +240,9 @@ class Predictor:
         t2 = time.perf_counter()
         results = self.postprocess(outs, metas)
         t3 = time.perf_counter()
-        times = StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
-                           images=len(images), batches=1)
+        times = StageTimes(
+            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, images=len(images), batches=1
+        )
         return results, times
 
     def predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
@@ -246,7 +277,7 @@ def _static_hw(io: IOSpec) -> tuple[int, int] | None:
 
 def _chunks(seq: Sequence[np.ndarray], n: int) -> Iterator[Sequence[np.ndarray]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 def select_artifact(bundle: Bundle, artifact: str | None) -> Artifact:
@@ -260,8 +291,10 @@ def select_artifact(bundle: Bundle, artifact: str | None) -> Artifact:
         return bundle.artifact(str(artifact))
     arts = bundle.manifest.artifacts
     if not arts:
-        raise SpecError(f"bundle {bundle.name!r} has no artifacts",
-                        hint="add one with `cvdeploy export` or `cvdeploy import`")
+        raise SpecError(
+            f"bundle {bundle.name!r} has no artifacts",
+            hint="add one with `cvdeploy export` or `cvdeploy import`",
+        )
     rec = bundle.manifest.recommended or {}
     if rec.get("artifact") and any(a.id == rec["artifact"] for a in arts):
         return bundle.artifact(rec["artifact"])
@@ -274,5 +307,6 @@ def select_artifact(bundle: Bundle, artifact: str | None) -> Artifact:
             if av is not None and av.available:
                 return a
             reasons.append(f"{a.id}: {av.reason if av else 'no runtime registered'}")
-    raise BackendUnavailable(f"no artifact of bundle {bundle.name!r} can run here: "
-                             + "; ".join(reasons))
+    raise BackendUnavailable(
+        f"no artifact of bundle {bundle.name!r} can run here: " + "; ".join(reasons)
+    )

@@ -13,19 +13,37 @@ from cvdeploy.runtime.base import Runner, RunnerOptions
 from cvdeploy.spec import IOSpec
 
 RUNTIMES = Registry("runtime")
-RUNTIMES.register("onnx", "cvdeploy.runtime.onnxruntime:OnnxRuntimeRunner",
-                  requires=("onnxruntime",), extra="onnxruntime",
-                  description="ONNX Runtime (CPU; CUDA with onnxruntime-gpu)")
-RUNTIMES.register("openvino", "cvdeploy.runtime.openvino:OpenVinoRunner",
-                  requires=("openvino",), extra="openvino",
-                  description="OpenVINO IR on Intel CPUs/GPUs")
-RUNTIMES.register("torch", "cvdeploy.runtime.torch:TorchRunner", requires=("torch",),
-                  extra="torch", description="PyTorch checkpoint (export source)")
+RUNTIMES.register(
+    "onnx",
+    "cvdeploy.runtime.onnxruntime:OnnxRuntimeRunner",
+    requires=("onnxruntime",),
+    extra="onnxruntime",
+    description="ONNX Runtime (CPU; CUDA with onnxruntime-gpu)",
+)
+RUNTIMES.register(
+    "openvino",
+    "cvdeploy.runtime.openvino:OpenVinoRunner",
+    requires=("openvino",),
+    extra="openvino",
+    description="OpenVINO IR on Intel CPUs/GPUs",
+)
+RUNTIMES.register(
+    "torch",
+    "cvdeploy.runtime.torch:TorchRunner",
+    requires=("torch",),
+    extra="torch",
+    description="PyTorch checkpoint (export source)",
+)
 
 
-def create_runner(format: str, model_path: Path, io: IOSpec, *,
-                  options: RunnerOptions | None = None, model_bytes: bytes | None = None,
-                  ) -> Runner:
+def create_runner(
+    format: str,
+    model_path: Path,
+    io: IOSpec,
+    *,
+    options: RunnerOptions | None = None,
+    model_bytes: bytes | None = None,
+) -> Runner:
     """Create (not load) the runner registered for ``format``."""
     cls = RUNTIMES.get(format)
     runner: Runner = cls(model_path, io, options=options, model_bytes=model_bytes)

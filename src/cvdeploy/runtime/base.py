@@ -19,7 +19,7 @@ import numpy as np
 from cvdeploy.errors import ShapeError, UsageError
 from cvdeploy.spec import IOSpec
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8}
+_NP_DTYPES: dict[str, type[np.generic]] = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8}
 
 
 def numpy_dtype(name: str) -> type[np.generic]:
@@ -61,8 +61,14 @@ class Runner(abc.ABC):
     format: ClassVar[str] = ""
     supports_bytes: ClassVar[bool] = False
 
-    def __init__(self, model_path: Path, io: IOSpec, *, options: RunnerOptions | None = None,
-                 model_bytes: bytes | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        io: IOSpec,
+        *,
+        options: RunnerOptions | None = None,
+        model_bytes: bytes | None = None,
+    ) -> None:
         self.model_path = Path(model_path)
         self.io = io
         self.options = options or RunnerOptions()
@@ -88,8 +94,9 @@ class Runner(abc.ABC):
     def __enter__(self) -> Self:
         return self.load()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -119,10 +126,15 @@ class Runner(abc.ABC):
         """Check rank, static dimensions and dtype of ``x`` against the artifact's input."""
         spec = self.io.input
         if x.ndim != len(spec.shape):
-            raise ShapeError(f"input {spec.name!r} needs {len(spec.shape)} dimensions "
-                             f"{list(spec.shape)}, got shape {list(x.shape)}")
-        bad = [i for i, (want, got) in enumerate(zip(spec.shape, x.shape, strict=True))
-               if want != -1 and want != got]
+            raise ShapeError(
+                f"input {spec.name!r} needs {len(spec.shape)} dimensions "
+                f"{list(spec.shape)}, got shape {list(x.shape)}"
+            )
+        bad = [
+            i
+            for i, (want, got) in enumerate(zip(spec.shape, x.shape, strict=True))
+            if want != -1 and want != got
+        ]
         if bad:
             what = "batch size" if bad == [0] else "shape"
             raise ShapeError(
@@ -145,13 +157,18 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """Runtime settings in effect (for the record of a measurement)."""
-        return {"format": self.format, "threads": self.options.threads,
-                "device": self.options.device, **dict(self.options.extra)}
+        return {
+            "format": self.format,
+            "threads": self.options.threads,
+            "device": self.options.device,
+            **dict(self.options.extra),
+        }
 
 
 def reject_unknown(extra: Mapping[str, Any], known: set[str], backend: str) -> None:
     """Raise a :class:`UsageError` for backend options the backend does not know."""
     unknown = sorted(set(extra) - known)
     if unknown:
-        raise UsageError(f"unknown {backend} option(s): {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise UsageError(
+            f"unknown {backend} option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )

@@ -16,8 +16,13 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_KNOWN = {"graph_optimization_level", "inter_op_threads", "execution_mode", "profile_dir",
-          "providers"}
+_KNOWN = {
+    "graph_optimization_level",
+    "inter_op_threads",
+    "execution_mode",
+    "profile_dir",
+    "providers",
+}
 
 
 def session_options(threads: int | None, extra: dict[str, Any]) -> ort.SessionOptions:
@@ -35,8 +40,9 @@ def session_options(threads: int | None, extra: dict[str, Any]) -> ort.SessionOp
     mode = extra.get("execution_mode", "sequential")
     if mode not in ("sequential", "parallel"):
         raise UsageError("execution_mode must be 'sequential' or 'parallel'")
-    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
-                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
     if extra.get("profile_dir"):
         so.enable_profiling = True
         so.profile_file_prefix = str(extra["profile_dir"]) + "/ort_profile"
@@ -56,12 +62,15 @@ class OnnxRuntimeRunner(Runner):
         if self.options.device in ("cuda", "gpu"):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UsageError("ONNX Runtime here has no CUDA provider",
-                                 hint="pip install onnxruntime-gpu, or use device cpu")
+                raise UsageError(
+                    "ONNX Runtime here has no CUDA provider",
+                    hint="pip install onnxruntime-gpu, or use device cpu",
+                )
         else:
             providers = list(extra.get("providers", ["CPUExecutionProvider"]))
-        source: str | bytes = self.model_bytes if self.model_bytes is not None \
-            else str(self.model_path)
+        source: str | bytes = (
+            self.model_bytes if self.model_bytes is not None else str(self.model_path)
+        )
         if self.model_bytes is None and not self.model_path.is_file():
             raise ModelLoadError(f"model file {self.model_path} does not exist")
         try:

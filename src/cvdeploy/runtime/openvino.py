@@ -10,8 +10,14 @@ import openvino as ov
 from cvdeploy.errors import ModelLoadError
 from cvdeploy.runtime.base import Runner, reject_unknown
 
-_KNOWN = {"PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "ENABLE_HYPER_THREADING",
-          "PERF_COUNT", "device_name"}
+_KNOWN = {
+    "PERFORMANCE_HINT",
+    "NUM_STREAMS",
+    "INFERENCE_PRECISION_HINT",
+    "ENABLE_HYPER_THREADING",
+    "PERF_COUNT",
+    "device_name",
+}
 
 
 def compile_config(threads: int | None, extra: dict[str, Any]) -> dict[str, Any]:
@@ -32,8 +38,9 @@ class OpenVinoRunner(Runner):
     def _load(self) -> None:
         extra = dict(self.options.extra)
         cfg = compile_config(self.options.threads, extra)
-        device = str(extra.get("device_name", "GPU" if self.options.device in ("gpu", "cuda")
-                                else "CPU"))
+        device = str(
+            extra.get("device_name", "GPU" if self.options.device in ("gpu", "cuda") else "CPU")
+        )
         self.core = ov.Core()
         try:
             if not self.model_path.is_file():
@@ -57,9 +64,15 @@ class OpenVinoRunner(Runner):
 
     def perf_counts(self) -> list[dict[str, Any]]:
         """Per-operator timings of the last inference (needs ``PERF_COUNT=True``)."""
-        return [{"name": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
-                 "real_time_us": p.real_time.total_seconds() * 1e6}
-                for p in self.request.profiling_info]
+        return [
+            {
+                "name": p.node_name,
+                "type": p.node_type,
+                "exec_type": p.exec_type,
+                "real_time_us": p.real_time.total_seconds() * 1e6,
+            }
+            for p in self.request.profiling_info
+        ]
 
     def _close(self) -> None:
         del self.request, self.compiled, self.core

@@ -21,11 +21,19 @@ from cvdeploy.runtime.base import Runner, reject_unknown
 CHECKPOINT_FORMAT = "cvdeploy-torch"
 
 
-def save_checkpoint(path: Path, *, builder: str, num_classes: int,
-                    state_dict: dict[str, torch.Tensor]) -> None:
+def save_checkpoint(
+    path: Path, *, builder: str, num_classes: int, state_dict: dict[str, torch.Tensor]
+) -> None:
     """Write a torch artifact checkpoint."""
-    torch.save({"format": CHECKPOINT_FORMAT, "builder": builder, "num_classes": num_classes,
-                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "builder": builder,
+            "num_classes": num_classes,
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        },
+        path,
+    )
 
 
 def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
@@ -40,13 +48,16 @@ def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
         try:
             fn = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as exc:
-            raise ModelLoadError(f"cannot import model factory {rest!r}: {exc}",
-                                 hint="make the module importable (PYTHONPATH) and check the "
-                                      "'module:function' spelling") from exc
+            raise ModelLoadError(
+                f"cannot import model factory {rest!r}: {exc}",
+                hint="make the module importable (PYTHONPATH) and check the "
+                "'module:function' spelling",
+            ) from exc
         module = fn()
         if not isinstance(module, torch.nn.Module):
-            raise ModelLoadError(f"factory {rest!r} returned {type(module).__name__}, "
-                                 "not a torch.nn.Module")
+            raise ModelLoadError(
+                f"factory {rest!r} returned {type(module).__name__}, not a torch.nn.Module"
+            )
         return module
     raise ModelLoadError(f"unknown torch builder {builder!r}")
 
@@ -58,16 +69,19 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupted files
-        raise ModelLoadError(f"cannot read torch checkpoint {path.name}: {exc}".splitlines()[0],
-                             hint="the file may be corrupted; re-create the artifact") from exc
+        raise ModelLoadError(
+            f"cannot read torch checkpoint {path.name}: {exc}".splitlines()[0],
+            hint="the file may be corrupted; re-create the artifact",
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path.name} is not a cvdeploy torch checkpoint")
     module = build_module(str(ckpt["builder"]), num_classes=int(ckpt["num_classes"]))
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise ModelLoadError(f"weights in {path.name} do not fit the model: "
-                             f"{str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(
+            f"weights in {path.name} do not fit the model: {str(exc).splitlines()[0]}"
+        ) from exc
     return module.eval(), ckpt
 
 

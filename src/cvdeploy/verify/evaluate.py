@@ -56,8 +56,9 @@ class EvalReport:
         return asdict(self)
 
 
-def _images_with_decode_time(paths: Sequence[Path], batch: int
-                             ) -> Iterator[tuple[list[np.ndarray], float]]:
+def _images_with_decode_time(
+    paths: Sequence[Path], batch: int
+) -> Iterator[tuple[list[np.ndarray], float]]:
     buf: list[np.ndarray] = []
     t_decode = 0.0
     for p in paths:
@@ -71,8 +72,9 @@ def _images_with_decode_time(paths: Sequence[Path], batch: int
         yield buf, t_decode * 1e3
 
 
-def _run(predictor: Predictor, paths: Sequence[Path], *, progress: bool, label: str
-         ) -> tuple[list[Detections | Classification], StageTimes, float]:
+def _run(
+    predictor: Predictor, paths: Sequence[Path], *, progress: bool, label: str
+) -> tuple[list[Detections | Classification], StageTimes, float]:
     results: list[Detections | Classification] = []
     times = StageTimes()
     decode_ms = 0.0
@@ -86,11 +88,20 @@ def _run(predictor: Predictor, paths: Sequence[Path], *, progress: bool, label: 
     return results, times, decode_ms
 
 
-def evaluate_bundle(bundle: Bundle, data: Path | str, *, artifact: str | None = None,
-                    split: str = "val", images: Path | None = None,
-                    protocol: Protocol | None = None, options: RunnerOptions | None = None,
-                    batch: int = 1, record: bool = True, progress: bool = True,
-                    dataset_label: str | None = None) -> EvalReport:
+def evaluate_bundle(
+    bundle: Bundle,
+    data: Path | str,
+    *,
+    artifact: str | None = None,
+    split: str = "val",
+    images: Path | None = None,
+    protocol: Protocol | None = None,
+    options: RunnerOptions | None = None,
+    batch: int = 1,
+    record: bool = True,
+    progress: bool = True,
+    dataset_label: str | None = None,
+) -> EvalReport:
     """Evaluate an artifact on a dataset and (by default) record the result in the bundle.
 
     Args:
@@ -111,10 +122,12 @@ def evaluate_bundle(bundle: Bundle, data: Path | str, *, artifact: str | None = 
         The report.
     """
     proto = protocol or Protocol()
-    thresholds = Thresholds(conf=proto.conf, iou=proto.iou, max_det=proto.max_det,
-                            multi_label=proto.multi_label)
-    predictor = Predictor.from_bundle(bundle, artifact, options=options, thresholds=thresholds,
-                                      imgsz=proto.imgsz, batch=batch)
+    thresholds = Thresholds(
+        conf=proto.conf, iou=proto.iou, max_det=proto.max_det, multi_label=proto.multi_label
+    )
+    predictor = Predictor.from_bundle(
+        bundle, artifact, options=options, thresholds=thresholds, imgsz=proto.imgsz, batch=batch
+    )
     spec = bundle.spec
     with predictor:
         if spec.task == "classify":
@@ -122,45 +135,78 @@ def evaluate_bundle(bundle: Bundle, data: Path | str, *, artifact: str | None = 
             names_map = {n: i for i, n in enumerate(spec.names)}
             missing = [n for n in cds.names if n not in names_map]
             if missing:
-                raise DatasetError(f"dataset classes {missing[:5]} are not among the model's "
-                                   f"{len(spec.names)} names",
-                                   hint="the folder names must be the model's class names")
+                raise DatasetError(
+                    f"dataset classes {missing[:5]} are not among the model's "
+                    f"{len(spec.names)} names",
+                    hint="the folder names must be the model's class names",
+                )
             paths = [it.path for it in cds.items]
             labels = np.array([names_map[cds.names[it.label]] for it in cds.items])
-            results, times, decode_ms = _run(predictor, paths, progress=progress,
-                                             label=f"eval {predictor.artifact_id}")
+            results, times, decode_ms = _run(
+                predictor, paths, progress=progress, label=f"eval {predictor.artifact_id}"
+            )
             probs = np.stack([r.probs for r in results if isinstance(r, Classification)])
             cm = evaluate_classification(labels, probs, list(spec.names))
             metrics: dict[str, Any] = cm.to_dict() if hasattr(cm, "to_dict") else asdict(cm)
             name, n_images = cds.name, len(paths)
         else:
-            ds = align_to_model(load_detection_dataset(data, split=split, images=images),
-                                list(spec.names))
+            ds = align_to_model(
+                load_detection_dataset(data, split=split, images=images), list(spec.names)
+            )
             paths = [it.path for it in ds.items]
-            results, times, decode_ms = _run(predictor, paths, progress=progress,
-                                             label=f"eval {predictor.artifact_id}")
-            preds = [(it.image_id, r.boxes, r.scores, r.class_ids)
-                     for it, r in zip(ds.items, results, strict=True)
-                     if isinstance(r, Detections)]
-            dm = evaluate_detections(ds.coco_gt(), preds, category_ids=ds.category_ids,
-                                     names=list(spec.names))
+            results, times, decode_ms = _run(
+                predictor, paths, progress=progress, label=f"eval {predictor.artifact_id}"
+            )
+            preds = [
+                (it.image_id, r.boxes, r.scores, r.class_ids)
+                for it, r in zip(ds.items, results, strict=True)
+                if isinstance(r, Detections)
+            ]
+            dm = evaluate_detections(
+                ds.coco_gt(), preds, category_ids=ds.category_ids, names=list(spec.names)
+            )
             metrics = dm.to_dict()
             name, n_images = ds.name, len(ds.items)
     speed = times.per_image()
     speed["decode"] = decode_ms / max(n_images, 1)
     assert predictor.imgsz is not None
-    proto_d = {"conf": proto.conf, "iou": proto.iou, "max_det": proto.max_det,
-               "multi_label": proto.multi_label, "imgsz": list(predictor.imgsz), "batch": batch,
-               "runner": predictor.runner.describe()}
+    proto_d = {
+        "conf": proto.conf,
+        "iou": proto.iou,
+        "max_det": proto.max_det,
+        "multi_label": proto.multi_label,
+        "imgsz": list(predictor.imgsz),
+        "batch": batch,
+        "runner": predictor.runner.describe(),
+    }
     label = dataset_label or f"{name}:{split}"
-    report = EvalReport(artifact=predictor.artifact_id, dataset=label, split=split,
-                        images=n_images, metrics=metrics, speed_ms=speed, protocol=proto_d)
+    report = EvalReport(
+        artifact=predictor.artifact_id,
+        dataset=label,
+        split=split,
+        images=n_images,
+        metrics=metrics,
+        speed_ms=speed,
+        protocol=proto_d,
+    )
     if record:
-        with bundle.edit(action="eval", details={"artifact": report.artifact,
-                                                 "dataset": label}) as edit:
-            edit.add_check(report.artifact, Check(
-                kind="metrics", name=label, passed=None,
-                data={"metrics": metrics, "speed_ms": speed, "images": n_images,
-                      "protocol": proto_d, "data": str(Path(data).resolve()),
-                      "environment": fingerprint()}))
+        with bundle.edit(
+            action="eval", details={"artifact": report.artifact, "dataset": label}
+        ) as edit:
+            edit.add_check(
+                report.artifact,
+                Check(
+                    kind="metrics",
+                    name=label,
+                    passed=None,
+                    data={
+                        "metrics": metrics,
+                        "speed_ms": speed,
+                        "images": n_images,
+                        "protocol": proto_d,
+                        "data": str(Path(data).resolve()),
+                        "environment": fingerprint(),
+                    },
+                ),
+            )
     return report

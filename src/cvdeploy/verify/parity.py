@@ -43,8 +43,9 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(cosine_min=0.99999, rel_max_err=1e-3, match_min=0.97, score_diff_max=1e-3),
     "fp16": Tolerance(cosine_min=0.999, rel_max_err=2e-2, match_min=0.9, score_diff_max=1e-2),
-    "int8": Tolerance(cosine_min=0.98, rel_max_err=float("inf"), match_min=0.75,
-                      score_diff_max=0.08),
+    "int8": Tolerance(
+        cosine_min=0.98, rel_max_err=float("inf"), match_min=0.75, score_diff_max=0.08
+    ),
 }
 MATCH_IOU = 0.9
 
@@ -106,10 +107,13 @@ def _output_stats(name: str, a: np.ndarray, b: np.ndarray) -> OutputStats:
     diff = np.abs(a64 - b64)
     denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
     cos = float(a64 @ b64 / denom) if denom > 0 else (1.0 if diff.max(initial=0) == 0 else 0.0)
-    return OutputStats(name=name, max_abs=float(diff.max(initial=0.0)),
-                       mean_abs=float(diff.mean()) if diff.size else 0.0,
-                       rel_max=float(diff.max(initial=0.0) / max(1.0, np.abs(a64).max(initial=0))),
-                       cosine=cos)
+    return OutputStats(
+        name=name,
+        max_abs=float(diff.max(initial=0.0)),
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        rel_max=float(diff.max(initial=0.0) / max(1.0, np.abs(a64).max(initial=0))),
+        cosine=cos,
+    )
 
 
 def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
@@ -129,8 +133,14 @@ def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
     return len(diffs), diffs
 
 
-def check_parity(source: Predictor, candidate: Predictor, images: Sequence[np.ndarray], *,
-                 precision: str, tolerance: Tolerance | None = None) -> ParityResult:
+def check_parity(
+    source: Predictor,
+    candidate: Predictor,
+    images: Sequence[np.ndarray],
+    *,
+    precision: str,
+    tolerance: Tolerance | None = None,
+) -> ParityResult:
     """Run ``candidate`` beside ``source`` on ``images`` and compare.
 
     Each predictor preprocesses with its own spec, so a candidate recorded with a wrong
@@ -147,8 +157,10 @@ def check_parity(source: Predictor, candidate: Predictor, images: Sequence[np.nd
         The result; ``passed`` is False with ``failures`` naming what diverged.
     """
     if not images:
-        raise UsageError("the parity gate needs at least one image",
-                         hint="give --data with images, or store sample images in the bundle")
+        raise UsageError(
+            "the parity gate needs at least one image",
+            hint="give --data with images, or store sample images in the bundle",
+        )
     tol = tolerance or tolerance_for(precision)
     out_names = [o.name for o in source.runner.io.outputs]
     stats_acc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in out_names]
@@ -163,8 +175,10 @@ def check_parity(source: Predictor, candidate: Predictor, images: Sequence[np.nd
             raise CheckFailed(f"the candidate has {len(oc)} outputs, its source {len(os_)}")
         for k, (a, b) in enumerate(zip(os_, oc, strict=True)):
             if a.shape != b.shape:
-                raise CheckFailed(f"output {out_names[k]!r}: shape {list(b.shape)} differs from "
-                                  f"the source's {list(a.shape)}")
+                raise CheckFailed(
+                    f"output {out_names[k]!r}: shape {list(b.shape)} differs from "
+                    f"the source's {list(a.shape)}"
+                )
             stats_acc[k].append((a, b))
         rs = source.postprocess(os_, ms)[0]
         rc = candidate.postprocess(oc, mc)[0]
@@ -180,27 +194,46 @@ def check_parity(source: Predictor, candidate: Predictor, images: Sequence[np.nd
             m, d = _match(rs, rc)
             matched += m
             diffs.extend(d)
-    outputs = [_output_stats(name, np.concatenate([a for a, _ in acc]),
-                             np.concatenate([b for _, b in acc]))
-               for name, acc in zip(out_names, stats_acc, strict=True)]
+    outputs = [
+        _output_stats(
+            name, np.concatenate([a for a, _ in acc]), np.concatenate([b for _, b in acc])
+        )
+        for name, acc in zip(out_names, stats_acc, strict=True)
+    ]
     denom = max(n_src, n_cand)
     match_fraction = matched / denom if denom else 1.0
     score_diff = float(np.mean(diffs)) if diffs else 0.0
     failures = []
     for o in outputs:
         if o.cosine < tol.cosine_min:
-            failures.append(f"output {o.name!r} diverged: cosine similarity {o.cosine:.6f} < "
-                            f"{tol.cosine_min} (max abs error {o.max_abs:.4g})")
+            failures.append(
+                f"output {o.name!r} diverged: cosine similarity {o.cosine:.6f} < "
+                f"{tol.cosine_min} (max abs error {o.max_abs:.4g})"
+            )
         elif o.rel_max > tol.rel_max_err:
-            failures.append(f"output {o.name!r} diverged: max abs error {o.max_abs:.4g} "
-                            f"(relative {o.rel_max:.3g} > {tol.rel_max_err:g})")
+            failures.append(
+                f"output {o.name!r} diverged: max abs error {o.max_abs:.4g} "
+                f"(relative {o.rel_max:.3g} > {tol.rel_max_err:g})"
+            )
     if match_fraction < tol.match_min:
-        failures.append(f"output {out_names[0]!r}: only {match_fraction:.1%} of the results "
-                        f"agree ({matched} of {denom}; need {tol.match_min:.0%})")
+        failures.append(
+            f"output {out_names[0]!r}: only {match_fraction:.1%} of the results "
+            f"agree ({matched} of {denom}; need {tol.match_min:.0%})"
+        )
     if score_diff > tol.score_diff_max:
-        failures.append(f"output {out_names[0]!r}: matched scores differ by {score_diff:.4f} on "
-                        f"average (> {tol.score_diff_max})")
-    return ParityResult(passed=not failures, images=len(images), outputs=outputs,
-                        match_fraction=match_fraction, score_diff_mean=score_diff,
-                        n_source=n_src, n_candidate=n_cand, tolerance=tol, precision=precision,
-                        failures=failures)
+        failures.append(
+            f"output {out_names[0]!r}: matched scores differ by {score_diff:.4f} on "
+            f"average (> {tol.score_diff_max})"
+        )
+    return ParityResult(
+        passed=not failures,
+        images=len(images),
+        outputs=outputs,
+        match_fraction=match_fraction,
+        score_diff_mean=score_diff,
+        n_source=n_src,
+        n_candidate=n_cand,
+        tolerance=tol,
+        precision=precision,
+        failures=failures,
+    )

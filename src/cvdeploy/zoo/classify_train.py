@@ -212,7 +212,7 @@ def train_classifier(
                         info=f"loss {loss.item():.3f}",
                     )
                 metrics = {"top1": _top1(ema.ema, *val[:2])} if val is not None else {}
-                ckpt = {
+                ckpt: dict[str, Any] = {
                     "model": model, "task": "classify", "num_classes": len(names), "names": names,
                     "imgsz": imgsz, "state_dict": checkpoint_state(ema.ema),
                     "train_args": train_args, "metrics": metrics, "elapsed_s": round(clock(), 2),

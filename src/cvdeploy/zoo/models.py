@@ -101,7 +101,9 @@ class ClassifierConfig:
 
 DETECTOR_CONFIGS: MappingProxyType[str, DetectorConfig] = MappingProxyType(
     {
-        "detector-n": DetectorConfig(width=0.25, depth=0.34, max_channels=512),
+        "detector-n": DetectorConfig(
+            width=0.25, depth=0.34, max_channels=512, box_channels=32, cls_channels=32
+        ),
         "detector-s": DetectorConfig(width=0.50, depth=0.34, max_channels=1024),
     }
 )
@@ -202,6 +204,8 @@ class SPPF(nn.Module):
 class DFL(nn.Module):
     """Distribution focal loss decoding: expected value of a softmax over ``reg_max`` bins."""
 
+    proj: torch.Tensor
+
     def __init__(self, reg_max: int) -> None:
         super().__init__()
         self.reg_max = reg_max
@@ -266,8 +270,10 @@ class DetectHead(nn.Module):
     def init_bias(self, *, imgsz: int = 256) -> None:
         """Initialise the output biases (box = 1, class = a low prior per cell)."""
         for box, cls, s in zip(self.box, self.cls, self.strides, strict=True):
-            nn.init.constant_(box[-1].bias, 1.0)
-            nn.init.constant_(cls[-1].bias, math.log(5 / self.nc / (imgsz / s) ** 2))
+            for branch, value in ((box, 1.0), (cls, math.log(5 / self.nc / (imgsz / s) ** 2))):
+                last = list(branch.children())[-1]
+                if isinstance(last, nn.Conv2d) and last.bias is not None:
+                    nn.init.constant_(last.bias, value)
 
     def raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the raw per-level maps ``[B, 4 * reg_max + nc, H/s, W/s]``."""

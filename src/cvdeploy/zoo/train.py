@@ -151,7 +151,7 @@ def train_detector(
         net = build_model(model, num_classes=len(names))
         assert isinstance(net, Detector)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(memory_format=memory_format).train()
+        net = net.to(memory_format=memory_format).train()  # type: ignore[call-overload]
         criterion = DetectionLoss(num_classes=len(names), reg_max=net.reg_max, strides=net.strides)
         ema = ModelEMA(net, decay=ema_decay)
         opt = make_optimizer(net, lr=lr, weight_decay=weight_decay)

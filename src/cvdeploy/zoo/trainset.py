@@ -198,17 +198,14 @@ class YoloTrainSet:
         Without ``aug`` (or ``rng``) the image is letterboxed (centred) with no augmentation.
         """
         s = self.imgsz
-        use_aug = aug is not None and rng is not None
-        if use_aug and mosaic:
+        if aug is not None and rng is not None and mosaic:
             img, lab = self._mosaic(i, rng)
-            origin = float(s)  # the mosaic centre maps to the output centre
+            cx = cy = float(s)  # the mosaic centre maps to the output centre
         else:
             img, lab = self.images[i], self.labels[i].copy()
-            origin = None
-        h, w = img.shape[:2]
-        cx, cy = (origin, origin) if origin is not None else (w / 2, h / 2)
+            cx, cy = img.shape[1] / 2, img.shape[0] / 2
         scale, tx, ty = 1.0, 0.0, 0.0
-        if use_aug:
+        if aug is not None and rng is not None:
             scale = float(rng.uniform(1 - aug.scale, 1 + aug.scale))
             tx, ty = (float(v) * s for v in rng.uniform(-aug.translate, aug.translate, 2))
         m = np.array([[scale, 0, s / 2 + tx - cx * scale], [0, scale, s / 2 + ty - cy * scale]])
@@ -221,7 +218,7 @@ class YoloTrainSet:
             bw, bh = lab[:, 3] - lab[:, 1], lab[:, 4] - lab[:, 2]
             area0 = (before[:, 3] - before[:, 1]) * (before[:, 4] - before[:, 2]) * scale**2
             lab = lab[(bw > 2) & (bh > 2) & (bw * bh > 0.2 * area0)]
-        if use_aug:
+        if aug is not None and rng is not None:
             if rng.random() < aug.fliplr:
                 img = img[:, ::-1]
                 lab[:, [1, 3]] = s - lab[:, [3, 1]]

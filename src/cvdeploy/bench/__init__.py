@@ -1,0 +1,28 @@
+"""The bench stage: honest latency, throughput, memory and per-operator profiles.
+
+Public API: :func:`bench_artifact` (one artifact, one set of conditions),
+:func:`run_sweep` (artifacts x batch x size x threads x concurrency, recorded in the
+bundle), :func:`profile_artifact`, and for reports :func:`results_table`,
+:func:`pareto_png` and :func:`html_fragment`.
+"""
+
+from __future__ import annotations
+
+from cvdeploy.bench.harness import BenchConfig, BenchResult, bench_artifact
+from cvdeploy.bench.profile import OpProfile, profile_artifact
+from cvdeploy.bench.stats import Stats, summarize
+from cvdeploy.bench.sweep import SweepReport, recommend, record_results, run_sweep
+
+__all__ = [
+    "BenchConfig",
+    "BenchResult",
+    "OpProfile",
+    "Stats",
+    "SweepReport",
+    "bench_artifact",
+    "profile_artifact",
+    "recommend",
+    "record_results",
+    "run_sweep",
+    "summarize",
+]

@@ -1,0 +1,193 @@
+"""`cvdeploy quantize`: INT8 post-training quantization, and `--explain` for its speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
+from cvdeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from cvdeploy.optimize.explain import Explanation
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_explanation(exp: Explanation) -> None:
+    con = out_console()
+    lat = exp.latency
+    if exp.speedup is not None:
+        con.print(
+            f"INT8 {exp.artifact} vs FP32 {exp.source}: [bold]{exp.speedup:.2f}x[/] end to end "
+            f"(p50 {lat['fp32'].p50_ms:.1f} -> {lat['int8'].p50_ms:.1f} ms; inference "
+            f"{lat['fp32'].inference_p50_ms:.1f} -> {lat['int8'].inference_p50_ms:.1f} ms)"
+        )
+    elif "int8" in lat:
+        con.print(
+            f"INT8 {exp.artifact}: p50 {lat['int8'].p50_ms:.1f} ms end to end (inference "
+            f"{lat['int8'].inference_p50_ms:.1f} ms); no FP32 artifact to compare with"
+        )
+    flags = ", ".join(exp.int8_instructions) or "none"
+    con.print(f"CPU: {exp.cpu.get('model')}; INT8 dot-product instructions: {flags}")
+    ops = exp.ops
+    if ops.get("format") == "onnx":
+        con.print(
+            f"graph: {ops['qdq_nodes']} Q/DQ nodes, {ops['qdq_left_after_optimization']} left "
+            f"after ONNX Runtime optimization, {ops['fused_int8_ops']} fused INT8 ops, "
+            f"{ops['dynamic_ops']} dynamic-quantization ops, {ops['float_compute_ops']} of "
+            f"{ops['compute_ops']} conv/matmul in float"
+        )
+    elif ops.get("format") == "openvino" and "compute_ops" in ops:
+        con.print(
+            f"graph: {ops['fake_quantize']} FakeQuantize ops; CPU plugin runs "
+            f"{ops['int8_compute_ops']} of {ops['compute_ops']} conv/matmul in INT8"
+        )
+    if not exp.findings:
+        if exp.speedup is not None:
+            con.print("INT8 meets the 1.3x target: nothing to diagnose")
+        return
+    con.print("[bold]why INT8 is not faster:[/]")
+    for f in exp.findings:
+        con.print(f"- [bold]{f.code}[/]: {f.message}")
+        con.print(f"  [yellow]try:[/] {f.fix}")
+
+
+@handle_errors
+def quantize_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            help="calibration images: dataset yaml (train split), COCO json, or image folder"
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="openvino (NNCF), onnxruntime (Q/DQ), or tensorrt (symmetric Q/DQ ONNX; "
+            "build the engine with `cvdeploy export BUNDLE --format tensorrt` on a GPU)"
+        ),
+    ] = "openvino",
+    calib_size: Annotated[int, typer.Option(help="largest number of calibration images")] = 300,
+    method: Annotated[
+        str, typer.Option(help="range estimation: minmax, entropy or percentile")
+    ] = "minmax",
+    per_channel: Annotated[
+        bool, typer.Option("--per-channel/--per-tensor", help="weight scales per channel")
+    ] = True,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="largest acceptable absolute mAP50-95 drop (needs --eval-data)"),
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="labelled dataset for mAP (recorded for FP32 and INT8)")
+    ] = None,
+    keep_float: Annotated[
+        list[str] | None,
+        typer.Option(help="glob of node names to keep in float (repeatable)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="accept fewer than 100 calibration images")] = False,
+    source: Annotated[
+        str | None, typer.Option(help="FP32 artifact to quantize (default: per backend)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing INT8 artifact")] = False,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="only diagnose the speed of an existing INT8 artifact"),
+    ] = False,
+    artifact: Annotated[
+        str | None, typer.Option(help="with --explain: the INT8 artifact (default: latest)")
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option(help="time FP32 and INT8 side by side and diagnose")
+    ] = True,
+    threads: Annotated[int | None, typer.Option(help="runtime threads for timing")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """INT8 post-training quantization with accuracy control and a speed diagnosis.
+
+    The INT8 artifact is calibrated with the bundle spec's preprocessing, keeps the
+    detection head's decoding in float, must pass the integrity gate against its FP32
+    source, and is added to the bundle only then. `--explain` answers "why is INT8 not
+    faster?" for an existing INT8 artifact.
+    """
+    from cvdeploy.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    if explain:
+        from cvdeploy.optimize.explain import explain_artifact
+
+        exp = explain_artifact(b, artifact, threads=threads)
+        if json_out:
+            print_json(exp.to_dict())
+        else:
+            _print_explanation(exp)
+        return
+    if calib is None:
+        raise UsageError(
+            "--calib is required to quantize",
+            hint="pass --calib DATA (or --explain to diagnose an existing INT8 artifact)",
+        )
+    from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+
+    opts = QuantizeOptions(
+        backend=backend,
+        calib_size=calib_size,
+        method=method,
+        per_channel=per_channel,
+        max_drop=max_drop,
+        eval_data=eval_data,
+        keep_float=tuple(keep_float or ()),
+        force=force,
+        source=source,
+        overwrite=overwrite,
+        measure=measure,
+        threads=threads,
+        progress=not json_out,
+    )
+    con = err_console()
+    rep = quantize_bundle(b, calib, options=opts, log=lambda m: con.print(m, markup=False))
+    if json_out:
+        print_json(rep.to_dict())
+        return
+    _print_report(rep)
+
+
+def _print_report(rep: Any) -> None:
+    con = out_console()
+    t = Table(title=f"{rep.bundle}: {rep.source} -> {rep.artifact} ({rep.backend})")
+    for col in ("artifact", "precision", "size MB", "mAP50-95", "p50 ms", "inference ms"):
+        t.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
+    for r in rep.rows:
+        t.add_row(
+            r.artifact,
+            r.precision,
+            f"{r.size_mb:.2f}",
+            _fmt(r.map50_95, ".4f"),
+            _fmt(r.p50_ms, ".1f"),
+            _fmt(r.inference_p50_ms, ".1f"),
+        )
+    con.print(t)
+    cal = rep.calibration
+    con.print(
+        f"calibration: {cal['calib_count']} images ({cal['calib_method']}), list sha256 "
+        f"{cal['calib_sha256'][:12]}; head kept in float: {len(rep.head_float)} node(s); "
+        f"also in float: {len(rep.kept_float)}"
+    )
+    p = rep.parity
+    con.print(
+        f"integrity gate: passed (cosine {min(p['cosine']):.4f}, "
+        f"{p['match_fraction']:.0%} of detections agree)"
+    )
+    if rep.map_drop is not None:
+        con.print(f"mAP50-95 drop: {rep.map_drop:.4f}")
+    if rep.budget:
+        con.print(f"budget {rep.budget['max_drop']}: met")
+    if rep.explanation is not None:
+        _print_explanation(rep.explanation)

@@ -1,0 +1,216 @@
+"""`cvdeploy serve`, `cvdeploy registry ...`, `cvdeploy logs export`: serving and versions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
+from cvdeploy.errors import BackendUnavailable
+
+registry_app = typer.Typer(
+    help="Model registry: versions of bundles, with production and staging stages.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+logs_app = typer.Typer(
+    help="Sampled inference logs written by `cvdeploy serve --sample-rate`.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def _need_serve_extra() -> None:
+    missing = [
+        m
+        for m in ("fastapi", "uvicorn", "prometheus_client", "multipart")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise BackendUnavailable(
+            f"serving needs {', '.join(missing)}, which are not installed",
+            hint="pip install 'cvdeploy[serve]'",
+        )
+
+
+@handle_errors
+def serve_cmd(
+    source: Annotated[Path, typer.Argument(help="bundle directory or model registry directory")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with server options (flags override it)")
+    ] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="artifact id, or auto (the bundle's recommended)")
+    ] = None,
+    max_batch: Annotated[int | None, typer.Option(help="most images per batch [8]")] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="longest wait for a batch to fill, ms [5]")
+    ] = None,
+    queue: Annotated[
+        int | None, typer.Option(help="most queued images per model; beyond: 503 [256]")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="inference worker threads per model, each with its runner [1]"),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="runtime threads per worker")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="request deadline in seconds; beyond: 504 [30]")
+    ] = None,
+    sample_rate: Annotated[
+        float | None, typer.Option(help="fraction of requests logged to --log-dir [0]")
+    ] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="folder for sampled requests")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print the effective configuration as JSON first")
+    ] = False,
+) -> None:
+    """Serve a bundle (or every production model of a registry) over HTTP.
+
+    Routes: POST /v1/models/NAME/predict, GET /v1/models, GET /healthz, GET /readyz,
+    GET /metrics (Prometheus), GET /dashboard, GET /docs. Requests are batched dynamically;
+    a registry is polled and promotions / rollbacks switch versions without dropping
+    requests.
+    """
+    _need_serve_extra()
+    import uvicorn
+
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.pipeline.predictor import select_artifact
+    from cvdeploy.serve.app import create_app
+    from cvdeploy.serve.config import load_config
+    from cvdeploy.serve.registry import ModelRegistry, is_registry
+
+    cfg = load_config(
+        config,
+        source=source,
+        artifact=artifact,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue,
+        workers=workers,
+        threads=threads,
+        request_timeout_s=timeout,
+        sample_rate=sample_rate,
+        log_dir=log_dir,
+    )
+    # Fail fast, with exit code 2, on inputs that cannot be served.
+    if is_registry(cfg.source):
+        reg = ModelRegistry(cfg.source)
+        if not any(reg.stage_version(n) for n in reg.models()):
+            raise BackendUnavailable(
+                f"registry {cfg.source} has no production version to serve",
+                hint="cvdeploy registry promote REGISTRY NAME VERSION --stage production",
+            )
+    else:
+        b = Bundle.load(cfg.source)
+        select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
+    if json_out:
+        print_json({"host": host, "port": port, "config": cfg.model_dump(mode="json")})
+    else:
+        err_console().print(
+            f"serving {cfg.source} on http://{host}:{port} (dashboard: /dashboard, docs: /docs)"
+        )
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
+
+
+@registry_app.command("add")
+@handle_errors
+def registry_add(
+    registry: Annotated[Path, typer.Argument(help="registry directory (created if missing)")],
+    bundle: Annotated[Path, typer.Argument(help="bundle to add as a new version")],
+    version: Annotated[str | None, typer.Option(help="version label [next integer]")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Copy a bundle into the registry as a new version (the first becomes production)."""
+    from cvdeploy.serve.registry import ModelRegistry
+
+    reg = ModelRegistry(registry, create=True)
+    name, ver = reg.add(bundle, version=version)
+    stage = reg.stage_version(name)
+    if json_out:
+        print_json({"model": name, "version": ver, "production": stage})
+        return
+    out_console().print(f"added {name} version {ver} (production: {stage})")
+
+
+@registry_app.command("list")
+@handle_errors
+def registry_list(
+    registry: Annotated[Path, typer.Argument(help="registry directory")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the registry as JSON")] = False,
+) -> None:
+    """List models, their versions and which version is at each stage."""
+    from cvdeploy.serve.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    models = {n: reg.model(n) for n in reg.models()}
+    if json_out:
+        print_json({"registry": str(registry), "models": models})
+        return
+    table = Table("model", "version", "stages", "added")
+    for name, m in models.items():
+        for ver, info in m["versions"].items():
+            stages = ", ".join(s for s, v in m["stages"].items() if v == ver)
+            table.add_row(name, ver, stages or "-", info.get("added", ""))
+    out_console().print(table)
+
+
+@registry_app.command("promote")
+@handle_errors
+def registry_promote(
+    registry: Annotated[Path, typer.Argument(help="registry directory")],
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str, typer.Argument(help="version to promote")],
+    stage: Annotated[str, typer.Option(help="production or staging")] = "production",
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Put a version at a stage; a running server follows a production promotion."""
+    from cvdeploy.serve.registry import ModelRegistry
+
+    before = ModelRegistry(registry).promote(name, version, stage=stage)
+    if json_out:
+        print_json({"model": name, "stage": stage, "version": version, "previous": before})
+        return
+    out_console().print(f"{name} {stage}: {before or '-'} -> {version}")
+
+
+@registry_app.command("rollback")
+@handle_errors
+def registry_rollback(
+    registry: Annotated[Path, typer.Argument(help="registry directory")],
+    name: Annotated[str, typer.Argument(help="model name")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Put the previous production version back."""
+    from cvdeploy.serve.registry import ModelRegistry
+
+    current, target = ModelRegistry(registry).rollback(name)
+    if json_out:
+        print_json({"model": name, "from": current, "to": target})
+        return
+    out_console().print(f"{name} production: {current} -> {target}")
+
+
+@logs_app.command("export")
+@handle_errors
+def logs_export(
+    logdir: Annotated[Path, typer.Argument(help="the server's --log-dir")],
+    out: Annotated[Path, typer.Option(help="folder to write (images/ + predictions.json)")],
+    limit: Annotated[int | None, typer.Option(help="most entries, newest first")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Write sampled requests out as an image folder plus predictions.json."""
+    from cvdeploy.serve.logging_store import export_logs
+
+    summary = export_logs(logdir, out, limit=limit)
+    if json_out:
+        print_json(summary)
+        return
+    out_console().print(f"wrote {summary['images']} images and {summary['predictions']}")

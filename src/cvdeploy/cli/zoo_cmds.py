@@ -1,0 +1,183 @@
+"""`cvdeploy zoo ...` and `cvdeploy demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
+
+zoo_app = typer.Typer(
+    help="The bundled small detector and classifier: list, train.", no_args_is_help=True
+)
+
+
+@zoo_app.command("list")
+@handle_errors
+def zoo_list(
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List the shipped zoo models with their measured metrics."""
+    from cvdeploy.zoo.registry import list_zoo
+
+    entries = list_zoo()
+    if json_out:
+        print_json(
+            [
+                {
+                    "name": e.name,
+                    "task": e.task,
+                    "architecture": e.architecture,
+                    "classes": list(e.names),
+                    "imgsz": e.imgsz,
+                    "params": e.params,
+                    "metrics": dict(e.metrics),
+                    "weights": str(e.weights),
+                }
+                for e in entries
+            ]
+        )
+        return
+    t = Table(title="cvdeploy zoo")
+    for c in ("name", "task", "params", "imgsz", "classes", "metrics (val split)"):
+        t.add_column(c)
+    for e in entries:
+        t.add_row(
+            e.name,
+            e.task,
+            f"{e.params / 1e6:.2f} M",
+            str(e.imgsz),
+            str(len(e.names)),
+            ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items() if isinstance(v, float)),
+        )
+    out_console().print(t)
+
+
+@zoo_app.command("train")
+@handle_errors
+def zoo_train(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="YOLO data.yaml (detector) or class-folder tree "
+            "(classifier); `--data synthetic` generates one"
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option(help="detector-n | detector-s | classifier-n")
+    ] = "detector-n",
+    epochs: Annotated[
+        int | None, typer.Option(help="epochs (default: until the time budget)")
+    ] = None,
+    minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
+    imgsz: Annotated[int, typer.Option(help="training input size")] = 256,
+    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    out: Annotated[Path, typer.Option(help="run folder (checkpoints, bundle)")] = Path(
+        "runs/train"
+    ),
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Train a zoo model, then evaluate the best checkpoint through the eval stage."""
+    from cvdeploy.data.synthetic import make_detection_dataset
+    from cvdeploy.errors import UsageError
+    from cvdeploy.export.run import create_torch_bundle
+    from cvdeploy.verify.evaluate import evaluate_bundle
+    from cvdeploy.zoo.models import model_task
+
+    if epochs is None and minutes is None:
+        raise UsageError("give --epochs N or --minutes M")
+    task = model_task(model)
+    if str(data) == "synthetic":
+        if task != "detect":
+            raise UsageError(
+                "--data synthetic generates a detection set; give a folder for a classifier"
+            )
+        data = make_detection_dataset(out / "data", seed=seed)
+    budget = minutes * 60 if minutes is not None else None
+    if task == "detect":
+        from cvdeploy.zoo.train import train_detector
+
+        res = train_detector(
+            model=model,
+            data=data,
+            out_dir=out,
+            epochs=epochs,
+            time_budget_s=budget,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            threads=threads,
+            progress=not json_out,
+        )
+    else:
+        from cvdeploy.zoo.classify_train import train_classifier
+
+        res = train_classifier(
+            model=model,
+            data=data,
+            out_dir=out,
+            epochs=epochs,
+            time_budget_s=budget,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            threads=threads,
+            progress=not json_out,
+        )
+    best = Path(res.best) if hasattr(res, "best") else out / "best.pt"
+    bundle = create_torch_bundle(str(best), out=out / "bundle", data=data, overwrite=True)
+    rep = evaluate_bundle(
+        bundle, data, artifact="torch-fp32", progress=not json_out, dataset_label="train-val"
+    )
+    result = {
+        "model": model,
+        "checkpoint": str(best),
+        "bundle": str(bundle.path),
+        "metrics": rep.metrics,
+        "elapsed_s": getattr(res, "elapsed_s", None),
+    }
+    if json_out:
+        print_json(result)
+        return
+    m = rep.metrics
+    key = "map50_95" if "map50_95" in m else "top1"
+    out_console().print(
+        f"trained {model}: {key} {m[key]:.4f} on the val split; "
+        f"checkpoint {best}; bundle {bundle.path}"
+    )
+
+
+@handle_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
+    val_images: Annotated[int, typer.Option(help="size of the generated val set")] = 120,
+) -> None:
+    """Run the whole path on the shipped detector: bundle, export, verify, eval, report."""
+    from cvdeploy.demo import run_demo
+
+    con = err_console()
+    res = run_demo(
+        out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
+    )
+    t = Table(title="demo artifacts (synthetic val set)")
+    for c in ("artifact", "size MB", "mAP50-95", "mAP50", "ms/image", "parity"):
+        t.add_column(c)
+    for r in res.rows:
+        t.add_row(
+            r["id"],
+            f"{r['size_mb']:.2f}",
+            "-" if r["map50_95"] is None else f"{r['map50_95']:.4f}",
+            "-" if r["map50"] is None else f"{r['map50']:.4f}",
+            "-" if r["e2e_ms"] is None else f"{r['e2e_ms']:.1f}",
+            "-" if r["parity"] is None else ("pass" if r["parity"] else "FAIL"),
+        )
+    con = out_console()
+    con.print(t)
+    con.print(f"demo finished in {res.seconds:.0f} s")
+    con.print(f"bundle: {res.bundle}")
+    con.print(f"report: {res.report.resolve()}")

@@ -1,0 +1,409 @@
+"""ONNX Runtime static quantization to a Q/DQ graph (also the input of TensorRT INT8).
+
+``quant_pre_process`` (shape inference + graph cleanup) runs first, then ``quantize_static``
+with ``QuantFormat.QDQ``, calibrated by a :class:`CalibrationDataReader` that feeds images
+through the bundle spec's preprocessing. The decoding arithmetic of the detection head is
+found by graph analysis (:func:`float_head_nodes`) and kept in float.
+
+For ``--max-drop``, :func:`sensitivity_ranking` measures, per Conv/Gemm/MatMul node, how much
+quantization noise it adds (signal-to-quantization-noise ratio of its output against the
+float model's, minus that of its inputs; ONNX Runtime's ``qdq_loss_debug`` collects the
+activations), so the most sensitive nodes can be kept in float first.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from cvdeploy.errors import BackendUnavailable, CheckFailed, ModelLoadError, UsageError
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Ops that end a head branch when walking back from the outputs (their inputs are features)."""
+SEARCH_STEPS = 6
+"""Search steps of the ``--max-drop`` loop (1, 2, 4, ... sensitive nodes in float)."""
+_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _import_quantization() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise BackendUnavailable(
+            "ONNX Runtime quantization is unavailable: onnxruntime is not installed",
+            hint="pip install cvdeploy[onnxruntime]",
+        ) from exc
+    return quantization
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name (``<op>_<index>``); quantizers select by name."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    return model
+
+
+def float_head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the detection head's decoding nodes, which must stay in float.
+
+    Walks back from every graph output through the nodes that are not Conv/Gemm/MatMul
+    (box decoding, DFL softmax, sigmoid, reshapes and the concatenations after them). A
+    Conv whose input comes from a Softmax (YOLOv8's DFL expectation, a fixed 1x1 conv) is
+    part of the decoding and is kept in float as well.
+
+    Args:
+        model: The ONNX model (its nodes named, see :func:`name_nodes`).
+
+    Returns:
+        Node names in graph order.
+    """
+    producer: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for out in node.output:
+            producer[out] = node
+
+    def fed_by_softmax(node: onnx.NodeProto) -> bool:
+        cur = producer.get(node.input[0]) if node.input else None
+        while cur is not None and cur.op_type in _PASS_THROUGH:
+            cur = producer.get(cur.input[0]) if cur.input else None
+        return cur is not None and cur.op_type == "Softmax"
+
+    keep: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        node = producer.get(tensor)
+        if node is None:
+            continue
+        if node.op_type in COMPUTE_OPS and not fed_by_softmax(node):
+            continue
+        keep.add(node.name)
+        stack.extend(i for i in node.input if i)
+    return [n.name for n in model.graph.node if n.name in keep]
+
+
+def compute_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes (the ones that matter for INT8 speed)."""
+    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
+def pre_process(src: Path, dst: Path) -> onnx.ModelProto:
+    """Run ONNX Runtime's ``quant_pre_process`` and name the nodes; write the result to ``dst``.
+
+    The model is also brought to opset 13 when older (per-channel Q/DQ needs the ``axis``
+    attribute of opset 13).
+
+    Raises:
+        ModelLoadError: The model cannot be read or pre-processed.
+    """
+    q = _import_quantization()
+    try:
+        model = onnx.load(str(src))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        if opset < 13:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, 13)
+        with tempfile.TemporaryDirectory(prefix="cvdeploy-preq-") as tmp:
+            up = Path(tmp) / "in.onnx"
+            onnx.save(model, str(up))
+            q.shape_inference.quant_pre_process(str(up), str(dst), skip_symbolic_shape=False)
+        out = name_nodes(onnx.load(str(dst)))
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(
+            f"could not prepare {src.name} for quantization: {exc}".splitlines()[0],
+            hint="check that the FP32 artifact is a valid ONNX model (`cvdeploy info`)",
+        ) from exc
+    onnx.save(out, str(dst))
+    return out
+
+
+def make_reader(batches: Iterable[np.ndarray], input_name: str) -> Any:
+    """A ``CalibrationDataReader`` over preprocessed input batches (consumed once)."""
+    q = _import_quantization()
+
+    class _Reader(q.CalibrationDataReader):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self._it: Iterator[np.ndarray] = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+    return _Reader()
+
+
+@dataclass(frozen=True, slots=True)
+class OrtQuantOptions:
+    """Options of one ``quantize_static`` call.
+
+    Attributes:
+        method: ``minmax``, ``entropy`` or ``percentile``.
+        per_channel: Per-channel weight scales.
+        symmetric: Signed, symmetric activations and weights (zero point 0), as TensorRT
+            explicit quantization requires; otherwise uint8 asymmetric activations.
+        exclude: Node names kept in float.
+    """
+
+    method: str = "minmax"
+    per_channel: bool = True
+    symmetric: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """Provenance options."""
+        return {
+            "method": self.method,
+            "per_channel": self.per_channel,
+            "activations": "int8-symmetric" if self.symmetric else "uint8-asymmetric",
+            "weights": "int8-symmetric",
+            "quant_format": "QDQ",
+        }
+
+
+def quantize_qdq(
+    prepared: Path, out: Path, batches: Iterable[np.ndarray], *, options: OrtQuantOptions
+) -> Path:
+    """Quantize a pre-processed model to a Q/DQ graph with ``quantize_static``.
+
+    Args:
+        prepared: Output of :func:`pre_process`.
+        out: Where the Q/DQ model goes.
+        batches: Preprocessed calibration inputs.
+        options: Quantization options.
+
+    Returns:
+        ``out``.
+    """
+    q = _import_quantization()
+    methods = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }
+    if options.method not in methods:
+        raise UsageError(f"unknown calibration method {options.method!r}")
+    model = onnx.load(str(prepared))
+    input_name = model.graph.input[0].name
+    extra: dict[str, Any] = {"WeightSymmetric": True}
+    if options.symmetric:
+        extra["ActivationSymmetric"] = True
+    if options.method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    with tempfile.TemporaryDirectory(prefix="cvdeploy-ortq-") as tmp:
+        extra["CalibTensorRangeSymmetric"] = options.symmetric
+        try:
+            q.quantize_static(
+                str(prepared),
+                str(out),
+                make_reader(batches, input_name),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=options.per_channel,
+                activation_type=q.QuantType.QInt8 if options.symmetric else q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=list(options.exclude),
+                calibrate_method=methods[options.method],
+                extra_options={**extra, "CalibIntermediateModelPath": tmp},
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"ONNX Runtime quantization failed: {exc}".splitlines()[0],
+                hint="try --method minmax, or --keep-float for the node named in the error",
+            ) from exc
+    return out
+
+
+def sensitivity_ranking(
+    prepared: Path, qdq: Path, batches: Sequence[np.ndarray]
+) -> list[tuple[str, float]]:
+    """Rank Conv/Gemm/MatMul nodes by the quantization noise they add, worst first.
+
+    For every node the signal-to-quantization-noise ratio (dB) of its output in the Q/DQ
+    model against the float model is compared with that of its activation input; the drop
+    is the node's sensitivity.
+
+    Args:
+        prepared: The float model (pre-processed, named nodes).
+        qdq: Its Q/DQ quantization.
+        batches: A few preprocessed inputs.
+
+    Returns:
+        ``(node name, SQNR drop in dB)``, largest drop first.
+    """
+    q = _import_quantization()
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    model = onnx.load(str(prepared))
+    input_name = model.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="cvdeploy-sens-") as tmp:
+        f_aug, q_aug = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(prepared), str(f_aug))
+        dbg.modify_model_output_intermediate_tensors(str(qdq), str(q_aug))
+        f_acts = dbg.collect_activations(str(f_aug), make_reader(batches, input_name))
+        q_acts = dbg.collect_activations(str(q_aug), make_reader(batches, input_name))
+    del q
+    matched = dbg.create_activation_matching(q_acts, f_acts)
+    errors = dbg.compute_activation_error(matched)
+    sqnr = {k: float(v.get("xmodel_err", math.inf)) for k, v in errors.items()}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ranking = []
+    for node in model.graph.node:
+        if node.op_type not in COMPUTE_OPS or not node.output:
+            continue
+        out = sqnr.get(node.output[0])
+        if out is None or not math.isfinite(out):
+            continue
+        ins = [sqnr[i] for i in node.input[:1] if i in sqnr and i in producer]
+        before = min(ins) if ins and math.isfinite(min(ins)) else max(out, 60.0)
+        ranking.append((node.name, before - out))
+    ranking.sort(key=lambda t: -t[1])
+    return ranking
+
+
+def quantize_dynamic_model(src: Path, out: Path) -> Path:
+    """Dynamic INT8 (``ConvInteger``/``MatMulInteger``), for comparison and diagnosis only."""
+    q = _import_quantization()
+    q.quantize_dynamic(str(src), str(out), weight_type=q.QuantType.QUInt8)
+    return out
+
+
+def _budget_failure(max_drop: float, fp32_map: float, tried: list[dict[str, Any]]) -> CheckFailed:
+    best = min(tried, key=lambda t: t["drop"])
+    return CheckFailed(
+        f"could not meet the budget of {max_drop:.4f} mAP50-95 (FP32 {fp32_map:.4f}); best "
+        f"found: drop {best['drop']:.4f} (mAP50-95 {best['map50_95']:.4f}) with "
+        f"{len(best['float_nodes'])} sensitive node(s) kept in float "
+        f"({', '.join(best['float_nodes'][:6]) or 'none'}); nothing was saved",
+        hint="allow a larger --max-drop, calibrate on more images, or try --method "
+        "entropy/percentile or --backend openvino",
+    )
+
+
+def quantize_onnxruntime(
+    bundle: Any,
+    source: Any,
+    cal: Any,
+    src_pred: Any,
+    evalset: Any,
+    fp32_map: float | None,
+    opts: Any,
+    tmp: Path,
+    say: Any,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The ONNX Runtime / TensorRT backend of :func:`cvdeploy.optimize.quantize.quantize_bundle`.
+
+    Writes ``model.onnx`` (Q/DQ) to ``tmp/out``. With ``opts.max_drop``: quantizes, and
+    while the mAP drop exceeds the budget, keeps the most sensitive Conv/Gemm/MatMul nodes
+    (see :func:`sensitivity_ranking`) in float, doubling their number each step.
+
+    Returns:
+        The :class:`~cvdeploy.optimize.quantize.QuantizedModel` and the budget record.
+
+    Raises:
+        CheckFailed: The budget could not be met ("could not meet the budget; best found").
+    """
+    from cvdeploy.optimize.calibration import predictor_map, preprocessed
+    from cvdeploy.optimize.quantize import QuantizedModel, candidate_predictor, match_patterns
+    from cvdeploy.progress import track
+
+    prepared = tmp / "prepared.onnx"
+    say(f"preparing {source.id} (quant_pre_process)")
+    model = pre_process(bundle.model_file(source), prepared)
+    names = [n.name for n in model.graph.node]
+    head = float_head_nodes(model)
+    user = match_patterns(names, opts.keep_float)
+    symmetric = opts.backend == "tensorrt"
+    out_dir = tmp / "out"
+    out_dir.mkdir()
+
+    def run(extra: Sequence[str], dst: Path) -> QuantizedModel:
+        exclude = tuple(dict.fromkeys([*head, *user, *extra]))
+        qo = OrtQuantOptions(
+            method=opts.method, per_channel=opts.per_channel, symmetric=symmetric, exclude=exclude
+        )
+        batches = track(
+            preprocessed(src_pred, cal.paths),
+            total=cal.count,
+            description=f"calibrating ({opts.method})",
+            enabled=opts.progress,
+        )
+        quantize_qdq(prepared, dst / "model.onnx", batches, options=qo)
+        facts = {
+            **qo.record(),
+            "head_float": head,
+            "quant_pre_process": True,
+            "opset": 13,
+        }
+        if symmetric:
+            facts["tensorrt"] = (
+                "explicit-quantization Q/DQ graph: build the INT8 engine with "
+                "`cvdeploy export BUNDLE --format tensorrt` on a machine with a GPU"
+            )
+        return QuantizedModel(
+            directory=dst,
+            main_file="model.onnx",
+            format="onnx",
+            io=source.io,
+            kept_float=[*user, *extra],
+            facts=facts,
+        )
+
+    cand = run((), out_dir)
+    if opts.max_drop is None or evalset is None or fp32_map is None:
+        return cand, None
+    tried: list[dict[str, Any]] = []
+
+    def score(c: QuantizedModel, extra: Sequence[str]) -> float:
+        with candidate_predictor(bundle, c, "candidate") as p:
+            m = predictor_map(p, evalset)
+        tried.append({"float_nodes": list(extra), "map50_95": m, "drop": fp32_map - m})
+        say(f"  {len(extra)} node(s) in float: mAP50-95 {m:.4f} (drop {fp32_map - m:.4f})")
+        return m
+
+    m = score(cand, ())
+    if fp32_map - m <= opts.max_drop:
+        return cand, {
+            "max_drop": opts.max_drop,
+            "fp32_map50_95": fp32_map,
+            "met": True,
+            "tried": tried,
+        }
+    say("ranking nodes by sensitivity (layer-wise SQNR against FP32)")
+    probe = [x for _, x in zip(range(8), preprocessed(src_pred, cal.paths), strict=False)]
+    ranking = sensitivity_ranking(prepared, out_dir / "model.onnx", probe)
+    k = 1
+    for step in range(SEARCH_STEPS):
+        extra = [n for n, _ in ranking[:k]]
+        d = tmp / f"try{step}"
+        d.mkdir()
+        c = run(extra, d)
+        m = score(c, extra)
+        if fp32_map - m <= opts.max_drop:
+            return c, {
+                "max_drop": opts.max_drop,
+                "fp32_map50_95": fp32_map,
+                "met": True,
+                "tried": tried,
+                "ranking": ranking[:32],
+            }
+        if k >= len(ranking):
+            break
+        k = min(2 * k, len(ranking))
+    raise _budget_failure(opts.max_drop, fp32_map, tried)

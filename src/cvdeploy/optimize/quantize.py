@@ -1,0 +1,428 @@
+"""The quantize stage: INT8 post-training quantization with accuracy control.
+
+``quantize_bundle`` picks the FP32 source artifact, builds a calibration set (hygiene
+checked, see :mod:`cvdeploy.optimize.calibration`), quantizes with the backend's maintained
+tool (NNCF for OpenVINO, ONNX Runtime ``quantize_static`` Q/DQ for ONNX Runtime and
+TensorRT), keeps the detection head's decoding in float, passes the result through the
+integrity gate against its FP32 source (INT8 tolerances) and only then adds it to the
+bundle through :meth:`~cvdeploy.bundle.Bundle.edit`. With ``eval_data`` the mAP of both is
+recorded (``evaluate_bundle`` metrics checks); with ``max_drop`` the mAP drop must fit the
+budget or nothing is saved. Finally FP32 and INT8 are timed side by side and, when INT8 is
+not at least 1.3x faster, :func:`cvdeploy.optimize.explain.explain_artifact` says why.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvdeploy.bundle import Artifact, Bundle, Provenance
+from cvdeploy.data.io import read_image
+from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.errors import CheckFailed, UsageError
+from cvdeploy.optimize.calibration import (
+    EVAL_THRESHOLDS,
+    CalibrationSet,
+    EvalSet,
+    build_calibration_set,
+    predictor_map,
+)
+from cvdeploy.optimize.explain import Explanation, Latency, explain_artifact, measure_latency
+from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.runtime import create_runner
+from cvdeploy.spec import IOSpec
+from cvdeploy.verify.parity import ParityResult, check_parity
+
+BACKENDS = ("openvino", "onnxruntime", "tensorrt")
+ARTIFACT_IDS = {
+    "openvino": "openvino-int8",
+    "onnxruntime": "onnx-int8",
+    "tensorrt": "onnx-int8-qdq",
+}
+GATE_IMAGES = 16
+LATENCY_IMAGES = 20
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizeOptions:
+    """Options of :func:`quantize_bundle`.
+
+    Attributes:
+        backend: ``openvino`` (NNCF), ``onnxruntime`` (Q/DQ) or ``tensorrt`` (symmetric
+            Q/DQ ONNX from which ``cvdeploy export --format tensorrt`` builds the engine).
+        calib_size: Largest number of calibration images.
+        method: ``minmax``, ``entropy`` or ``percentile``.
+        per_channel: Per-channel weight scales.
+        max_drop: Largest acceptable absolute mAP50-95 drop (needs ``eval_data``).
+        eval_data: Labelled dataset for mAP (recorded for FP32 and INT8).
+        keep_float: Glob patterns of node names kept in float, besides the head.
+        force: Accept fewer than 100 calibration images.
+        source: FP32 artifact id to quantize (default: chosen per backend).
+        overwrite: Replace an existing INT8 artifact with the same id.
+        measure: Time FP32 and INT8 and diagnose a small speedup.
+        threads: Runtime threads for the latency measurement.
+        progress: Show progress bars.
+    """
+
+    backend: str = "openvino"
+    calib_size: int = 300
+    method: str = "minmax"
+    per_channel: bool = True
+    max_drop: float | None = None
+    eval_data: Path | None = None
+    keep_float: tuple[str, ...] = ()
+    force: bool = False
+    source: str | None = None
+    overwrite: bool = False
+    measure: bool = True
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass(slots=True)
+class Variant:
+    """One row of the result table."""
+
+    artifact: str
+    precision: str
+    size_mb: float
+    map50_95: float | None = None
+    p50_ms: float | None = None
+    inference_p50_ms: float | None = None
+
+
+@dataclass(slots=True)
+class QuantizeReport:
+    """What ``cvdeploy quantize`` prints (and ``--json`` dumps)."""
+
+    bundle: str
+    artifact: str
+    source: str
+    backend: str
+    calibration: dict[str, Any]
+    head_float: list[str]
+    kept_float: list[str]
+    parity: dict[str, Any]
+    rows: list[Variant]
+    map_drop: float | None = None
+    budget: dict[str, Any] | None = None
+    speedup: float | None = None
+    explanation: Explanation | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class QuantizedModel:
+    """A quantized model written to a temporary directory by a backend."""
+
+    directory: Path
+    main_file: str
+    format: str
+    io: IOSpec
+    kept_float: list[str]
+    facts: dict[str, Any]
+    map50_95: float | None = None
+
+
+def choose_source(bundle: Bundle, backend: str, source: str | None) -> Artifact:
+    """The FP32 artifact to quantize for a backend.
+
+    OpenVINO takes an OpenVINO FP32 IR, else converts the ONNX FP32 model; ONNX Runtime and
+    TensorRT need the ONNX FP32 model.
+    """
+    if source is not None:
+        art = bundle.artifact(source)
+        if art.precision != "fp32":
+            raise UsageError(f"source artifact {art.id!r} is {art.precision}, not fp32")
+        return art
+    order = ("openvino", "onnx") if backend == "openvino" else ("onnx",)
+    for fmt in order:
+        for a in bundle.manifest.artifacts:
+            if a.format == fmt and a.precision == "fp32":
+                return a
+    have = ", ".join(f"{a.id} ({a.format} {a.precision})" for a in bundle.manifest.artifacts)
+    raise UsageError(
+        f"bundle {bundle.name!r} has no FP32 {' or '.join(order)} artifact to quantize "
+        f"(artifacts: {have or 'none'})",
+        hint="export one first: `cvdeploy export BUNDLE --format onnx`; an INT8 model "
+        "imported as is can only be diagnosed with `cvdeploy quantize --explain BUNDLE`",
+    )
+
+
+def match_patterns(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Node names matching any of the glob ``patterns``; a pattern matching none is an error."""
+    out: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            preview = ", ".join(list(names)[:8])
+            raise UsageError(
+                f"--keep-float {pat!r} matches no node of the model",
+                hint=f"node names look like: {preview} ...",
+            )
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def _source_predictor(bundle: Bundle, source: Artifact) -> Predictor:
+    return Predictor.from_bundle(bundle, source.id, thresholds=EVAL_THRESHOLDS, batch=1)
+
+
+def candidate_predictor(bundle: Bundle, cand: QuantizedModel, art_id: str) -> Predictor:
+    runner = create_runner(cand.format, cand.directory / cand.main_file, cand.io)
+    return Predictor(
+        spec=bundle.spec, runner=runner, artifact_id=art_id, thresholds=EVAL_THRESHOLDS, batch=1
+    )
+
+
+def quantize_bundle(
+    bundle: Bundle | Path | str,
+    calib: Path | str,
+    *,
+    options: QuantizeOptions | None = None,
+    log: Log | None = None,
+) -> QuantizeReport:
+    """Quantize a bundle's FP32 model to INT8, verify it, record it, and time it.
+
+    Args:
+        bundle: The bundle (or its directory).
+        calib: Calibration images: dataset yaml, COCO json, folder or image.
+        options: See :class:`QuantizeOptions`.
+        log: Called with progress notes and warnings (default: silent).
+
+    Returns:
+        The report (the artifact is in the bundle).
+
+    Raises:
+        UsageError: Bad options, too few calibration images, no FP32 source.
+        CheckFailed: The INT8 model failed the integrity gate, or the mAP budget could not
+            be met (nothing is saved in either case).
+    """
+    opts = options or QuantizeOptions()
+    say: Log = log or (lambda _msg: None)
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if opts.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {opts.backend!r}", hint=f"use one of {BACKENDS}")
+    if opts.max_drop is not None and opts.eval_data is None:
+        raise UsageError(
+            "--max-drop needs --eval-data: the drop is measured as mAP50-95 on a labelled set",
+            hint="add --eval-data DATA.yaml",
+        )
+    if opts.max_drop is not None and not 0 < opts.max_drop < 1:
+        raise UsageError(f"--max-drop must be in (0, 1), got {opts.max_drop}")
+    if b.spec.task != "detect" and opts.eval_data is not None:
+        raise UsageError("--eval-data/--max-drop support detectors only for now")
+    art_id = ARTIFACT_IDS[opts.backend]
+    if any(a.id == art_id for a in b.manifest.artifacts) and not opts.overwrite:
+        raise UsageError(f"artifact {art_id!r} already exists in {b.path}", hint="pass --overwrite")
+    source = choose_source(b, opts.backend, opts.source)
+    cal = build_calibration_set(calib, size=opts.calib_size, method=opts.method, force=opts.force)
+    notes = list(cal.warnings)
+    for w in cal.warnings:
+        say(f"warning: {w}")
+    evalset = EvalSet.load(opts.eval_data, b.spec.names) if opts.eval_data else None
+    with tempfile.TemporaryDirectory(prefix="cvdeploy-quant-") as tmp_s:
+        tmp = Path(tmp_s)
+        with _source_predictor(b, source) as src_pred:
+            fp32_map = None
+            if evalset is not None and opts.max_drop is not None:
+                say(f"evaluating {source.id} on {evalset.data} ({len(evalset.paths)} images)")
+                fp32_map = predictor_map(src_pred, evalset)
+            if opts.backend == "openvino":
+                from cvdeploy.optimize.nncf_quant import quantize_openvino
+
+                cand, budget = quantize_openvino(
+                    b, source, cal, src_pred, evalset, fp32_map, opts, tmp, say
+                )
+            else:
+                from cvdeploy.optimize.ort_quant import quantize_onnxruntime
+
+                cand, budget = quantize_onnxruntime(
+                    b, source, cal, src_pred, evalset, fp32_map, opts, tmp, say
+                )
+            parity = _gate(b, source, cand, art_id, cal, opts, src_pred, say)
+        _save(b, source, cand, art_id, cal, parity, budget, opts)
+    say(f"added {art_id} to {b.path}")
+    return _finish(b, source, art_id, cand, cal, parity, budget, notes, opts, say)
+
+
+def _gate(
+    b: Bundle,
+    source: Artifact,
+    cand: QuantizedModel,
+    art_id: str,
+    cal: CalibrationSet,
+    opts: QuantizeOptions,
+    src_pred: Predictor,
+    say: Log,
+) -> ParityResult:
+    """The integrity gate against the FP32 source, on held-out images where possible."""
+    if opts.eval_data is not None:
+        pool = list(EvalSet.load(opts.eval_data, b.spec.names).paths)
+    elif b.sample_images():
+        pool = b.sample_images()
+    else:
+        pool = list(cal.paths)
+    if len(pool) > GATE_IMAGES:
+        idx = np.linspace(0, len(pool) - 1, GATE_IMAGES).round().astype(int)
+        pool = [pool[i] for i in idx]
+    images = [read_image(p) for p in pool]
+    say(f"integrity gate: {art_id} against {source.id} on {len(images)} images (int8 tolerances)")
+    with candidate_predictor(b, cand, art_id) as cpred:
+        parity = check_parity(src_pred, cpred, images, precision="int8")
+    if not parity.passed:
+        raise CheckFailed(
+            f"{art_id} failed the integrity gate against {source.id}: "
+            + "; ".join(parity.failures)
+            + " (nothing was saved)",
+            hint="try --method entropy or percentile, more calibration images, "
+            "--keep-float for sensitive layers, or --max-drop with --eval-data",
+        )
+    return parity
+
+
+def _save(
+    b: Bundle,
+    source: Artifact,
+    cand: QuantizedModel,
+    art_id: str,
+    cal: CalibrationSet,
+    parity: ParityResult,
+    budget: dict[str, Any] | None,
+    opts: QuantizeOptions,
+) -> None:
+    details = {"artifact": art_id, "source": source.id, "backend": opts.backend}
+    with b.edit(action="quantize", details=details) as edit:
+        d = edit.artifact_dir(art_id, replace=opts.overwrite)
+        for f in cand.directory.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, d / f.name)
+        edit.add_artifact(
+            artifact_id=art_id,
+            format=cand.format,
+            precision="int8",
+            io=cand.io,
+            main_file=cand.main_file,
+            produced_by=Provenance(
+                tool=f"quantize:{opts.backend}",
+                source=source.id,
+                options={
+                    "backend": opts.backend,
+                    **cal.record(),
+                    **cand.facts,
+                    "keep_float_patterns": list(opts.keep_float),
+                    "kept_float": cand.kept_float,
+                    "max_drop": opts.max_drop,
+                    "budget": budget,
+                },
+            ),
+            environment=fingerprint(),
+            checks=[parity.to_check(source=source.id)],
+        )
+
+
+def _size_mb(a: Artifact) -> float:
+    return round(a.size_bytes / 1e6, 3)
+
+
+def _recorded_map(a: Artifact, data: Path) -> float | None:
+    want = str(Path(data).resolve())
+    for c in reversed(a.checks):
+        if c.kind == "metrics" and c.data.get("data") == want:
+            v = c.data.get("metrics", {}).get("map50_95")
+            return float(v) if v is not None else None
+    return None
+
+
+def _finish(
+    b: Bundle,
+    source: Artifact,
+    art_id: str,
+    cand: QuantizedModel,
+    cal: CalibrationSet,
+    parity: ParityResult,
+    budget: dict[str, Any] | None,
+    notes: list[str],
+    opts: QuantizeOptions,
+    say: Log,
+) -> QuantizeReport:
+    from cvdeploy.verify.evaluate import evaluate_bundle
+
+    maps: dict[str, float | None] = {"fp32": None, "int8": None}
+    if opts.eval_data is not None:
+        for key, aid in (("fp32", source.id), ("int8", art_id)):
+            known = _recorded_map(b.artifact(aid), opts.eval_data)
+            if known is not None:
+                maps[key] = known
+                continue
+            say(f"evaluating {aid} on {opts.eval_data}")
+            rep = evaluate_bundle(b, opts.eval_data, artifact=aid, progress=opts.progress)
+            maps[key] = float(rep.metrics["map50_95"])
+    lat: dict[str, Latency] = {}
+    explanation = None
+    speedup = None
+    if opts.measure:
+        pool = (
+            list(EvalSet.load(opts.eval_data, b.spec.names).paths)
+            if opts.eval_data
+            else list(cal.paths)
+        )[:LATENCY_IMAGES]
+        images = [read_image(p) for p in pool]
+        say(f"timing {source.id} and {art_id} on {len(images)} images (warm-up + median)")
+        lat["fp32"] = measure_latency(b, source.id, images, threads=opts.threads)
+        lat["int8"] = measure_latency(b, art_id, images, threads=opts.threads)
+        speedup = lat["fp32"].p50_ms / lat["int8"].p50_ms
+        explanation = explain_artifact(
+            b, art_id, images=images, source_id=source.id, latency=lat, threads=opts.threads
+        )
+    rows = []
+    for key, aid in (("fp32", source.id), ("int8", art_id)):
+        a = b.artifact(aid)
+        la = lat.get(key)
+        rows.append(
+            Variant(
+                artifact=aid,
+                precision=a.precision,
+                size_mb=_size_mb(a),
+                map50_95=maps[key],
+                p50_ms=la.p50_ms if la else None,
+                inference_p50_ms=la.inference_p50_ms if la else None,
+            )
+        )
+    drop = None
+    if maps["fp32"] is not None and maps["int8"] is not None:
+        drop = maps["fp32"] - maps["int8"]
+    return QuantizeReport(
+        bundle=str(b.path),
+        artifact=art_id,
+        source=source.id,
+        backend=opts.backend,
+        calibration=cal.record(),
+        head_float=list(cand.facts.get("head_float", [])),
+        kept_float=cand.kept_float,
+        parity={
+            "passed": parity.passed,
+            "images": parity.images,
+            "cosine": [o.cosine for o in parity.outputs],
+            "match_fraction": parity.match_fraction,
+            "score_diff_mean": parity.score_diff_mean,
+        },
+        rows=rows,
+        map_drop=drop,
+        budget=budget,
+        speedup=speedup,
+        explanation=explanation,
+        notes=notes,
+    )

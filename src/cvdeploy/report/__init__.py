@@ -1,0 +1,1 @@
+"""Reports: a self-contained HTML page generated from what the bundle recorded."""

@@ -1,0 +1,10 @@
+"""Serving: an HTTP inference server with dynamic batching, monitoring and versions.
+
+Needs the ``serve`` extra (``pip install cvdeploy[serve]``). The public entry points:
+
+- :func:`cvdeploy.serve.app.create_app` and :class:`cvdeploy.serve.config.ServeConfig`
+- :class:`cvdeploy.serve.registry.ModelRegistry` (versions and stages)
+- :func:`cvdeploy.serve.logging_store.export_logs` (sampled request logs)
+
+Import them from their modules; this package imports nothing heavy on its own.
+"""

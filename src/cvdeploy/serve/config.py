@@ -1,0 +1,99 @@
+"""The server's configuration: one frozen pydantic model, read from flags and/or YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cvdeploy.errors import InputError, UsageError
+
+__all__ = ["ServeConfig", "load_config"]
+
+
+class ServeConfig(BaseModel):
+    """Everything :func:`cvdeploy.serve.app.create_app` needs.
+
+    Attributes:
+        source: A bundle directory or a model registry directory (see
+            :mod:`cvdeploy.serve.registry`).
+        artifact: Artifact id to serve, or ``auto`` (the bundle's recommended one).
+        max_batch: Most images grouped into one inference call.
+        max_wait_ms: Longest time the first queued image waits for others to join its batch.
+        queue_size: Most images waiting per model; beyond it requests get 503.
+        workers: Inference worker threads per model (each holds its own runner).
+        threads: Intra-op threads per runner (``None``: the runtime's default).
+        request_timeout_s: Deadline of a request, from arrival to answer (504 past it).
+        max_body_bytes: Largest accepted request body (413 beyond).
+        max_pixels: Largest accepted image, width x height, read from the header (413 beyond).
+        max_images: Most images in one request.
+        warmup_runs: Inference calls at full batch before the model counts as ready.
+        poll_interval_s: How often the registry state file is checked for promotions.
+        sample_rate: Fraction of requests whose inputs and outputs are logged (0 disables).
+        log_dir: Where sampled requests go (required when ``sample_rate`` > 0).
+        log_max_bytes: Size cap of the request log; the oldest entries are rotated out.
+        retry_after_s: ``Retry-After`` seconds sent with a 503.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Path
+    artifact: str = "auto"
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    queue_size: int = Field(256, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    threads: int | None = Field(None, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_images: int = Field(32, ge=1)
+    warmup_runs: int = Field(2, ge=0)
+    poll_interval_s: float = Field(1.0, gt=0)
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    log_dir: Path | None = None
+    log_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    retry_after_s: int = Field(1, ge=1)
+
+    def model_post_init(self, __context: Any) -> None:
+        """Check option combinations."""
+        if self.sample_rate > 0 and self.log_dir is None:
+            raise ValueError("sample_rate > 0 needs log_dir (where sampled requests are stored)")
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
+    """Build a :class:`ServeConfig` from a YAML file plus overrides (flags win).
+
+    Args:
+        path: A YAML file with :class:`ServeConfig` keys, or ``None``.
+        **overrides: Values that replace the file's (``None`` values are ignored).
+
+    Raises:
+        InputError: The file is missing or not valid YAML.
+        UsageError: A key is unknown or a value is out of range.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"serve config {p} does not exist", hint="check the --config path")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"serve config {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"serve config {p} must be a mapping of option: value")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServeConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(
+            f"invalid serve configuration: {problems}",
+            hint="see `cvdeploy serve --help` for the options and their ranges",
+        ) from None
