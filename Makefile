@@ -40,6 +40,7 @@ test: lint typecheck unit
 
 bench: venv
 	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/e2e_vs_naive.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

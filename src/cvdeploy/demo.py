@@ -21,6 +21,7 @@ from cvdeploy.errors import UsageError
 from cvdeploy.export.run import EXPORTERS, ExportOptions, export_model
 from cvdeploy.pipeline.draw import draw
 from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.pipeline.results import Detections
 from cvdeploy.report.html import artifact_row, write_report
 from cvdeploy.verify.evaluate import evaluate_bundle
 
@@ -127,9 +128,10 @@ def run_demo(
             img = read_image(path)
             (res,), _ = p.predict([img])
             dst = pred_dir / f"{path.stem}.jpg"
-            big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-            scaled = type(res)(boxes=res.boxes * 2, scores=res.scores, class_ids=res.class_ids)
-            cv2.imwrite(str(dst), draw(big, scaled, bundle.spec.names))
+            if isinstance(res, Detections):  # drawn at 2x so that labels stay readable
+                img = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+                res = Detections(boxes=res.boxes * 2, scores=res.scores, class_ids=res.class_ids)
+            cv2.imwrite(str(dst), draw(img, res, bundle.spec.names))
             drawn.append(dst)
     step(n + 1, "writing report.html")
     bundle = Bundle.load(bundle_dir)

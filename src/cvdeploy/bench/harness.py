@@ -236,6 +236,14 @@ def _hardware(env: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _loadavg() -> float | None:
+    """The 1-minute load average (other work competing for the cores), where known."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _thresholds(bundle: Bundle, t: Thresholds) -> dict[str, Any]:
     dec = bundle.spec.decoder
     return {
@@ -379,18 +387,19 @@ def bench_artifact(
     notes: list[str] = []
     probe = reset_peak_rss()
     baseline = current_rss_mb()
+    load_before = _loadavg()
 
     # 1. cold start: runner creation + load, then the first request
     t0 = time.perf_counter()
     first = _make_predictor(bundle, art, cfg, options)
-    first.runner.load()
-    t1 = time.perf_counter()
-    workers = [_Worker(first, paths, cfg.batch)]
-    workers[0].request(0)
-    t2 = time.perf_counter()
-    load_ms, first_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
     predictors = [first]
     try:
+        first.runner.load()
+        t1 = time.perf_counter()
+        workers = [_Worker(first, paths, cfg.batch)]
+        workers[0].request(0)
+        t2 = time.perf_counter()
+        load_ms, first_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         for _ in range(1, cfg.concurrency):
             p = _make_predictor(bundle, art, cfg, options)
             p.runner.load()
@@ -437,12 +446,12 @@ def bench_artifact(
     e2e = [v for w in workers for v in w.e2e]
     stages = {s: summarize([v for w in workers for v in w.stages[s]]) for s in STAGES}
     n_images = sum(w.images for w in workers)
-    if cfg.concurrency > 1 and (runner.options.threads or 0) * cfg.concurrency > (
-        os.cpu_count() or 1
-    ):
+    cores = os.cpu_count() or 1
+    per_runner = runner.options.threads
+    if cfg.concurrency > 1 and (per_runner is None or per_runner * cfg.concurrency > cores):
         notes.append(
-            f"{cfg.concurrency} workers x {runner.options.threads or 'default'} threads may "
-            f"oversubscribe the {os.cpu_count()} logical cores"
+            f"{cfg.concurrency} runners x {per_runner or 'the default number of'} threads "
+            f"compete for {cores} logical cores; pass --threads to size them"
         )
     if len(paths) < cfg.batch:
         notes.append(f"only {len(paths)} image(s): images repeat within a batch")
@@ -489,6 +498,7 @@ def bench_artifact(
         "thresholds": _thresholds(bundle, cfg.thresholds),
         "includes": INCLUDES,
         "memory": {"method": probe.method, "per_run": probe.per_run, "baseline_mb": baseline},
+        "load_average_1m": {"before": load_before, "after": _loadavg()},
     }
     return BenchResult(
         artifact=art.id,

@@ -15,11 +15,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from cvdeploy.bench.harness import BenchResult
 from cvdeploy.bench.sweep import SweepReport
 from cvdeploy.errors import BackendUnavailable
+
+
+def _size(hw: Sequence[int]) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
 
 
 def _acc(r: BenchResult) -> tuple[float | None, str]:
@@ -28,33 +33,28 @@ def _acc(r: BenchResult) -> tuple[float | None, str]:
     if not isinstance(v, float):
         return None, "-"
     at = a.get("imgsz")
-    where = f"@{at[0]}x{at[1]}" if at else ""
+    where = f"@{_size(at)}" if at else ""
     star = "" if a.get("same_imgsz") else "*"
     return v, f"{v:.4f}{where}{star}"
 
 
+def _ms(v: float) -> str:
+    return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
 def results_table(report: SweepReport) -> Table:
-    """A rich table: one row per result, stage means and the pre+post share visible."""
-    t = Table(title=f"bench {report.bundle} ({report.images} images)")
-    cols = (
-        "batch",
-        "imgsz",
-        "thr",
-        "conc",
-        "cold",
-        "p50",
-        "p90",
-        "p99",
-        "dec",
-        "pre",
-        "inf",
-        "post",
-        "pp%",
-        "img/s",
-        "rssMB",
-        "fileMB",
-        "accuracy",
+    """A compact rich table: one row per result, stage means and the pre+post share."""
+    t = Table(
+        title=f"bench {report.bundle} ({report.images} images)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
     )
+    cols = (
+        "b", "size", "thr", "conc", "cold", "p50", "p90", "p99", "dec", "pre", "inf", "post",
+        "pp%", "img/s", "rssMB", "MB", "accuracy",
+    )  # fmt: skip
     t.add_column("artifact", no_wrap=True)
     for name in cols:
         t.add_column(name, justify="right", no_wrap=True)
@@ -64,27 +64,28 @@ def results_table(report: SweepReport) -> Table:
         t.add_row(
             r.artifact + mark,
             str(r.batch),
-            f"{r.imgsz[0]}x{r.imgsz[1]}",
-            str(r.threads or "def"),
+            _size(r.imgsz),
+            str(r.threads or "-"),
             str(r.concurrency),
             f"{r.cold_start_ms:.0f}",
-            f"{r.e2e_ms.p50:.2f}",
-            f"{r.e2e_ms.p90:.2f}",
-            f"{r.e2e_ms.p99:.2f}",
-            f"{s['decode'].mean:.2f}",
-            f"{s['preprocess'].mean:.2f}",
-            f"{s['inference'].mean:.2f}",
-            f"{s['postprocess'].mean:.2f}",
+            _ms(r.e2e_ms.p50),
+            _ms(r.e2e_ms.p90),
+            _ms(r.e2e_ms.p99),
+            _ms(s["decode"].mean),
+            _ms(s["preprocess"].mean),
+            _ms(s["inference"].mean),
+            _ms(s["postprocess"].mean),
             f"{100 * r.pre_post_share:.1f}",
             f"{r.throughput_ips:.1f}",
             f"{r.peak_rss_mb:.0f}",
-            f"{r.file_size_bytes / 1e6:.2f}",
+            f"{r.file_size_bytes / 1e6:.1f}",
             _acc(r)[1],
         )
     t.caption = (
-        "ms per request of `batch` images; cold = load + first request; p50/p90/p99 end to "
-        "end (decode + pre + inf + post), stage columns are means; pp% = (pre + post) share "
-        "of mean e2e; accuracy = latest recorded mAP50-95/top1 @ its input size (* another "
+        "ms per request of b images; size = input; thr = threads (- default); conc = in "
+        "flight; cold = load + first request; p50/p90/p99 end to end (dec + pre + inf + "
+        "post); stage columns are means; pp% = (pre + post) share of mean e2e; rssMB = peak "
+        "RSS; MB = file size; accuracy = latest recorded mAP50-95/top1 @ input size (* other "
         "size); artifact* = recommended"
     )
     return t
@@ -129,7 +130,9 @@ def pareto_png(results: Sequence[BenchResult], *, title: str = "accuracy vs late
         if "map50_95" not in (r.accuracy or {}):
             metric = "top-1"
         pts.append((r.e2e_ms.p50 / r.batch, v))
-        labels.append(f"{r.artifact} b{r.batch} {r.imgsz[0]} t{r.threads or 'd'} c{r.concurrency}")
+        thr = f" t{r.threads}" if r.threads else ""
+        conc = f" c{r.concurrency}" if r.concurrency > 1 else ""
+        labels.append(f"{r.artifact} b{r.batch} {r.imgsz[0]}px{thr}{conc}")
     fig = Figure(figsize=(7, 4.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -147,7 +150,8 @@ def pareto_png(results: Sequence[BenchResult], *, title: str = "accuracy vs late
             label="Pareto front",
             zorder=2,
         )
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
+        ax.margins(x=0.2, y=0.15)
     else:
         ax.text(
             0.5,

@@ -7,7 +7,6 @@ standard deviation is the sample standard deviation (``ddof=1``; 0 for a single 
 from __future__ import annotations
 
 import contextlib
-import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -115,6 +114,8 @@ def peak_rss_mb() -> float:
         for line in _STATUS.read_text(encoding="ascii").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
+    import resource  # Unix only; reached where /proc is absent
+
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return ru / (1024.0 * 1024.0) if sys.platform == "darwin" else ru / 1024.0

@@ -146,7 +146,8 @@ def bench_cmd(
         prof = r.profile
         if prof:
             con.print(
-                f"[bold]{r.artifact}[/] operators ({prof['source']}, "
+                f"[bold]{r.artifact}[/] batch {r.batch} {r.imgsz[0]}x{r.imgsz[1]} threads "
+                f"{r.threads or 'default'}: operators ({prof['source']}, "
                 f"{prof['total_ms']:.2f} ms per inference over {prof['runs']} runs):"
             )
             for o in prof["by_type"][:10]:

@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cvdeploy.errors import CvdeployError
 
@@ -37,9 +38,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except CvdeployError as exc:
             con = err_console()
-            con.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+            con.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
             if exc.hint:
-                con.print(f"  [yellow]hint:[/] {exc.hint}", soft_wrap=True)
+                con.print(f"  [yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted: nothing was changed")

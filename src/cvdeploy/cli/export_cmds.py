@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +19,18 @@ def export_cmd(
         str,
         typer.Argument(
             help="zoo name (detector-n), training checkpoint (.pt), module:factory (with --spec), "
-            "or an existing bundle directory"
+            "an existing bundle directory, or an .onnx file (imported into --out first)"
         ),
     ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="comma-separated target formats, e.g. onnx")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="comma-separated targets, each FORMAT or FORMAT:PRECISION, e.g. "
+            "onnx,openvino:fp16,tflite (formats: onnx, openvino, tflite, tensorrt; "
+            "precisions: fp32, fp16, int8 for tensorrt from a Q/DQ ONNX)",
+        ),
     ] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle directory")] = None,
     imgsz: Annotated[str | None, typer.Option(help="input size N or H,W")] = None,
@@ -85,7 +93,7 @@ def export_cmd(
                         else {
                             "passed": o.parity.passed,
                             "match_fraction": o.parity.match_fraction,
-                            "outputs": [vars(s) for s in o.parity.outputs],
+                            "outputs": [asdict(s) for s in o.parity.outputs],
                         },
                     }
                     for o in report.outcomes

@@ -11,6 +11,8 @@ from rich.table import Table
 from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
 from cvdeploy.errors import UsageError
 
+LATENCY_IMAGES = 20
+
 if TYPE_CHECKING:
     from cvdeploy.optimize.explain import Explanation
 
@@ -33,6 +35,8 @@ def _print_explanation(exp: Explanation) -> None:
             f"INT8 {exp.artifact}: p50 {lat['int8'].p50_ms:.1f} ms end to end (inference "
             f"{lat['int8'].inference_p50_ms:.1f} ms); no FP32 artifact to compare with"
         )
+    for note in exp.notes:
+        con.print(f"note: {note}")
     flags = ", ".join(exp.int8_instructions) or "none"
     con.print(f"CPU: {exp.cpu.get('model')}; INT8 dot-product instructions: {flags}")
     ops = exp.ops
@@ -97,12 +101,23 @@ def quantize_cmd(
         str | None, typer.Option(help="FP32 artifact to quantize (default: per backend)")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing INT8 artifact")] = False,
+    gate_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="override the INT8 gate's minimum cosine of raw outputs (recorded); "
+            "raw detection heads (e.g. YOLOX) score low on empty anchors"
+        ),
+    ] = None,
     explain: Annotated[
         bool,
         typer.Option("--explain", help="only diagnose the speed of an existing INT8 artifact"),
     ] = False,
     artifact: Annotated[
         str | None, typer.Option(help="with --explain: the INT8 artifact (default: latest)")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="with --explain: images to time on (default: the bundle's samples)"),
     ] = None,
     measure: Annotated[
         bool, typer.Option(help="time FP32 and INT8 side by side and diagnose")
@@ -121,9 +136,11 @@ def quantize_cmd(
 
     b = Bundle.load(bundle)
     if explain:
+        from cvdeploy.data.folder import list_images
         from cvdeploy.optimize.explain import explain_artifact
 
-        exp = explain_artifact(b, artifact, threads=threads)
+        paths = list_images(images)[:LATENCY_IMAGES] if images else []
+        exp = explain_artifact(b, artifact, images=paths, threads=threads)
         if json_out:
             print_json(exp.to_dict())
         else:
@@ -147,6 +164,7 @@ def quantize_cmd(
         force=force,
         source=source,
         overwrite=overwrite,
+        gate_cosine=gate_cosine,
         measure=measure,
         threads=threads,
         progress=not json_out,

@@ -57,7 +57,7 @@ def serve_cmd(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="inference worker threads per model, each with its runner [1]"),
+        typer.Option(help="inference worker threads per model, each with its runner [auto]"),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads per worker")] = None,
     timeout: Annotated[
@@ -209,7 +209,7 @@ def logs_export(
     """Write sampled requests out as an image folder plus predictions.json."""
     from cvdeploy.serve.logging_store import export_logs
 
-    summary = export_logs(logdir, out, limit=limit)
+    summary = export_logs(logdir, out, limit=limit, progress=not json_out)
     if json_out:
         print_json(summary)
         return

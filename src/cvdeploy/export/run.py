@@ -21,10 +21,11 @@ import numpy as np
 from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Provenance
 from cvdeploy.data.io import is_image_file, read_image
 from cvdeploy.diagnose.environment import fingerprint
-from cvdeploy.errors import CheckFailed, CvdeployError, InputError, UsageError
+from cvdeploy.errors import BackendUnavailable, CheckFailed, CvdeployError, InputError, UsageError
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.registry import Registry
 from cvdeploy.runtime import RUNTIMES, create_runner
+from cvdeploy.runtime.tensorrt import tensorrt_unavailable
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
 from cvdeploy.verify.parity import ParityResult, check_parity
 
@@ -39,6 +40,34 @@ EXPORTERS.register(
     extra="onnxruntime",
     description="ONNX (from torch: TorchScript exporter + onnxslim)",
 )
+EXPORTERS.register(
+    "openvino",
+    "cvdeploy.export.openvino:export_openvino",
+    requires=("openvino",),
+    extra="openvino",
+    description="OpenVINO IR, FP32/FP16 weights (openvino.convert_model from ONNX or torch)",
+)
+EXPORTERS.register(
+    "tflite",
+    "cvdeploy.export.tflite:export_tflite",
+    requires=("onnx2tf", "tensorflow", "ai_edge_litert"),
+    extra="tflite",
+    description="TFLite FP32/FP16, NHWC (onnx2tf from the ONNX graph)",
+)
+EXPORTERS.register(
+    "tensorrt",
+    "cvdeploy.export.tensorrt:export_tensorrt",
+    extra="tensorrt",
+    description="TensorRT engine FP32/FP16, INT8 from a Q/DQ ONNX (NVIDIA GPU)",
+    check=tensorrt_unavailable,
+)
+# Precisions each target can produce (``FORMAT:PRECISION`` in ``--format``; ``--half``: fp16).
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32",),
+    "openvino": ("fp32", "fp16"),
+    "tflite": ("fp32", "fp16"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +92,7 @@ class ExportContext:
     options: ExportOptions
     images: list[np.ndarray]
     torch_module: Any = None
+    precision: str = "fp32"
 
 
 @dataclass(slots=True)
@@ -111,6 +141,11 @@ def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
         raise UsageError(
             f"ONNX export needs a torch source; the source artifact is {ctx.source.format}"
         )
+    if ctx.precision != "fp32":
+        raise UsageError(
+            f"ONNX export produces fp32 only, not {ctx.precision}",
+            hint="ask for onnx:fp32 beside openvino:fp16 / tflite:fp16 / tensorrt:fp16",
+        )
     hw = ctx.options.imgsz or ctx.spec.imgsz
     io, facts = torch_to_onnx(
         ctx.torch_module,
@@ -125,9 +160,62 @@ def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
     return Produced("onnx", "fp32", io, "model.onnx", facts)
 
 
-def artifact_id_for(fmt: str, options: ExportOptions) -> str:
+def artifact_id_for(fmt: str, options: ExportOptions, precision: str | None = None) -> str:
     """Default artifact id of a format with the options (``onnx-fp32``, ``openvino-fp16``)."""
-    return f"{fmt}-{'fp16' if options.half else 'fp32'}"
+    return f"{fmt}-{precision or ('fp16' if options.half else 'fp32')}"
+
+
+def parse_targets(formats: Sequence[str], options: ExportOptions) -> list[tuple[str, str]]:
+    """Parse ``--format`` entries (``tflite``, ``openvino:fp16``) into (format, precision).
+
+    Raises:
+        UsageError: An unknown format, or a precision the format cannot produce.
+    """
+    out: list[tuple[str, str]] = []
+    for raw in formats:
+        fmt, _, prec = raw.strip().partition(":")
+        if not fmt:
+            continue
+        EXPORTERS.entry(fmt)
+        prec = prec.strip().lower() or ("fp16" if options.half else "fp32")
+        allowed = PRECISIONS.get(fmt, ("fp32",))
+        if prec not in allowed:
+            raise UsageError(
+                f"{fmt} cannot be exported as {prec}: it supports {', '.join(allowed)}"
+                + (
+                    " (INT8 needs an explicitly quantized source, and only tensorrt builds "
+                    "one from it)"
+                    if prec == "int8"
+                    else ""
+                ),
+                hint="INT8 OpenVINO/ONNX come from `cvdeploy quantize`"
+                if prec == "int8"
+                else f"use one of {', '.join(f'{fmt}:{p}' for p in allowed)}",
+            )
+        if (fmt, prec) not in out:
+            out.append((fmt, prec))
+    if not out:
+        raise UsageError("no --format given", hint=f"formats: {', '.join(EXPORTERS.names())}")
+    return out
+
+
+def check_available(targets: Sequence[tuple[str, str]]) -> None:
+    """Refuse, before anything is written, targets whose exporter or runtime cannot run here.
+
+    Raises:
+        BackendUnavailable: Naming the format, the reason and the install hint.
+    """
+    for fmt, _ in targets:
+        av = EXPORTERS.availability(fmt)
+        if not av.available:
+            raise BackendUnavailable(f"cannot export {fmt}: the exporter is {av.reason}")
+        if fmt in RUNTIMES.names():
+            rav = RUNTIMES.availability(fmt)
+            if not rav.available:
+                raise BackendUnavailable(
+                    f"cannot export {fmt}: its runtime is {rav.reason}, so the artifact "
+                    "could not pass the parity gate here"
+                )
 
 
 def gate_images(
@@ -159,7 +247,20 @@ def gate_images(
     return paths
 
 
-def _source_artifact(manifest_artifacts: Sequence[Artifact]) -> Artifact:
+def _source_artifact(
+    manifest_artifacts: Sequence[Artifact], precision: str = "fp32", target: str = ""
+) -> Artifact:
+    if precision == "int8":
+        for a in manifest_artifacts:
+            if a.format == "onnx" and a.precision == "int8":
+                return a
+        have = ", ".join(f"{a.id}" for a in manifest_artifacts) or "none"
+        raise UsageError(
+            f"INT8 {target} needs an explicitly quantized (Q/DQ) INT8 ONNX artifact in the "
+            f"bundle to build from; it has only: {have}",
+            hint="quantize first (`cvdeploy quantize BUNDLE --format onnx`), then export "
+            f"{target}:int8",
+        )
     for fmt in ("torch", "onnx"):
         for a in manifest_artifacts:
             if a.format == fmt and a.precision == "fp32":
@@ -185,7 +286,9 @@ def _predictor(
 def _export_one(
     edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bool
 ) -> ExportOutcome:
-    art_id = artifact_id_for(fmt, ctx.options)
+    """Produce one artifact and gate it. Bad usage (UsageError, BackendUnavailable) aborts
+    the whole export, so the bundle stays as it was; other failures refuse this artifact."""
+    art_id = artifact_id_for(fmt, ctx.options, ctx.precision)
     backup = edit.staging / f".previous-{art_id}"
     if (edit.staging / art_id).exists() and overwrite:
         (edit.staging / art_id).rename(backup)  # restored if the new one fails
@@ -214,6 +317,9 @@ def _export_one(
         )
         with src, cand:
             parity = check_parity(src, cand, ctx.images, precision=produced.precision)
+    except (UsageError, BackendUnavailable):
+        restore()
+        raise
     except CvdeployError as exc:
         restore()
         return ExportOutcome(art_id, "failed", str(exc))
@@ -275,8 +381,11 @@ def export_model(
 
     Args:
         source: A zoo name, a training checkpoint, ``module:factory`` (with ``spec_file``),
-            or an existing bundle directory (its best source artifact is exported).
-        formats: Target formats (see :data:`EXPORTERS`).
+            an existing bundle directory (its best source artifact is exported), or an
+            external ``.onnx`` file (imported into ``out`` first, as ``cvdeploy import`` does).
+        formats: Target formats (see :data:`EXPORTERS`), each optionally with a precision
+            (``openvino:fp16``, ``tensorrt:int8``); without one, ``fp16`` with
+            ``options.half``, else ``fp32``.
         out: Bundle directory (required for a new bundle; for a bundle source, another
             directory to write the extended copy to).
         options: Export options.
@@ -289,22 +398,52 @@ def export_model(
         The report; artifacts that failed the gate were not added.
     """
     opts = options or ExportOptions()
-    fmts = [f.strip() for f in formats if f.strip()]
-    if not fmts:
-        raise UsageError("no --format given", hint=f"formats: {', '.join(EXPORTERS.names())}")
-    for f in fmts:
-        EXPORTERS.entry(f)
+    targets = parse_targets(formats, opts)
     if opts.dynamic and opts.batch != 1:
         raise UsageError(
             "--dynamic and --batch N exclude each other",
             hint="--dynamic accepts any batch; --batch N fixes it to N",
         )
+    if opts.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {opts.batch}")
+    check_available(targets)
     src_path = Path(source)
     if src_path.is_dir() and (src_path / "bundle.json").exists():
-        return _export_from_bundle(Bundle.load(src_path), fmts, out, opts, data, overwrite)
+        return _export_from_bundle(Bundle.load(src_path), targets, out, opts, data, overwrite)
     if out is None:
         raise UsageError("--out is required when exporting from a model (not a bundle)")
-    return _export_from_torch(str(source), fmts, out, opts, spec_file, data, overwrite)
+    if src_path.suffix.lower() == ".onnx":
+        return _export_from_onnx_file(src_path, targets, out, opts, data, overwrite)
+    return _export_from_torch(str(source), targets, out, opts, spec_file, data, overwrite)
+
+
+def _export_from_onnx_file(
+    path: Path,
+    targets: list[tuple[str, str]],
+    out: Path,
+    opts: ExportOptions,
+    data: Path | None,
+    overwrite: bool,
+) -> ExportReport:
+    """Import an external ONNX file into ``out`` (its own metadata), then export from it.
+
+    A failed export removes the bundle that the import created, so nothing is left behind.
+    """
+    from cvdeploy.export.importer import import_model
+
+    if not path.is_file():
+        raise InputError(f"{path} does not exist", hint="give an existing .onnx file")
+    existed = Path(out).exists()
+    if existed and not overwrite:
+        raise UsageError(f"{out} exists", hint="pass --overwrite or choose another --out")
+    samples = gate_images(data, []) if data is not None else []
+    import_model(path, out=out, overwrite=overwrite, samples=samples[:SAMPLES_KEPT])
+    try:
+        return _export_from_bundle(Bundle.load(out), targets, None, opts, data, overwrite)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _load_images(paths: Sequence[Path]) -> list[np.ndarray]:
@@ -334,7 +473,7 @@ def create_torch_bundle(
 
 def _export_from_torch(
     source: str,
-    fmts: list[str],
+    targets: list[tuple[str, str]],
     out: Path,
     opts: ExportOptions,
     spec_file: Path | None,
@@ -357,7 +496,7 @@ def _export_from_torch(
             spec=spec,
             overwrite=overwrite,
             action="export",
-            details={"source": source, "formats": fmts},
+            details={"source": source, "formats": [f"{f}:{p}" for f, p in targets]},
         ) as edit:
             d = edit.artifact_dir("torch-fp32")
             save_checkpoint(
@@ -366,7 +505,7 @@ def _export_from_torch(
                 num_classes=ts.num_classes,
                 state_dict=ts.module.state_dict(),
             )
-            torch_art = edit.add_artifact(
+            edit.add_artifact(
                 artifact_id="torch-fp32",
                 format="torch",
                 precision="fp32",
@@ -376,17 +515,19 @@ def _export_from_torch(
                 environment=fingerprint(),
             )
             edit.add_samples(paths[:SAMPLES_KEPT])
-            ctx = ExportContext(
-                spec=spec,
-                source=torch_art,
-                source_file=edit.path_of(torch_art.files[0].path),
-                options=opts,
-                images=images,
-                torch_module=ts.module,
-            )
-            for f in fmts:
+            for f, prec in targets:
+                src_art = _source_artifact(edit.manifest.artifacts, prec, f)
+                ctx = ExportContext(
+                    spec=spec,
+                    source=src_art,
+                    source_file=edit.path_of(src_art.files[0].path),
+                    options=opts,
+                    images=images,
+                    torch_module=ts.module,
+                    precision=prec,
+                )
                 outcomes.append(_export_one(edit, ctx, f, overwrite=True))
-            if fmts and not any(o.status == "added" for o in outcomes):
+            if targets and not any(o.status == "added" for o in outcomes):
                 raise CheckFailed(
                     "no artifact passed: "
                     + "; ".join(f"{o.artifact_id}: {o.message}" for o in outcomes)
@@ -396,7 +537,7 @@ def _export_from_torch(
 
 def _export_from_bundle(
     bundle: Bundle,
-    fmts: list[str],
+    targets: list[tuple[str, str]],
     out: Path | None,
     opts: ExportOptions,
     data: Path | None,
@@ -428,34 +569,43 @@ def _export_from_bundle(
                 shutil.copytree(bundle.path / "samples", edit.path_of("samples"))
         target = Bundle.load(out)
     clashes = [
-        artifact_id_for(f, opts)
-        for f in fmts
-        if any(a.id == artifact_id_for(f, opts) for a in target.manifest.artifacts)
+        artifact_id_for(f, opts, p)
+        for f, p in targets
+        if any(a.id == artifact_id_for(f, opts, p) for a in target.manifest.artifacts)
     ]
     if clashes and not overwrite:
         raise UsageError(
             f"artifact(s) {', '.join(clashes)} already exist in {target.path}",
             hint="pass --overwrite to replace them",
         )
-    src_art = _source_artifact(target.manifest.artifacts)
+    sources = {p: _source_artifact(target.manifest.artifacts, p, f) for f, p in targets}
+    src_art = sources[targets[0][1]]
     paths = gate_images(data, target.sample_images())
     images = _load_images(paths)
-    module = None
-    if src_art.format == "torch":
-        from cvdeploy.runtime.torch import load_checkpoint
+    modules: dict[str, Any] = {}
+    for a in sources.values():
+        if a.format == "torch" and a.id not in modules:
+            from cvdeploy.runtime.torch import load_checkpoint
 
-        module, _ = load_checkpoint(target.model_file(src_art))
+            modules[a.id], _ = load_checkpoint(target.model_file(a))
     outcomes: list[ExportOutcome] = []
-    with target.edit(action="export", details={"source": src_art.id, "formats": fmts}) as edit:
-        ctx = ExportContext(
-            spec=target.spec,
-            source=src_art,
-            source_file=edit.path_of(src_art.files[0].path),
-            options=opts,
-            images=images,
-            torch_module=module,
-        )
-        for f in fmts:
+    details = {
+        "source": src_art.id,
+        "sources": sorted({a.id for a in sources.values()}),
+        "formats": [f"{f}:{p}" for f, p in targets],
+    }
+    with target.edit(action="export", details=details) as edit:
+        for f, prec in targets:
+            src = sources[prec]
+            ctx = ExportContext(
+                spec=target.spec,
+                source=src,
+                source_file=edit.path_of(src.files[0].path),
+                options=opts,
+                images=images,
+                torch_module=modules.get(src.id),
+                precision=prec,
+            )
             outcomes.append(_export_one(edit, ctx, f, overwrite=overwrite))
         if not any(o.status == "added" for o in outcomes):
             raise CheckFailed(

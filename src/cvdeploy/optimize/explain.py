@@ -16,7 +16,6 @@ diagnosis looks at:
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -33,6 +32,8 @@ from cvdeploy.pipeline.predictor import Predictor
 
 TARGET_SPEEDUP = 1.3
 """INT8 below this speedup over FP32 gets a diagnosis."""
+MIN_ITERS = 10
+"""Fewest measured requests per artifact (images are cycled when there are fewer)."""
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 _COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "NchwcConv"}
 _DYNAMIC = {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
@@ -72,6 +73,7 @@ class Explanation:
     latency: dict[str, Latency] = field(default_factory=dict)
     speedup: float | None = None
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -81,39 +83,42 @@ class Explanation:
 def measure_latency(
     bundle: Bundle,
     artifact_id: str,
-    images: Sequence[np.ndarray],
+    images: Sequence[Path],
     *,
     warmup: int = 3,
     threads: int | None = None,
 ) -> Latency:
-    """Warm up, then time every image once through the Predictor; report medians.
+    """Warm up, then time each image through the Predictor; report medians.
+
+    Uses the bench stage's harness (:func:`cvdeploy.bench.bench_artifact`, batch 1, one
+    request in flight, one measured request per image), so the numbers are those
+    ``cvdeploy bench`` reports under the same conditions (at least :data:`MIN_ITERS`
+    requests, cycling the images).
 
     Args:
         bundle: The bundle.
         artifact_id: Which artifact.
-        images: BGR images (the same ones for every artifact compared).
-        warmup: Untimed runs first.
+        images: Image files (the same ones for every artifact compared).
+        warmup: Untimed requests first.
         threads: Runtime threads (``None``: the backend's default).
     """
     if not images:
         raise UsageError("latency needs at least one image")
-    from cvdeploy.runtime import RunnerOptions
+    from cvdeploy.bench import BenchConfig, bench_artifact
 
-    opts = RunnerOptions(threads=threads) if threads else None
-    totals, infer, other = [], [], []
-    with Predictor.from_bundle(bundle, artifact_id, options=opts, batch=1) as pred:
-        for i in range(warmup):
-            pred.predict_batch([images[i % len(images)]])
-        for img in images:
-            _, t = pred.predict_batch([img])
-            totals.append(t.total)
-            infer.append(t.inference)
-            other.append(t.preprocess + t.postprocess)
+    res = bench_artifact(
+        bundle,
+        artifact_id,
+        list(images),
+        config=BenchConfig(warmup=warmup, iters=max(len(images), MIN_ITERS), threads=threads),
+        environment={},
+    )
+    st = res.stages_ms
     return Latency(
         artifact=artifact_id,
-        p50_ms=statistics.median(totals),
-        inference_p50_ms=statistics.median(infer),
-        pre_post_p50_ms=statistics.median(other),
+        p50_ms=res.e2e_ms.p50,
+        inference_p50_ms=st["inference"].p50,
+        pre_post_p50_ms=st["preprocess"].p50 + st["postprocess"].p50,
         images=len(images),
         warmup=warmup,
     )
@@ -216,7 +221,8 @@ def _findings(
                 f"{ops['dynamic_ops']} dynamic-quantization op(s) (ConvInteger/MatMulInteger/"
                 "DynamicQuantizeLinear): activation scales are computed at run time and "
                 "ONNX Runtime's ConvInteger has no fast CPU kernel, often slower than FP32",
-                "quantize statically from the FP32 model: `cvdeploy quantize BUNDLE --calib "
+                "quantize statically from the FP32 model (import or export it into the "
+                "bundle first): `cvdeploy quantize BUNDLE --calib "
                 "DATA --backend onnxruntime` (Q/DQ, fused into QLinearConv) or "
                 "`--backend openvino`",
             )
@@ -284,7 +290,7 @@ def explain_artifact(
     bundle: Bundle,
     artifact_id: str | None = None,
     *,
-    images: Sequence[np.ndarray] = (),
+    images: Sequence[Path] = (),
     source_id: str | None = None,
     latency: dict[str, Latency] | None = None,
     threads: int | None = None,
@@ -294,7 +300,7 @@ def explain_artifact(
     Args:
         bundle: The bundle.
         artifact_id: The INT8 artifact (default: the most recent INT8 artifact).
-        images: Images for latency (default: the bundle's samples, else a gray image).
+        images: Image files for latency (default: the bundle's sample images).
         source_id: FP32 artifact to compare with (default: the INT8 artifact's source, else
             the FP32 artifact of the same format).
         latency: Measurements already made (keys ``fp32``/``int8``); skips re-measuring.
@@ -319,14 +325,37 @@ def explain_artifact(
                 hint="pass --artifact with an INT8 artifact id (see `cvdeploy info`)",
             )
     src = bundle.artifact(source_id) if source_id else _pair(bundle, art)
-    imgs = list(images)
+    notes: list[str] = []
+    imgs = list(images) or bundle.sample_images()[:16]
+    tmp: tempfile.TemporaryDirectory[str] | None = None
     if not imgs:
-        from cvdeploy.data.io import read_image
+        import cv2
 
-        imgs = [read_image(p) for p in bundle.sample_images()[:16]]
-    if not imgs:
+        tmp = tempfile.TemporaryDirectory(prefix="cvdeploy-explain-img-")
         h, w = bundle.spec.imgsz
-        imgs = [np.full((h, w, 3), 114, dtype=np.uint8)]
+        gray = Path(tmp.name) / "gray.png"
+        cv2.imwrite(str(gray), np.full((h, w, 3), 114, dtype=np.uint8))
+        imgs = [gray]
+        notes.append(
+            "the bundle stores no sample images: timed on one synthetic gray image "
+            "(inference is representative, postprocessing is not); pass --images for real ones"
+        )
+    try:
+        return _explain(bundle, art, src, imgs, latency, threads, notes)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _explain(
+    bundle: Bundle,
+    art: Artifact,
+    src: Artifact | None,
+    imgs: list[Path],
+    latency: dict[str, Latency] | None,
+    threads: int | None,
+    notes: list[str],
+) -> Explanation:
     lat = dict(latency or {})
     if "int8" not in lat:
         lat["int8"] = measure_latency(bundle, art.id, imgs, threads=threads)
@@ -337,8 +366,10 @@ def explain_artifact(
     if art.format == "onnx":
         ops = onnx_op_stats(path, threads=threads)
     elif art.format == "openvino":
+        from cvdeploy.data.io import read_image
+
         with Predictor.from_bundle(bundle, art.id, batch=1) as pred:
-            ops = openvino_op_stats(path, imgs[0], pred)
+            ops = openvino_op_stats(path, read_image(imgs[0]), pred)
     else:
         ops = {"format": art.format, "note": "no operator inspection for this format"}
     cpu = cpu_info()
@@ -350,6 +381,7 @@ def explain_artifact(
         ops=ops,
         latency=lat,
         speedup=speedup,
+        notes=notes,
     )
     if speedup is None or speedup < TARGET_SPEEDUP:
         exp.findings = _findings(cpu, ops, lat, speedup)

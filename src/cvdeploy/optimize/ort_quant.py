@@ -388,9 +388,21 @@ def quantize_onnxruntime(
     say("ranking nodes by sensitivity (layer-wise SQNR against FP32)")
     probe = [x for _, x in zip(range(8), preprocessed(src_pred, cal.paths), strict=False)]
     ranking = sensitivity_ranking(prepared, out_dir / "model.onnx", probe)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+
+    def group(name: str) -> list[str]:
+        # a node and the non-compute op feeding it: excluding only the conv would leave its
+        # input tensor quantized for the producer's sake
+        node = by_name[name]
+        prev = producer.get(node.input[0]) if node.input else None
+        if prev is not None and prev.op_type not in COMPUTE_OPS:
+            return [name, prev.name]
+        return [name]
+
     k = 1
     for step in range(SEARCH_STEPS):
-        extra = [n for n, _ in ranking[:k]]
+        extra = list(dict.fromkeys(x for n, _ in ranking[:k] for x in group(n)))
         d = tmp / f"try{step}"
         d.mkdir()
         c = run(extra, d)

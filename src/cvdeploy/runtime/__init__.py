@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cvdeploy.registry import Registry
 from cvdeploy.runtime.base import Runner, RunnerOptions
+from cvdeploy.runtime.tensorrt import tensorrt_unavailable
 from cvdeploy.spec import IOSpec
 
 RUNTIMES = Registry("runtime")
@@ -33,6 +34,20 @@ RUNTIMES.register(
     requires=("torch",),
     extra="torch",
     description="PyTorch checkpoint (export source)",
+)
+RUNTIMES.register(
+    "tflite",
+    "cvdeploy.runtime.tflite:TfliteRunner",
+    requires=("ai_edge_litert",),
+    extra="tflite",
+    description="TFLite / LiteRT interpreter (CPU, XNNPACK), NHWC input",
+)
+RUNTIMES.register(
+    "tensorrt",
+    "cvdeploy.runtime.tensorrt:TensorRTRunner",
+    extra="tensorrt",
+    description="TensorRT engine (NVIDIA GPU)",
+    check=tensorrt_unavailable,
 )
 
 

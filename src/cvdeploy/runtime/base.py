@@ -19,7 +19,12 @@ import numpy as np
 from cvdeploy.errors import ShapeError, UsageError
 from cvdeploy.spec import IOSpec
 
-_NP_DTYPES: dict[str, type[np.generic]] = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8}
+_NP_DTYPES: dict[str, type[np.generic]] = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "uint8": np.uint8,
+    "int8": np.int8,
+}
 
 
 def numpy_dtype(name: str) -> type[np.generic]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import numpy as np
 
 from cvdeploy.errors import CvdeployError
 from cvdeploy.pipeline.predictor import Thresholds
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["BatchFn", "Batcher", "DeadlineExceeded", "Draining", "Overloaded", "WorkItem"]
 
@@ -167,64 +170,83 @@ class Batcher:
 
     # internals ------------------------------------------------------------------------------
     async def _next_batch(self) -> list[WorkItem]:
+        """Collect a batch; its images count as in flight from the moment they leave the queue."""
         loop = asyncio.get_running_loop()
         while not self._items:
             self._wakeup.clear()
             await self._wakeup.wait()
         batch = [self._items.popleft()]
+        self._inflight += 1
         end = loop.time() + self.max_wait
-        while len(batch) < self.max_batch:
-            if self._items:
-                batch.append(self._items.popleft())
-                continue
-            remaining = end - loop.time()
-            if remaining <= 0 or self._closed:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
+        try:
+            while len(batch) < self.max_batch:
+                if self._items:
+                    batch.append(self._items.popleft())
+                    self._inflight += 1
+                    continue
+                remaining = end - loop.time()
+                if remaining <= 0 or self._closed:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:
+            for item in batch:  # never leave a request waiting on a cancelled worker
+                if not item.future.done():
+                    item.future.set_exception(Draining(f"model {self.name} was stopped; retry"))
+            self._inflight -= len(batch)
+            raise
         return batch
 
     async def _worker(self, fn: BatchFn, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            now = loop.time()
-            live: list[WorkItem] = []
-            for item in batch:
-                if item.future.done():  # the client gave up (deadline or disconnect)
-                    continue
-                if item.deadline < now:
-                    item.future.set_exception(
-                        DeadlineExceeded(
-                            f"the request deadline passed while queued for {self.name}"
-                        )
-                    )
-                    continue
-                live.append(item)
-            if not live:
-                self._check_idle()
-                continue
-            self._inflight += len(live)
             try:
-                results, times = await loop.run_in_executor(
-                    executor, fn, [i.image for i in live], [i.thresholds for i in live]
-                )
-            except Exception as exc:  # answered to each waiting request, never swallowed
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-            else:
-                for item, res in zip(live, results, strict=True):
-                    if not item.future.done():
-                        item.future.set_result((res, times))
-                if self._on_batch is not None:
-                    self._on_batch(len(live), times)  # metrics only; must not raise
+                await self._run(loop, fn, executor, batch)
             finally:
-                self._inflight -= len(live)
+                self._inflight -= len(batch)
                 self._check_idle()
+
+    async def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: BatchFn,
+        executor: ThreadPoolExecutor,
+        batch: list[WorkItem],
+    ) -> None:
+        now = loop.time()
+        live: list[WorkItem] = []
+        for item in batch:
+            if item.future.done():  # the client gave up (deadline or disconnect)
+                continue
+            if item.deadline < now:
+                item.future.set_exception(
+                    DeadlineExceeded(f"the request deadline passed while queued for {self.name}")
+                )
+                continue
+            live.append(item)
+        if not live:
+            return
+        try:
+            results, times = await loop.run_in_executor(
+                executor, fn, [i.image for i in live], [i.thresholds for i in live]
+            )
+        except Exception as exc:  # answered to each waiting request, never swallowed
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, res in zip(live, results, strict=True):
+            if not item.future.done():
+                item.future.set_result((res, times))
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(live), times)
+            except Exception:  # metrics must never stop a worker
+                _log.exception("batch metrics callback failed")
 
     def _check_idle(self) -> None:
         if not self._items and not self._inflight:

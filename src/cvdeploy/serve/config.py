@@ -23,7 +23,9 @@ class ServeConfig(BaseModel):
         max_batch: Most images grouped into one inference call.
         max_wait_ms: Longest time the first queued image waits for others to join its batch.
         queue_size: Most images waiting per model; beyond it requests get 503.
-        workers: Inference worker threads per model (each holds its own runner).
+        workers: Inference worker threads per model, each with its own runner (``None``:
+            1 for dynamic-batch artifacts, one single-threaded runner per core up to 4 for
+            fixed-batch ones).
         threads: Intra-op threads per runner (``None``: the runtime's default).
         request_timeout_s: Deadline of a request, from arrival to answer (504 past it).
         max_body_bytes: Largest accepted request body (413 beyond).
@@ -44,7 +46,7 @@ class ServeConfig(BaseModel):
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(256, ge=1)
-    workers: int = Field(1, ge=1, le=64)
+    workers: int | None = Field(None, ge=1, le=64)
     threads: int | None = Field(None, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cvdeploy.errors import InputError
+from cvdeploy.progress import track
 
 __all__ = ["INDEX", "RequestLog", "export_logs"]
 
@@ -179,13 +180,16 @@ def read_entries(root: Path, *, limit: int | None = None) -> list[dict[str, Any]
     return rows
 
 
-def export_logs(root: Path | str, out: Path | str, *, limit: int | None = None) -> dict[str, Any]:
+def export_logs(
+    root: Path | str, out: Path | str, *, limit: int | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Write logged requests out as an image folder plus ``predictions.json``.
 
     Args:
         root: The log directory.
         out: The folder to create (must not exist or be empty).
         limit: Most entries to export (newest first).
+        progress: Show a progress bar on stderr.
 
     Returns:
         A summary: the folder, how many images, the predictions file.
@@ -201,7 +205,7 @@ def export_logs(root: Path | str, out: Path | str, *, limit: int | None = None) 
         raise InputError(f"{out} exists and is not empty", hint="choose a new --out folder")
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
-    for r in rows:
+    for r in track(rows, total=len(rows), description="exporting", enabled=progress):
         src = root / r["image"]
         if not src.is_file():  # rotated out between the query and the copy
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +23,20 @@ import numpy as np
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.errors import CvdeployError, UsageError
-from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds
+from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds, select_artifact
 from cvdeploy.runtime import RunnerOptions
 from cvdeploy.serve.batching import Batcher
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.monitoring import ServeMetrics
 from cvdeploy.serve.registry import STATE_FILE, ModelRegistry, is_registry
 
-__all__ = ["LoadedVersion", "ModelManager", "PredictorFactory", "default_predictors"]
+__all__ = [
+    "LoadedVersion",
+    "ModelManager",
+    "PredictorFactory",
+    "auto_workers",
+    "default_predictors",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -40,17 +47,36 @@ BUNDLE_VERSION = "bundle"
 
 
 def default_predictors(bundle: Bundle, config: ServeConfig) -> list[Predictor]:
-    """One predictor per worker, on the configured (or recommended) artifact."""
-    options = RunnerOptions(threads=config.threads) if config.threads else None
+    """One predictor per worker, on the configured (or recommended) artifact.
+
+    With ``workers`` unset: one runner for a dynamic-batch artifact (batching keeps it
+    busy); for a fixed-batch artifact, which cannot batch, one single-threaded runner per
+    core (at most 4), so images run side by side instead of queueing behind each other.
+    Runner options the bundle recommends for the artifact are kept as they are.
+    """
+    artifact = None if config.artifact == "auto" else config.artifact
+    workers, threads = config.workers, config.threads
+    if workers is None:
+        workers, threads = auto_workers(bundle, artifact, threads)
+    options = RunnerOptions(threads=threads) if threads else None
     return [
-        Predictor.from_bundle(
-            bundle,
-            None if config.artifact == "auto" else config.artifact,
-            options=options,
-            batch=config.max_batch,
-        )
-        for _ in range(config.workers)
+        Predictor.from_bundle(bundle, artifact, options=options, batch=config.max_batch)
+        for _ in range(workers)
     ]
+
+
+def auto_workers(
+    bundle: Bundle, artifact: str | None, threads: int | None
+) -> tuple[int, int | None]:
+    """``(workers, threads)`` when ``--workers`` is not given (see :func:`default_predictors`)."""
+    art = select_artifact(bundle, artifact)
+    rec = bundle.manifest.recommended or {}
+    recommended_options = rec.get("artifact") == art.id and bool(rec.get("options"))
+    if art.io.fixed_batch is None or recommended_options or threads is not None:
+        return 1, threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = max(1, min(4, cores or 1))
+    return n, (1 if n > 1 else None)
 
 
 def run_batch(
@@ -111,9 +137,10 @@ class LoadedVersion:
         for c in art.checks:
             if c.kind in ("metrics", "latency", "parity"):
                 checks[f"{c.kind}:{c.name}"] = {
+                    "kind": c.kind,
                     "passed": c.passed,
                     "created": c.created.isoformat(),
-                    "data": c.data,
+                    "summary": _summary(c.kind, c.data),
                 }
         return {
             "name": self.name,
@@ -129,6 +156,16 @@ class LoadedVersion:
             "checks": checks,
             "recommended": self.bundle.manifest.recommended,
         }
+
+
+def _summary(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a check (the full record stays in the manifest)."""
+    if kind == "metrics":
+        return dict(data.get("metrics") or {})
+    if kind == "latency":
+        keep = ("batch", "threads", "concurrency", "e2e_ms", "throughput_ips", "conditions")
+        return {k: data[k] for k in keep if k in data}
+    return {k: v for k, v in data.items() if k != "environment"}
 
 
 class ModelManager:

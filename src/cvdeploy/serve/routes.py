@@ -1,0 +1,291 @@
+"""The HTTP routes of the inference server (see :mod:`cvdeploy.serve.app` for the table)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+from fastapi import FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from cvdeploy import __version__
+from cvdeploy.pipeline.draw import draw as draw_result
+from cvdeploy.pipeline.predictor import StageTimes, Thresholds
+from cvdeploy.pipeline.results import Classification
+from cvdeploy.serve.batching import DeadlineExceeded
+from cvdeploy.serve.inputs import ApiError, DecodedImage, decode_checked, read_body, split_images
+from cvdeploy.serve.models import LoadedVersion
+from cvdeploy.serve.state import ServeState, add_route, state_of
+
+__all__ = ["add_routes"]
+
+_log = logging.getLogger(__name__)
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"images": {"type": "array", "items": {"type": "string"}}},
+                }
+            },
+        },
+    }
+}
+
+
+def _model(st: ServeState, name: str) -> LoadedVersion:
+    loaded = st.manager.current.get(name)
+    if loaded is not None:
+        return loaded
+    if name in st.manager.errors or not st.manager.ready:
+        raise ApiError(
+            503,
+            "model_not_ready",
+            f"model {name!r} is not loaded yet"
+            + (f": {st.manager.errors[name]}" if name in st.manager.errors else ""),
+            headers={"Retry-After": str(st.config.retry_after_s)},
+        )
+    known = ", ".join(sorted(st.manager.current)) or "none"
+    raise ApiError(404, "unknown_model", f"model {name!r} is not served (models: {known})")
+
+
+def add_routes(app: FastAPI) -> None:
+    async def healthz() -> dict[str, Any]:
+        return {"status": "alive", "version": __version__}
+
+    async def readyz(request: Request) -> Response:
+        st = state_of(request)
+        models = {n: m.version for n, m in st.manager.current.items()}
+        if st.manager.ready and models:
+            return JSONResponse({"ready": True, "models": models})
+        return JSONResponse(
+            {"ready": False, "models": models, "errors": st.manager.errors}, status_code=503
+        )
+
+    async def predict(
+        request: Request,
+        name: str,
+        conf: float | None = Query(None, ge=0, le=1, description="confidence threshold"),
+        iou: float | None = Query(None, ge=0, le=1, description="NMS IoU threshold"),
+        max_det: int | None = Query(None, ge=1, le=10_000, description="most detections"),
+        draw: bool = Query(False, description="answer an annotated JPEG (one image)"),
+    ) -> Response:
+        st = state_of(request)
+        cfg = st.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.request_timeout_s
+        _model(st, name)  # 404 / 503 before reading the body
+        t0 = time.perf_counter()
+        body = await read_body(request, limit=cfg.max_body_bytes)
+        parts = await split_images(request, body, max_images=cfg.max_images)
+        if draw and len(parts) != 1:
+            raise ApiError(400, "draw_needs_one_image", "draw=true takes exactly one image")
+        images = await asyncio.to_thread(
+            lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels) for s, d in parts]
+        )
+        t_decode = (time.perf_counter() - t0) * 1e3
+        model = _model(st, name)  # re-read: a switch may have happened while decoding
+        futures = model.batcher.submit(
+            [im.image for im in images],
+            Thresholds(conf=conf, iou=iou, max_det=max_det),
+            deadline=deadline,
+        )
+        st.metrics.queue_depth.labels(name).set(model.batcher.depth)
+        try:
+            outs = await asyncio.wait_for(asyncio.gather(*futures), deadline - loop.time())
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no answer within the request deadline of {cfg.request_timeout_s} s"
+            ) from None
+        finally:
+            st.metrics.queue_depth.labels(name).set(model.batcher.depth)
+        results = [r for r, _ in outs]
+        times: StageTimes = outs[0][1]
+        st.metrics.observe_results(name, results, model.names)
+        st.stats.results(results, model.names)
+        for im in images:
+            w, h = im.size
+            st.metrics.input_megapixels.labels(name).observe(w * h / 1e6)
+        timings = {"decode": t_decode, **times.per_image()}
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        timings = {k: round(v, 3) for k, v in timings.items()}
+        payload = [_result_dict(im, r, model.names) for im, r in zip(images, results, strict=True)]
+        _record(st, model, images, payload, timings)
+        headers = {"X-Model-Version": model.version, "X-Model-Artifact": model.artifact_id}
+        if draw:
+            canvas = draw_result(images[0].image, results[0], model.names)
+            ok, jpg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if not ok:
+                raise ApiError(500, "encode_failed", "the annotated image could not be encoded")
+            return Response(jpg.tobytes(), media_type="image/jpeg", headers=headers)
+        return JSONResponse(
+            {
+                "model": name,
+                "version": model.version,
+                "artifact": model.artifact_id,
+                "results": payload,
+                "timings_ms": timings,
+            },
+            headers=headers,
+        )
+
+    async def list_models(request: Request) -> dict[str, Any]:
+        st = state_of(request)
+        return {
+            "models": [
+                {
+                    "name": n,
+                    "version": m.version,
+                    "artifact": m.artifact_id,
+                    "task": m.bundle.spec.task,
+                    "queue_depth": m.batcher.depth,
+                }
+                for n, m in sorted(st.manager.current.items())
+            ],
+            "errors": st.manager.errors,
+        }
+
+    async def get_model(request: Request, name: str) -> dict[str, Any]:
+        st = state_of(request)
+        info = _model(st, name).describe()
+        info["registry"] = await asyncio.to_thread(st.manager.registry_info, name)
+        info["last_error"] = st.manager.errors.get(name)
+        return info
+
+    async def reload_model(request: Request, name: str) -> Response:
+        st = state_of(request)
+        targets = await asyncio.to_thread(st.manager.targets)
+        if name not in targets:
+            raise ApiError(404, "unknown_model", f"model {name!r} has no production version")
+        outcome = (await st.manager.sync(force=name)).get(name, "unchanged")
+        cur = st.manager.current.get(name)
+        body = {
+            "model": name,
+            "outcome": outcome,
+            "version": cur.version if cur else None,
+            "error": st.manager.errors.get(name),
+        }
+        return JSONResponse(body, status_code=409 if outcome == "failed" else 200)
+
+    async def prometheus(request: Request) -> Response:
+        st = state_of(request)
+        for n, m in st.manager.current.items():
+            st.metrics.queue_depth.labels(n).set(m.batcher.depth)
+        return Response(st.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    async def live_stats(request: Request) -> dict[str, Any]:
+        st = state_of(request)
+        snap = st.stats.snapshot()
+        snap["models"] = [
+            {
+                **{k: v for k, v in m.describe().items() if k != "spec"},
+                "queue_depth": m.batcher.depth,
+                "inflight": m.batcher.inflight,
+            }
+            for m in st.manager.current.values()
+        ]
+        snap["errors"] = st.manager.errors
+        snap["sampling"] = {"rate": st.config.sample_rate, "enabled": st.log is not None}
+        return snap
+
+    async def dashboard() -> HTMLResponse:
+        page = importlib.resources.files("cvdeploy.serve.dashboard") / "index.html"
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+
+    async def openapi(request: Request) -> dict[str, Any]:
+        schema: dict[str, Any] = request.app.openapi()
+        return schema
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="cvdeploy API")
+
+    add_route(app, "/healthz", healthz, methods=["GET"], permission=None)
+    add_route(app, "/readyz", readyz, methods=["GET"], permission=None)
+    add_route(
+        app,
+        "/v1/models/{name}/predict",
+        predict,
+        methods=["POST"],
+        permission="predict",
+        openapi_extra=_PREDICT_BODY,
+    )
+    add_route(app, "/v1/models", list_models, methods=["GET"], permission="read")
+    add_route(app, "/v1/models/{name}", get_model, methods=["GET"], permission="read")
+    add_route(app, "/v1/models/{name}/reload", reload_model, methods=["POST"], permission="admin")
+    add_route(app, "/metrics", prometheus, methods=["GET"], permission="metrics")
+    add_route(app, "/v1/stats", live_stats, methods=["GET"], permission="metrics")
+    add_route(
+        app, "/dashboard", dashboard, methods=["GET"], permission="metrics", include_in_schema=False
+    )
+    add_route(
+        app, "/openapi.json", openapi, methods=["GET"], permission="docs", include_in_schema=False
+    )
+    add_route(app, "/docs", docs, methods=["GET"], permission="docs", include_in_schema=False)
+
+
+def _result_dict(im: DecodedImage, result: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    w, h = im.size
+    out: dict[str, Any] = {"image": im.source, "width": w, "height": h}
+    if isinstance(result, Classification):
+        out["classes"] = result.to_dicts(names)
+    else:
+        out["detections"] = result.to_dicts(names)
+    return out
+
+
+def _record(
+    st: ServeState,
+    model: LoadedVersion,
+    images: list[DecodedImage],
+    payload: list[dict[str, Any]],
+    timings: dict[str, float],
+) -> None:
+    """Keep a dashboard thumbnail (rate-limited) and log sampled requests off the loop."""
+    first = payload[0].get("detections", payload[0].get("classes", []))
+    if st.stats.wants_recent():
+        st.stats.add_recent(model.name, model.version, images[0].image, first)
+    log = st.log
+    if log is None or not log.sample():
+        return
+
+    def write() -> None:
+        for im, p in zip(images, payload, strict=True):
+            log.write(
+                model=model.name,
+                version=model.version,
+                image=im.data,
+                size=im.size,
+                outputs=p,
+                timings=timings,
+            )
+
+    task = asyncio.get_running_loop().create_task(asyncio.to_thread(write))
+    st.background.add(task)
+    task.add_done_callback(_done_logging(st))
+
+
+def _done_logging(st: ServeState) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        st.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("request logging failed: %s", task.exception())
+
+    return done

@@ -1,0 +1,104 @@
+"""Fixtures for the serving tests: tiny bundles, images, slow runners, app clients."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cvdeploy.bundle import Bundle
+from cvdeploy.export.importer import ImportOverrides, import_model
+from cvdeploy.pipeline.predictor import Predictor
+from tests.tiny_models import NC, tiny_detector_onnx, write_image
+
+_SERVE_DEPS = ("fastapi", "uvicorn", "prometheus_client", "multipart", "httpx")
+if any(importlib.util.find_spec(m) is None for m in _SERVE_DEPS):
+    # The serve extra is not installed (pip install cvdeploy[serve]): nothing here can run.
+    collect_ignore_glob = ["test_*.py"]
+
+NAMES = tuple(f"n{i}" for i in range(NC))
+
+
+def make_bundle(root: Path, *, seed: int = 0, name: str = "tiny") -> Path:
+    """A bundle of the tiny detector (dynamic batch) named ``name``."""
+    root.mkdir(parents=True, exist_ok=True)
+    src = tiny_detector_onnx(root / f"{name}.onnx", seed=seed)
+    import_model(src, out=root / "bundle", overrides=ImportOverrides(decoder="yolov8", names=NAMES))
+    return root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("serve-bundle"))
+
+
+@pytest.fixture(scope="session")
+def jpeg(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return write_image(tmp_path_factory.mktemp("img") / "a.jpg", h=48, w=80).read_bytes()
+
+
+class SlowRunner:
+    """Wraps a runner, sleeping before each run (and optionally on load)."""
+
+    def __init__(self, inner: Any, *, delay: float, load_delay: float = 0.0) -> None:
+        self.inner = inner
+        self.io = inner.io
+        self.delay = delay
+        self.load_delay = load_delay
+        self.calls: list[int] = []
+
+    def load(self) -> Any:
+        time.sleep(self.load_delay)
+        return self.inner.load()
+
+    def run(self, x: Any) -> Any:
+        time.sleep(self.delay)
+        self.calls.append(int(x.shape[0]))
+        return self.inner.run(x)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def slow_factory(delay: float, load_delay: float = 0.0) -> Callable[[Bundle, Any], list[Predictor]]:
+    """A predictor factory whose runners sleep ``delay`` s per batch (``load_delay`` on load)."""
+    from cvdeploy.serve.models import default_predictors
+
+    def factory(bundle: Bundle, config: Any) -> list[Predictor]:
+        preds = default_predictors(bundle, config)
+        for p in preds:
+            p.runner = SlowRunner(p.runner, delay=delay, load_delay=load_delay)  # type: ignore[assignment]
+        return preds
+
+    return factory
+
+
+def wait_ready(client: Any, timeout: float = 30.0) -> None:
+    """Poll /readyz until 200."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"server not ready after {timeout} s: {client.get('/readyz').json()}")
+
+
+@contextmanager
+def serving(source: Path, *, factory: Any = None, ready: bool = True, **cfg: Any) -> Iterator[Any]:
+    """A TestClient (lifespan running) for a bundle or registry."""
+    from fastapi.testclient import TestClient
+
+    from cvdeploy.serve.app import create_app
+    from cvdeploy.serve.config import ServeConfig
+
+    cfg.setdefault("warmup_runs", 1)
+    app = create_app(ServeConfig(source=source, **cfg), predictor_factory=factory)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if ready:
+            wait_ready(client)
+        yield client
