@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="requests per level (min 4x level)")
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, help="cvdeploy workers (default: auto)")
     ap.add_argument("--threads", type=int, help="runtime threads per cvdeploy worker")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     ap.add_argument("--plain-server", help=argparse.SUPPRESS)
@@ -267,8 +267,7 @@ def main() -> None:
                 str(port),
                 "--max-batch",
                 str(args.max_batch),
-                "--workers",
-                str(args.workers),
+                *(["--workers", str(args.workers)] if args.workers else []),
                 "--queue",
                 "1024",
                 *(["--threads", str(args.threads)] if args.threads else []),
@@ -314,7 +313,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     existing: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     key = args.bundle or args.model
-    if args.workers != 1 or args.threads:
+    if args.workers or args.threads:
         key += f"-workers{args.workers}-threads{args.threads or 'default'}"
     existing[key] = result
     out.write_text(json.dumps(existing, indent=2))

@@ -55,7 +55,7 @@ def test_tensorrt_backend_writes_symmetric_qdq(tiny_bundle: Path, calib_120: Pat
     )
     art = Bundle.load(tiny_bundle).artifact(rep.artifact)
     assert art.produced_by.options["activations"] == "int8-symmetric"
-    assert "cvdeploy export BUNDLE --format tensorrt" in art.produced_by.options["tensorrt"]
+    assert "cvdeploy export BUNDLE --format tensorrt:int8" in art.produced_by.options["tensorrt"]
 
 
 def test_openvino_nncf_through_the_gate(tiny_bundle: Path, calib_120: Path) -> None:
@@ -148,3 +148,18 @@ def test_budget_missed_saves_nothing(
         )
     assert "best found: drop 0.1000" in exc.value.message
     assert (tiny_bundle / "bundle.json").read_text() == before
+
+
+def test_cli_quantize_json(tiny_bundle: Path, calib_120: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cvdeploy.cli.main import app
+
+    args = ["quantize", str(tiny_bundle), "--calib", str(calib_120), "--backend", "onnxruntime"]
+    res = CliRunner().invoke(app, [*args, "--method", "percentile", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert out["artifact"] == "onnx-int8" and out["calibration"]["calib_method"] == "percentile"
+    assert out["rows"][1]["p50_ms"] > 0 and out["speedup"] > 0
+    res = CliRunner().invoke(app, args)  # exists already: exit 2, nothing changed
+    assert res.exit_code == 2 and "--overwrite" in res.output

@@ -252,3 +252,33 @@ def test_unexpected_inference_error_is_json_500(tiny_bundle: Path, jpeg: bytes) 
         assert "boom" not in r.text  # no internals leak
         assert c.get("/healthz").status_code == 200
         assert c.get("/v1/models").status_code == 200
+
+
+def test_model_info_shows_manifest_metrics_and_latency(tmp_path: Path) -> None:
+    from cvdeploy.bundle import Bundle, Check
+    from tests.serve.conftest import make_bundle
+
+    path = make_bundle(tmp_path)
+    with Bundle.load(path).edit(action="test") as edit:
+        edit.add_check(
+            "onnx-fp32",
+            Check(
+                kind="metrics",
+                name="coco8",
+                data={"metrics": {"map50_95": 0.25}, "environment": {"cpu": "x"}},
+            ),
+        )
+        edit.add_check(
+            "onnx-fp32",
+            Check(
+                kind="latency",
+                name="cpu-b1",
+                data={"e2e_ms": {"p50": 3.0}, "batch": 1, "environment": {"cpu": "x"}},
+            ),
+        )
+    with serving(path) as c:
+        checks = c.get("/v1/models/tiny").json()["checks"]
+        assert checks["metrics:coco8"]["summary"] == {"map50_95": 0.25}
+        assert checks["latency:cpu-b1"]["summary"] == {"e2e_ms": {"p50": 3.0}, "batch": 1}
+        stats_models = c.get("/v1/stats").json()["models"]
+        assert stats_models[0]["checks"]["metrics:coco8"]["kind"] == "metrics"

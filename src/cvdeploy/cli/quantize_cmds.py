@@ -75,7 +75,7 @@ def quantize_cmd(
         str,
         typer.Option(
             help="openvino (NNCF), onnxruntime (Q/DQ), or tensorrt (symmetric Q/DQ ONNX; "
-            "build the engine with `cvdeploy export BUNDLE --format tensorrt` on a GPU)"
+            "build the engine with `cvdeploy export BUNDLE --format tensorrt:int8` on a GPU)"
         ),
     ] = "openvino",
     calib_size: Annotated[int, typer.Option(help="largest number of calibration images")] = 300,
@@ -207,5 +207,7 @@ def _print_report(rep: Any) -> None:
         con.print(f"mAP50-95 drop: {rep.map_drop:.4f}")
     if rep.budget:
         con.print(f"budget {rep.budget['max_drop']}: met")
+    for note in rep.notes:
+        con.print(f"note: {note}")
     if rep.explanation is not None:
         _print_explanation(rep.explanation)

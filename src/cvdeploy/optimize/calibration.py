@@ -195,7 +195,11 @@ class EvalSet:
             yield iid, x, metas[0]
 
     def score(self, predictions: Sequence[tuple[int, Detections | Classification]]) -> float:
-        """mAP50-95 of ``(image_id, detections)`` pairs."""
+        """mAP50-95 of ``(image_id, detections)`` pairs, over the ground truth of those images.
+
+        A subset of the images (as NNCF's accuracy control passes for ranking) is scored
+        against that subset's ground truth only.
+        """
         from cvdeploy.verify.metrics import evaluate_detections
 
         preds = [
@@ -203,8 +207,17 @@ class EvalSet:
             for iid, r in predictions
             if isinstance(r, Detections)
         ]
-        m = evaluate_detections(self.gt, preds, category_ids=self.category_ids, names=self.names)
-        return float(m.map50_95)
+        ids = {iid for iid, _ in predictions}
+        gt = self.gt
+        if len(ids) < len(self.image_ids):
+            gt = {
+                **gt,
+                "images": [im for im in gt["images"] if im["id"] in ids],
+                "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
+            }
+        m = evaluate_detections(gt, preds, category_ids=self.category_ids, names=self.names)
+        v = float(m.map50_95)
+        return v if np.isfinite(v) else 0.0
 
 
 EVAL_THRESHOLDS = Thresholds(conf=0.001, iou=0.7, max_det=300, multi_label=True)

@@ -330,6 +330,7 @@ def quantize_onnxruntime(
     head = float_head_nodes(model)
     user = match_patterns(names, opts.keep_float)
     symmetric = opts.backend == "tensorrt"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     out_dir = tmp / "out"
     out_dir.mkdir()
 
@@ -349,12 +350,12 @@ def quantize_onnxruntime(
             **qo.record(),
             "head_float": head,
             "quant_pre_process": True,
-            "opset": 13,
+            "opset": opset,
         }
         if symmetric:
             facts["tensorrt"] = (
                 "explicit-quantization Q/DQ graph: build the INT8 engine with "
-                "`cvdeploy export BUNDLE --format tensorrt` on a machine with a GPU"
+                "`cvdeploy export BUNDLE --format tensorrt:int8` on a machine with a GPU"
             )
         return QuantizedModel(
             directory=dst,

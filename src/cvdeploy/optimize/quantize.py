@@ -58,7 +58,7 @@ class QuantizeOptions:
 
     Attributes:
         backend: ``openvino`` (NNCF), ``onnxruntime`` (Q/DQ) or ``tensorrt`` (symmetric
-            Q/DQ ONNX from which ``cvdeploy export --format tensorrt`` builds the engine).
+            Q/DQ ONNX from which ``cvdeploy export --format tensorrt:int8`` builds the engine).
         calib_size: Largest number of calibration images.
         method: ``minmax``, ``entropy`` or ``percentile``.
         per_channel: Per-channel weight scales.
@@ -229,6 +229,8 @@ def quantize_bundle(
         )
     if opts.max_drop is not None and not 0 < opts.max_drop < 1:
         raise UsageError(f"--max-drop must be in (0, 1), got {opts.max_drop}")
+    if opts.gate_cosine is not None and not 0 < opts.gate_cosine <= 1:
+        raise UsageError(f"--gate-cosine must be in (0, 1], got {opts.gate_cosine}")
     if b.spec.task != "detect" and opts.eval_data is not None:
         raise UsageError("--eval-data/--max-drop support detectors only for now")
     art_id = ARTIFACT_IDS[opts.backend]
@@ -264,6 +266,13 @@ def quantize_bundle(
             parity = _gate(b, source, cand, art_id, cal, opts, say)
         _save(b, source, cand, art_id, cal, parity, budget, opts)
     say(f"added {art_id} to {b.path}")
+    if opts.backend == "tensorrt":
+        notes.append(
+            f"{art_id} is the explicitly quantized (symmetric Q/DQ) graph TensorRT builds an "
+            "INT8 engine from: run `cvdeploy export BUNDLE --format tensorrt:int8` on a "
+            "machine with an NVIDIA GPU (checked here on ONNX Runtime CPU only)"
+        )
+        say(notes[-1])
     return _finish(b, source, art_id, cand, cal, parity, budget, notes, opts, say)
 
 
