@@ -14,11 +14,14 @@ from typing import Any
 
 import cv2
 
+from cvdeploy.bench.report import html_fragment
+from cvdeploy.bench.sweep import run_sweep
 from cvdeploy.bundle import Bundle
 from cvdeploy.data.io import read_image
 from cvdeploy.data.synthetic import make_detection_dataset
-from cvdeploy.errors import UsageError
+from cvdeploy.errors import CvdeployError, UsageError
 from cvdeploy.export.run import EXPORTERS, ExportOptions, export_model
+from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
 from cvdeploy.pipeline.draw import draw
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Detections
@@ -50,6 +53,9 @@ def run_demo(
     progress: bool = True,
     val_images: int = VAL_IMAGES,
     formats: tuple[str, ...] = DEMO_FORMATS,
+    quantize: bool = True,
+    bench_iters: int = 30,
+    model: str = DEMO_MODEL,
 ) -> DemoResult:
     """Run the demo into ``out`` (replacing a previous demo there).
 
@@ -59,6 +65,9 @@ def run_demo(
         progress: Show progress bars.
         val_images: Size of the freshly generated synthetic val set.
         formats: Export formats to try (those unavailable here are skipped and said so).
+        quantize: Add an OpenVINO INT8 artifact (needs at least 100 val images).
+        bench_iters: Measured requests per artifact in the benchmark step.
+        model: The zoo model (or a checkpoint of `cvdeploy zoo train`) to deploy.
     """
     t0 = time.perf_counter()
     if out.exists() and not (out / ".cvdeploy-demo").exists() and any(out.iterdir()):
@@ -77,7 +86,7 @@ def run_demo(
             fmts.append(f)
         else:
             skipped[f] = str(av.reason)
-    steps = 3 + len(fmts) + 2
+    steps = 3 + len(fmts) + int(quantize) + 3
 
     def step(i: int, text: str) -> None:
         say(f"[{i}/{steps}] {text}  ({time.perf_counter() - t0:.0f} s)")
@@ -90,14 +99,14 @@ def run_demo(
 
     step(
         2,
-        f"bundling the shipped {DEMO_MODEL} and exporting {', '.join(fmts)} "
+        f"bundling the shipped {model} and exporting {', '.join(fmts)} "
         "(each through the parity gate)",
     )
     for f, why in skipped.items():
         say(f"      skipped {f}: {why}")
     bundle_dir = out / "bundle"
     report = export_model(
-        DEMO_MODEL,
+        model,
         formats=fmts,
         out=bundle_dir,
         data=data_yaml,
@@ -118,6 +127,35 @@ def run_demo(
             f"inference {rep.speed_ms['inference']:.1f} ms/image"
         )
     n = 3 + len(bundle.manifest.artifacts)
+    if quantize:
+        step(n, "quantizing to INT8 (OpenVINO NNCF on the val images) and evaluating it")
+        n += 1
+        try:
+            q = quantize_bundle(
+                bundle,
+                data_yaml,
+                options=QuantizeOptions(
+                    backend="openvino",
+                    calib_size=val_images,
+                    force=True,
+                    measure=False,
+                    progress=False,
+                    overwrite=True,
+                ),
+            )
+            bundle = Bundle.load(bundle_dir)
+            rep = evaluate_bundle(
+                bundle, data_yaml, artifact=q.artifact, progress=progress, dataset_label=label
+            )
+            say(f"      {q.artifact}: mAP50-95 {rep.metrics['map50_95']:.4f}")
+        except CvdeployError as exc:  # reported, never fatal for the demo
+            say(f"      INT8 not added: {exc}")
+    step(n, "benchmarking every artifact (warm-up excluded)")
+    n += 1
+    bundle = Bundle.load(bundle_dir)
+    bench_images = sorted((data_dir / "images" / "val").iterdir())[:16]
+    sweep = run_sweep(bundle, bench_images, artifacts="all", warmup=3, iters=bench_iters)
+    sections = ["<h2>Latency (cvdeploy bench)</h2>" + html_fragment(sweep)]
     step(n, "predicting on 4 images and drawing the results")
     pred_dir = out / "predictions"
     pred_dir.mkdir(exist_ok=True)
@@ -140,7 +178,8 @@ def run_demo(
         out / "report.html",
         dataset=label,
         images=drawn,
-        title=f"cvdeploy demo: {DEMO_MODEL}",
+        title=f"cvdeploy demo: {model}",
+        sections=sections,
     )
     rows = [artifact_row(a, label) for a in bundle.manifest.artifacts]
     return DemoResult(

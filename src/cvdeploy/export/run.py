@@ -251,14 +251,18 @@ def _source_artifact(
     manifest_artifacts: Sequence[Artifact], precision: str = "fp32", target: str = ""
 ) -> Artifact:
     if precision == "int8":
-        for a in manifest_artifacts:
-            if a.format == "onnx" and a.precision == "int8":
+        # TensorRT takes symmetric int8 Q/DQ only: prefer the artifact quantized for it.
+        int8 = [a for a in manifest_artifacts if a.format == "onnx" and a.precision == "int8"]
+        for a in int8:
+            if a.produced_by.options.get("activations") == "int8-symmetric":
                 return a
+        if int8:
+            return int8[0]
         have = ", ".join(f"{a.id}" for a in manifest_artifacts) or "none"
         raise UsageError(
             f"INT8 {target} needs an explicitly quantized (Q/DQ) INT8 ONNX artifact in the "
             f"bundle to build from; it has only: {have}",
-            hint="quantize first (`cvdeploy quantize BUNDLE --format onnx`), then export "
+            hint="quantize first (`cvdeploy quantize BUNDLE --backend tensorrt`), then export "
             f"{target}:int8",
         )
     for fmt in ("torch", "onnx"):
