@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -101,37 +102,22 @@ def zoo_train(
         data = make_detection_dataset(out / "data", seed=seed)
     budget = minutes * 60 if minutes is not None else None
     t0 = time.perf_counter()
-    best: Path
     if task == "detect":
-        from cvdeploy.zoo.train import train_detector
-
-        best = train_detector(
-            model=model,
-            data=data,
-            out_dir=out,
-            epochs=epochs,
-            time_budget_s=budget,
-            imgsz=imgsz,
-            batch=batch,
-            seed=seed,
-            threads=threads,
-            progress=not json_out,
-        ).best
+        from cvdeploy.zoo.train import train_detector as train
     else:
-        from cvdeploy.zoo.classify_train import train_classifier
-
-        best = train_classifier(
-            model=model,
-            data=data,
-            out_dir=out,
-            epochs=epochs,
-            time_budget_s=budget,
-            imgsz=imgsz,
-            batch=batch,
-            seed=seed,
-            threads=threads,
-            progress=not json_out,
-        ).best
+        from cvdeploy.zoo.classify_train import train_classifier as train  # type: ignore[assignment]
+    best: Path = train(
+        model=model,
+        data=data,
+        out_dir=out,
+        epochs=epochs,
+        time_budget_s=budget,
+        imgsz=imgsz,
+        batch=batch,
+        seed=seed,
+        threads=threads,
+        progress=not json_out,
+    ).best
     t_train = time.perf_counter() - t0
     bundle = create_torch_bundle(str(best), out=out / "bundle", data=data, overwrite=True)
     rep = evaluate_bundle(
@@ -162,6 +148,14 @@ def demo_cmd(
 ) -> None:
     """Run the whole path on the shipped detector: bundle, export, verify, eval, report."""
     from cvdeploy.demo import run_demo
+
+    # The CLI is the application: it decides what third-party loggers print (NNCF: INFO).
+    try:
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+    except ImportError:
+        pass
 
     con = err_console()
     res = run_demo(

@@ -28,26 +28,17 @@ def draw(
     if isinstance(result, Classification):
         for i, (cid, p) in enumerate(result.top_k(3)):
             label = f"{names[cid] if cid < len(names) else cid} {p:.2f}"
-            cv2.putText(
-                out,
-                label,
-                (8, int(24 * scale * (i + 1)) + 4),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale,
-                (0, 0, 0),
-                thick + 2,
-                cv2.LINE_AA,
-            )
-            cv2.putText(
-                out,
-                label,
-                (8, int(24 * scale * (i + 1)) + 4),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale,
-                (255, 255, 255),
-                thick,
-                cv2.LINE_AA,
-            )
+            for color, width in (((0, 0, 0), thick + 2), ((255, 255, 255), thick)):  # outlined
+                cv2.putText(
+                    out,
+                    label,
+                    (8, int(24 * scale * (i + 1)) + 4),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    scale,
+                    color,
+                    width,
+                    cv2.LINE_AA,
+                )
         return out
     for box, score, cid in zip(result.boxes, result.scores, result.class_ids, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)

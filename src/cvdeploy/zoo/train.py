@@ -84,6 +84,7 @@ def train_detector(
     progress: bool = True,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     lr: float = 0.002,
+    warmup: float = 0.03,
     weight_decay: float = 0.0005,
     augment: AugmentConfig | None = None,
     close_mosaic: float = 0.85,
@@ -107,6 +108,7 @@ def train_detector(
         evaluate: Called at the end with the final EMA model (eval mode); its metrics are
             stored in the checkpoints and returned.
         lr: Peak AdamW learning rate.
+        warmup: Fraction of the schedule spent in linear learning-rate warm-up.
         weight_decay: AdamW weight decay (conv weights only).
         augment: Augmentation strengths (defaults when None).
         close_mosaic: Progress after which mosaic is switched off.
@@ -135,7 +137,8 @@ def train_detector(
     aug = augment or AugmentConfig()
     train_args: dict[str, Any] = {
         "model": model, "data": str(data), "epochs": epochs, "time_budget_s": time_budget_s,
-        "imgsz": imgsz, "batch": batch, "seed": seed, "lr": lr, "weight_decay": weight_decay,
+        "imgsz": imgsz, "batch": batch, "seed": seed, "lr": lr, "warmup": warmup,
+        "weight_decay": weight_decay,
         "augment": asdict(aug), "close_mosaic": close_mosaic, "ema_decay": ema_decay, "amp": amp,
         "channels_last": channels_last,
     }  # fmt: skip
@@ -156,7 +159,9 @@ def train_detector(
         ema = ModelEMA(net, decay=ema_decay)
         opt = make_optimizer(net, lr=lr, weight_decay=weight_decay)
         n_batches = max(len(trainset) // batch, 1)
-        sched = Schedule(total_iters=epochs * n_batches if epochs else None, budget_s=time_budget_s)
+        sched = Schedule(
+            total_iters=epochs * n_batches if epochs else None, budget_s=time_budget_s, warmup=warmup
+        )
         rng = np.random.default_rng(seed)
 
         def payload(metrics: dict[str, float], epoch: int, it: int) -> dict[str, Any]:
