@@ -103,7 +103,8 @@ def export_tensorrt(ctx: ExportContext, out_dir: Path) -> Produced:
             raise UsageError(
                 f"INT8 TensorRT needs an explicitly quantized graph; {ctx.source.id} has no "
                 "QuantizeLinear/DequantizeLinear nodes",
-                hint="quantize to a Q/DQ ONNX first (`cvdeploy quantize BUNDLE --backend tensorrt`)",
+                hint="quantize to a Q/DQ ONNX first "
+                "(`cvdeploy quantize BUNDLE --backend tensorrt`)",
             )
         engine, io, facts = _build(onnx_file, ctx, shape)
     (out_dir / "model.engine").write_bytes(engine)

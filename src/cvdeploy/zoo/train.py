@@ -160,7 +160,9 @@ def train_detector(
         opt = make_optimizer(net, lr=lr, weight_decay=weight_decay)
         n_batches = max(len(trainset) // batch, 1)
         sched = Schedule(
-            total_iters=epochs * n_batches if epochs else None, budget_s=time_budget_s, warmup=warmup
+            total_iters=epochs * n_batches if epochs else None,
+            budget_s=time_budget_s,
+            warmup=warmup,
         )
         rng = np.random.default_rng(seed)
 
