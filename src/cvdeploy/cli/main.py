@@ -13,6 +13,7 @@ from cvdeploy.cli import (
     quantize_cmds,
     run_cmds,
     serve_cmds,
+    tune_cmds,
     zoo_cmds,
 )
 
@@ -48,6 +49,7 @@ app.command("predict")(run_cmds.predict_cmd)
 app.command("eval")(run_cmds.eval_cmd)
 app.command("quantize")(quantize_cmds.quantize_cmd)
 app.command("bench")(bench_cmds.bench_cmd)
+app.command("tune")(tune_cmds.tune_cmd)
 app.command("runtimes")(env_cmds.runtimes_cmd)
 app.command("env")(env_cmds.env_cmd)
 app.command("demo")(zoo_cmds.demo_cmd)

@@ -1,0 +1,492 @@
+"""``cvdeploy tune``: the fastest deployment of a bundle on this machine within an accuracy floor.
+
+1. **Candidate artifacts**: every artifact of the requested formats x precisions; the missing
+   ones are made through the public stages (:func:`cvdeploy.export.run.export_model` for
+   FP32/FP16, :func:`cvdeploy.optimize.quantize.quantize_bundle` for INT8, calibrating on the
+   dataset's images), each with its own parity gate. A candidate that cannot be made is a
+   ``failed`` row, never fatal.
+2. **Candidate settings** per artifact (:mod:`cvdeploy.bench.tune_space`).
+3. **Accuracy** (mAP50-95, or top-1 for classifiers) on the dataset with
+   :func:`~cvdeploy.verify.evaluate.evaluate_bundle`, once per artifact (and OpenVINO
+   inference precision hint): threads, streams, graph optimisation and execution mode do not
+   change the numbers. The floor is ``--min-map`` or the FP32 reference minus ``--max-drop``
+   (default 0.01). A candidate below it is ``too-inaccurate`` and is not timed.
+4. **Latency** end to end with :func:`~cvdeploy.bench.harness.bench_artifact` (file read,
+   preprocessing, inference, decoding + NMS; warm-up excluded), ranked by p50 (``latency``)
+   or by images/s with several requests in flight (``throughput``).
+5. **Recording**: all of this runs on a hard-linked working copy of the bundle; the bundle
+   itself changes in one atomic :meth:`~cvdeploy.bundle.Bundle.edit` at the end (new
+   artifacts, their metrics checks, and ``recommended`` = artifact + runner options), which
+   :meth:`~cvdeploy.pipeline.predictor.Predictor.from_bundle` and so eval, bench and serve use
+   by default. When no candidate keeps the floor nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cvdeploy.bench.harness import BenchConfig, bench_artifact, not_applicable
+from cvdeploy.bench.tune_report import (
+    Accuracy,
+    Candidate,
+    EvaluateFn,
+    Log,
+    MeasureFn,
+    Measurement,
+    Recommendation,
+    RuntimeConfig,
+    TuneOptions,
+    TuneReport,
+    finite,
+)
+from cvdeploy.bench.tune_space import (
+    ArtifactPlan,
+    Settings,
+    default_threads,
+    plan_artifacts,
+    runtime_available,
+    settings_grid,
+)
+from cvdeploy.bundle import Artifact, Bundle, Check, now
+from cvdeploy.errors import CvdeployError, DatasetError, UsageError
+from cvdeploy.progress import track
+
+REFERENCE_ORDER = ("onnx", "openvino", "torch", "tflite", "tensorrt")
+"""Formats searched, in order, for the FP32 reference artifact."""
+
+
+# default measurement and evaluation ---------------------------------------------------------
+def bench_measure(
+    bundle: Bundle, artifact_id: str, settings: Settings, images: Sequence[Path], opts: TuneOptions
+) -> Measurement:
+    """Time one candidate with the bench harness (cold start and warm-up excluded)."""
+    conc = 1
+    if opts.target == "throughput":
+        conc = opts.concurrency or os.cpu_count() or 1
+    cfg = BenchConfig(
+        batch=1, imgsz=opts.imgsz, concurrency=conc, warmup=opts.warmup, iters=opts.iters
+    )
+    r = bench_artifact(
+        bundle, artifact_id, images, config=cfg, options=settings.options(), environment={}
+    )
+    return Measurement(r.e2e_ms, r.throughput_ips, finite(r.pre_post_share))
+
+
+def eval_accuracy(
+    bundle: Bundle, artifact_id: str, settings: Settings, data: Path, opts: TuneOptions
+) -> Accuracy:
+    """Evaluate one artifact on the dataset (nothing recorded; ``tune`` records at the end)."""
+    from cvdeploy.verify.evaluate import Protocol, evaluate_bundle
+
+    rep = evaluate_bundle(
+        bundle,
+        data,
+        artifact=artifact_id,
+        split=opts.split,
+        protocol=Protocol(imgsz=opts.imgsz),
+        options=settings.options(),
+        record=False,
+        progress=False,
+    )
+    key = "top1" if bundle.spec.task == "classify" else "map50_95"
+    value = rep.metrics.get(key)
+    if not isinstance(value, int | float):
+        raise DatasetError(f"the evaluation of {artifact_id} produced no {key}")
+    return Accuracy(float(value), rep.metrics, rep.dataset, rep.images, rep.protocol)
+
+
+# the search ---------------------------------------------------------------------------------
+def _dataset_images(bundle: Bundle, data: Path, split: str, limit: int) -> list[Path]:
+    if bundle.spec.task == "classify":
+        from cvdeploy.data.folder import load_classification_dataset
+
+        paths = [it.path for it in load_classification_dataset(data, split=split).items]
+    else:
+        from cvdeploy.data.base import load_detection_dataset
+
+        paths = [it.path for it in load_detection_dataset(data, split=split).items]
+    if not paths:
+        raise DatasetError(f"{data} has no {split} images", hint="pass --data with images")
+    if len(paths) > limit:
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    return paths
+
+
+def _link(src: str, dst: str) -> None:
+    """Hard-link a file (copy across file systems). Bundle edits never write through links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _reference(bundle: Bundle) -> Artifact:
+    for fmt in REFERENCE_ORDER:
+        for a in bundle.manifest.artifacts:
+            if a.format == fmt and a.precision == "fp32" and runtime_available(fmt) is None:
+                return a
+    raise UsageError(
+        f"bundle {bundle.name!r} has no FP32 artifact that runs here to measure the "
+        "reference accuracy",
+        hint="give an absolute floor with --min-map, or export an FP32 artifact first",
+    )
+
+
+def _reference_settings(ref: Artifact) -> Settings:
+    """Default settings, with FP32 compute forced where the runtime could pick less."""
+    if ref.format == "openvino":
+        return Settings(extra={"INFERENCE_PRECISION_HINT": "f32"})
+    return Settings()
+
+
+def _make(
+    work: Bundle, plan: ArtifactPlan, data: Path, opts: TuneOptions, log: Log
+) -> tuple[Bundle, list[str]]:
+    """Make a missing artifact in the working copy; return the reloaded copy and new ids."""
+    before = {a.id for a in work.manifest.artifacts}
+    if plan.make == "quantize":
+        from cvdeploy.bench.tune_space import QUANTIZE_BACKENDS
+        from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+
+        log(f"quantizing {plan.format}:int8 (calibration: {opts.calib or data})")
+        quantize_bundle(
+            work,
+            opts.calib or data,
+            options=QuantizeOptions(
+                backend=QUANTIZE_BACKENDS[plan.format],
+                force=opts.calib_force,
+                measure=False,
+                progress=False,
+            ),
+            log=log,
+        )
+    else:
+        from cvdeploy.export.run import ExportOptions, export_model
+
+        log(f"exporting {plan.format}:{plan.precision}")
+        rep = export_model(
+            work.path,
+            formats=[f"{plan.format}:{plan.precision}"],
+            options=ExportOptions(imgsz=opts.imgsz),
+            data=data,
+        )
+        bad = [o for o in rep.outcomes if o.status != "added"]
+        if bad:
+            raise UsageError("; ".join(f"{o.artifact_id}: {o.status} {o.message}" for o in bad))
+    work = Bundle.load(work.path, verify=False)
+    new = [a.id for a in work.manifest.artifacts if a.id not in before]
+    return work, new
+
+
+def _out_of_time(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, CvdeployError):
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        return exc.message.splitlines()[0] + hint
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def tune_bundle(
+    bundle: Bundle | Path | str,
+    data: Path | str,
+    *,
+    options: TuneOptions | None = None,
+    measure: MeasureFn | None = None,
+    evaluate: EvaluateFn | None = None,
+    log: Log | None = None,
+) -> TuneReport:
+    """Find the fastest configuration that keeps the accuracy floor and record it.
+
+    Args:
+        bundle: The bundle (or its directory).
+        data: Labelled dataset (YOLO yaml, COCO json, class folders) for accuracy, latency
+            images and (by default) INT8 calibration.
+        options: See :class:`TuneOptions`.
+        measure: Latency measurement (default :func:`bench_measure`; tests inject fakes).
+        evaluate: Accuracy evaluation (default :func:`eval_accuracy`).
+        log: Called with progress notes (artifact creation, failures).
+
+    Returns:
+        The report; ``report.recommended`` is ``None`` when no candidate keeps the floor, in
+        which case the bundle was not changed.
+
+    Raises:
+        UsageError: Bad options; no FP32 reference for a relative floor.
+        DatasetError: The dataset is empty or malformed (from the reference evaluation).
+    """
+    opts = options or TuneOptions()
+    say: Log = log or (lambda _m: None)
+    measure_fn = measure or bench_measure
+    evaluate_fn = evaluate or eval_accuracy
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    data_p = Path(data)
+    if not data_p.exists():
+        raise DatasetError(f"dataset {data_p} does not exist", hint="pass --data DATA.yaml")
+    t_start = time.monotonic()
+    deadline = t_start + opts.budget_minutes * 60 if opts.budget_minutes else None
+    metric = "top1" if b.spec.task == "classify" else "map50_95"
+    threads: Sequence[int | None] = opts.threads or default_threads()
+    plans, notes = plan_artifacts(b, formats=opts.formats, precisions=opts.precisions)
+    images = _dataset_images(b, data_p, opts.split, opts.images)
+    from cvdeploy.diagnose.environment import fingerprint
+
+    env = fingerprint()
+    flags = env.get("cpu", {}).get("flags", [])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{b.path.name}.tune-", dir=b.path.resolve().parent))
+    try:
+        work = Bundle(tmp / "bundle", b.manifest)
+        shutil.copytree(b.path, work.path, copy_function=_link)
+        candidates: list[Candidate] = []
+        created: list[str] = []
+        runnable: list[tuple[Artifact, bool]] = []
+        # 1. candidate artifacts
+        for plan in plans:
+            label = f"{plan.format}-{plan.precision}"
+            if plan.artifact_id is not None:
+                runnable.append((work.artifact(plan.artifact_id), False))
+                continue
+            if _out_of_time(deadline):
+                msg = "time budget spent before it was made"
+                candidates.append(
+                    Candidate(label, plan.format, plan.precision, None, True, "skipped", msg)
+                )
+                continue
+            try:
+                work, new = _make(work, plan, data_p, opts, say)
+            except Exception as exc:  # a candidate that fails is reported, never fatal
+                msg = f"could not be made ({plan.make}): {_error_text(exc)}"
+                say(f"{label}: {msg}")
+                candidates.append(
+                    Candidate(label, plan.format, plan.precision, None, True, "failed", msg)
+                )
+                continue
+            created.extend(new)
+            for aid in new:
+                a = work.artifact(aid)
+                if (a.format, a.precision) == (plan.format, plan.precision):
+                    runnable.append((a, True))
+        # 2. the reference and the floor
+        cache: dict[tuple[str, tuple[Any, ...]], Accuracy | BaseException] = {}
+        ref_info: dict[str, Any] = {}
+        if opts.min_map is not None:
+            floor = opts.min_map
+            with contextlib.suppress(UsageError):
+                ref_info = {"artifact": _reference(work).id}
+        else:
+            ref = _reference(work)
+            say(f"evaluating the FP32 reference {ref.id}")
+            ref_settings = _reference_settings(ref)
+            ref_acc = evaluate_fn(work, ref.id, ref_settings, data_p, opts)
+            cache[(ref.id, ref_settings.accuracy_key())] = ref_acc
+            floor = ref_acc.value - opts.drop
+            ref_info = {"artifact": ref.id, "accuracy": ref_acc.value, "dataset": ref_acc.dataset}
+        ref_value = ref_info.get("accuracy")
+        # 3. candidate settings
+        for art, made in runnable:
+            why = not_applicable(art, batch=1, imgsz=opts.imgsz)
+            if why is not None:
+                candidates.append(
+                    Candidate(art.id, art.format, art.precision, None, made, "failed", why)
+                )
+                continue
+            candidates.extend(
+                Candidate(art.id, art.format, art.precision, s, made)
+                for s in settings_grid(art.format, threads=threads, cpu_flags=flags)
+            )
+        # 4. accuracy and latency, candidate by candidate
+        todo = [c for c in candidates if c.settings is not None]
+        for c in track(todo, total=len(todo), description="tune", enabled=opts.progress):
+            assert c.settings is not None
+            if _out_of_time(deadline):
+                c.status, c.message = "skipped", "time budget spent"
+                continue
+            key = (c.artifact, c.settings.accuracy_key())
+            if key not in cache:
+                try:
+                    cache[key] = evaluate_fn(work, c.artifact, c.settings, data_p, opts)
+                except Exception as exc:
+                    cache[key] = exc
+                    say(f"{c.artifact}: evaluation failed: {_error_text(exc)}")
+            acc = cache[key]
+            if isinstance(acc, BaseException):
+                c.status, c.message = "failed", f"evaluation failed: {_error_text(acc)}"
+                continue
+            c.accuracy = acc.value
+            c.drop = None if ref_value is None else ref_value - acc.value
+            if acc.value < floor:
+                c.status = "too-inaccurate"
+                c.message = f"{metric} {acc.value:.4f} < floor {floor:.4f} (not timed)"
+                continue
+            try:
+                c.measurement = measure_fn(work, c.artifact, c.settings, images, opts)
+            except Exception as exc:
+                c.status, c.message = "failed", f"runtime error: {_error_text(exc)}"
+                say(f"{c.artifact} ({c.settings.label()}): {c.message}")
+                continue
+            c.status = "ok"
+        if ref_value is None and "artifact" in ref_info:  # --min-map: drops where known
+            ref_art = work.artifact(ref_info["artifact"])
+            found = cache.get((ref_art.id, _reference_settings(ref_art).accuracy_key()))
+            if isinstance(found, Accuracy):
+                ref_info["accuracy"] = ref_value = found.value
+                for c in candidates:
+                    if c.accuracy is not None:
+                        c.drop = ref_value - c.accuracy
+        # 5. the winner, recorded in one atomic edit
+        best = _best(candidates, opts.target)
+        candidates.sort(key=lambda c: c.settings is None)  # rows never tried go last
+        report = TuneReport(
+            bundle=b.name,
+            metric=metric,
+            target=opts.target,
+            floor=floor,
+            reference=ref_info,
+            candidates=candidates,
+            recommended=None,
+            created=created,
+            notes=notes,
+        )
+        if best is not None:
+            report.recommended = _recommendation(best, opts, metric, floor, ref_info, env, cache)
+            report.kept = _record(b, work, report, best, cache, data_p, opts.keep)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.seconds = time.monotonic() - t_start
+    return report
+
+
+def _best(candidates: Sequence[Candidate], target: str) -> Candidate | None:
+    ok = [c for c in candidates if c.status == "ok" and c.measurement is not None]
+    if not ok:
+        return None
+    if target == "throughput":
+        return max(ok, key=lambda c: c.measurement.throughput_ips if c.measurement else 0.0)
+    return min(ok, key=lambda c: c.measurement.e2e_ms.p50 if c.measurement else math.inf)
+
+
+def _recommendation(
+    c: Candidate,
+    opts: TuneOptions,
+    metric: str,
+    floor: float,
+    ref_info: dict[str, Any],
+    env: dict[str, Any],
+    cache: dict[tuple[str, tuple[Any, ...]], Accuracy | BaseException],
+) -> Recommendation:
+    assert c.settings is not None and c.measurement is not None and c.accuracy is not None
+    acc = cache[(c.artifact, c.settings.accuracy_key())]
+    dataset = acc.dataset if isinstance(acc, Accuracy) else ""
+    m = c.measurement
+    cpu = env.get("cpu", {})
+    return Recommendation(
+        artifact=c.artifact,
+        options=RuntimeConfig.model_validate(c.settings.to_dict()),
+        target="throughput" if opts.target == "throughput" else "latency",
+        metric=metric,
+        accuracy=c.accuracy,
+        floor=floor,
+        reference=ref_info,
+        dataset=dataset,
+        e2e_ms={k: v for k, v in m.e2e_ms.to_dict().items() if k in ("p50", "p90", "n")},
+        throughput_ips=finite(m.throughput_ips),
+        conditions={
+            "cpu": cpu.get("model"),
+            "logical_cores": cpu.get("logical_cores"),
+            "batch": 1,
+            "imgsz": list(opts.imgsz) if opts.imgsz else None,
+            "concurrency": (opts.concurrency or os.cpu_count() or 1)
+            if opts.target == "throughput"
+            else 1,
+            "warmup": opts.warmup,
+            "iters": opts.iters,
+            "includes": "file read + decode, preprocessing, inference, decoding + NMS",
+            "versions": env.get("packages", {}),
+        },
+        measured=now().isoformat(),
+    )
+
+
+def _sources(work: Bundle, artifact_id: str) -> list[str]:
+    """The artifact and the chain of artifacts it was made from."""
+    out: list[str] = []
+    aid: str | None = artifact_id
+    ids = {a.id for a in work.manifest.artifacts}
+    while aid is not None and aid in ids and aid not in out:
+        out.append(aid)
+        aid = work.artifact(aid).produced_by.source
+    return out
+
+
+def _record(
+    bundle: Bundle,
+    work: Bundle,
+    report: TuneReport,
+    best: Candidate,
+    cache: dict[tuple[str, tuple[Any, ...]], Accuracy | BaseException],
+    data: Path,
+    keep: str,
+) -> list[str]:
+    """Copy the kept new artifacts, their metrics and the recommendation into the bundle."""
+    assert report.recommended is not None
+    kept = list(report.created)
+    if keep == "recommended":  # only the recommended artifact and the chain it was made from
+        chain = set(_sources(work, best.artifact))
+        kept = [a for a in kept if a in chain]
+    details = {
+        "recommended": best.artifact,
+        "settings": best.settings.to_dict() if best.settings else None,
+        "target": report.target,
+        "floor": report.floor,
+        "candidates": len(report.candidates),
+        "added": kept,
+    }
+    with bundle.edit(action="tune", details=details) as edit:
+        for aid in kept:
+            art = work.artifact(aid)
+            src_dir = work.path / aid
+            dst = edit.artifact_dir(aid, replace=True)
+            shutil.copytree(src_dir, dst, dirs_exist_ok=True, copy_function=_link)
+            main = Path(art.files[0].path).relative_to(aid).as_posix()
+            edit.add_artifact(
+                artifact_id=aid,
+                format=art.format,
+                precision=art.precision,
+                io=art.io,
+                produced_by=art.produced_by,
+                environment=art.environment,
+                checks=art.checks,
+                main_file=main,
+            )
+        ids = {a.id for a in edit.manifest.artifacts}
+        for (aid, key), acc in cache.items():
+            if isinstance(acc, Accuracy) and aid in ids and acc.metrics:
+                edit.add_check(
+                    aid,
+                    Check(
+                        kind="metrics",
+                        name=acc.dataset,
+                        data={
+                            "metrics": acc.metrics,
+                            "images": acc.images,
+                            "protocol": acc.protocol,
+                            "data": str(data.resolve()),
+                            "settings": dict(key),
+                            "by": "tune",
+                        },
+                    ),
+                )
+        edit.set_recommended(report.recommended.model_dump(mode="json"))
+    return kept

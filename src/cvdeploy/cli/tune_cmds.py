@@ -1,0 +1,184 @@
+"""`cvdeploy tune`: the fastest configuration of a bundle here, within an accuracy floor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
+
+_STATUS_STYLE = {"ok": "green", "too-inaccurate": "yellow", "failed": "red", "skipped": "dim"}
+
+
+def _list(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(dict.fromkeys(p.strip().lower() for p in value.split(",") if p.strip()))
+    return items or None
+
+
+def _threads(value: str | None) -> tuple[int, ...] | None:
+    items = _list(value)
+    if items is None:
+        return None
+    try:
+        out = tuple(int(p) for p in items)
+    except ValueError:
+        raise typer.BadParameter(f"--threads must be integers like 1,2, got {value!r}") from None
+    if min(out) < 1:
+        raise typer.BadParameter("--threads values must be >= 1")
+    return out
+
+
+def tune_table(rep: object) -> Table:
+    """The candidates of a :class:`~cvdeploy.bench.tune_report.TuneReport` as a rich table."""
+    from cvdeploy.bench.tune_report import TuneReport
+
+    assert isinstance(rep, TuneReport)
+    metric = "mAP50-95" if rep.metric == "map50_95" else rep.metric
+    rec = rep.recommended
+    table = Table(
+        title=f"tune {rep.bundle}: fastest by {rep.target}, floor {metric} {rep.floor:.4f}",
+        caption="* = recommended (recorded); accuracy is per artifact (and precision hint), "
+        "latency is end to end (file read to detections), warm-up excluded",
+    )
+    for col, just in (
+        ("artifact", "left"),
+        ("settings", "left"),
+        (metric, "right"),
+        ("drop", "right"),
+        ("p50 ms", "right"),
+        ("p90 ms", "right"),
+        ("img/s", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for c in rep.candidates:
+        m = c.measurement
+        star = (
+            "*"
+            if rec is not None
+            and c.artifact == rec.artifact
+            and c.settings is not None
+            and c.settings.to_dict() == rec.options.model_dump()
+            else ""
+        )
+        style = _STATUS_STYLE.get(c.status, "")
+        status = f"[{style}]{c.status}[/]" + (f" {c.message}" if c.message else "")
+        table.add_row(
+            c.artifact + star + (" (new)" if c.created else ""),
+            c.settings.label() if c.settings else "-",
+            "-" if c.accuracy is None else f"{c.accuracy:.4f}",
+            "-" if c.drop is None else f"{c.drop:+.4f}",
+            "-" if m is None else f"{m.e2e_ms.p50:.2f}",
+            "-" if m is None else f"{m.e2e_ms.p90:.2f}",
+            "-" if m is None else f"{m.throughput_ips:.1f}",
+            status,
+        )
+    return table
+
+
+@handle_errors
+def tune_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+    data: Annotated[
+        Path, typer.Option(help="labelled dataset (data.yaml, COCO json, class folders)")
+    ],
+    min_map: Annotated[
+        float | None, typer.Option(help="absolute accuracy floor (mAP50-95, top-1 for classifiers)")
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="largest drop below the FP32 reference (default 0.01)"),
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="latency (e2e p50, batch 1) or throughput (images/s)")
+    ] = "latency",
+    formats: Annotated[
+        str | None, typer.Option(help="formats to try, e.g. onnx,openvino (default: those)")
+    ] = None,
+    precisions: Annotated[str, typer.Option(help="precisions to try")] = "fp32,fp16,int8",
+    calib: Annotated[
+        Path | None, typer.Option(help="INT8 calibration images (default: --data)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="accept fewer than 100 calibration images")
+    ] = False,
+    imgsz: Annotated[
+        str | None, typer.Option(help="input size N or H,W (dynamic-size artifacts)")
+    ] = None,
+    threads: Annotated[
+        str | None, typer.Option(help="intra-op threads to try, e.g. 1,2 (default: half, all)")
+    ] = None,
+    budget_minutes: Annotated[
+        float | None, typer.Option(help="stop trying candidates after this many minutes")
+    ] = None,
+    iters: Annotated[int, typer.Option(help="measured requests per candidate")] = 30,
+    warmup: Annotated[int, typer.Option(help="warm-up requests per candidate (excluded)")] = 5,
+    keep: Annotated[
+        str, typer.Option(help="new artifacts to keep: all, or recommended (and its sources)")
+    ] = "all",
+    split: Annotated[str, typer.Option(help="dataset split")] = "val",
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Find the fastest artifact + runtime settings here that keep the accuracy floor.
+
+    Makes the missing candidate artifacts (export for FP32/FP16, quantize for INT8,
+    calibrating on DATA), tries runtime settings for each (ONNX Runtime graph optimisation,
+    threads, execution mode; OpenVINO hints, streams, precision), measures accuracy on DATA
+    (once per artifact) and end-to-end latency, and records the fastest configuration that
+    keeps the floor as the bundle's recommended one (used by predict, eval, bench, serve).
+    Exit 1 when no candidate keeps the floor (nothing is recorded then).
+    """
+    from cvdeploy.bench.tune import tune_bundle
+    from cvdeploy.bench.tune_report import TuneOptions
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.errors import CheckFailed
+
+    opts = TuneOptions(
+        min_map=min_map,
+        max_drop=max_drop,
+        target=target,
+        formats=_list(formats),
+        precisions=_list(precisions) or ("fp32",),
+        calib=calib,
+        calib_force=force,
+        imgsz=parse_imgsz(imgsz),
+        threads=_threads(threads),
+        budget_minutes=budget_minutes,
+        warmup=warmup,
+        iters=iters,
+        split=split,
+        keep=keep,
+        progress=not json_out,
+    )
+    errc = err_console()
+    b = Bundle.load(bundle)
+    rep = tune_bundle(b, data, options=opts, log=lambda m: errc.print(m, markup=False))
+    if json_out:
+        print_json(rep.to_dict())
+    else:
+        out_console().print(tune_table(rep))
+        for n in rep.notes:
+            errc.print(f"note: {n}", markup=False)
+        if rep.recommended is not None:
+            r = rep.recommended
+            errc.print(
+                f"recommended: {r.artifact} with {r.options.model_dump()} "
+                f"(e2e p50 {r.e2e_ms['p50']:.2f} ms, {rep.metric} {r.accuracy:.4f}); "
+                f"recorded in {b.path / 'bundle.json'}"
+                + (f"; added {', '.join(rep.kept)}" if rep.kept else ""),
+                markup=False,
+            )
+    if rep.recommended is None:
+        counts = {s: sum(c.status == s for c in rep.candidates) for s in _STATUS_STYLE}
+        raise CheckFailed(
+            f"no candidate keeps the accuracy floor ({rep.metric} >= {rep.floor:.4f}): "
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+            + "; nothing was recorded",
+            hint="allow a larger --max-drop / lower --min-map, add --precisions fp32, "
+            "or look at the failed candidates' messages",
+        )

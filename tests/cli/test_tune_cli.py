@@ -1,0 +1,98 @@
+"""`cvdeploy tune` on the command line: JSON output, exit codes, nothing recorded on failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cvdeploy.bench.tune as tune_mod
+from cvdeploy.bench.tune_report import Accuracy, TuneOptions
+from cvdeploy.bench.tune_space import Settings
+from cvdeploy.bundle import Bundle
+from cvdeploy.cli.main import app
+from cvdeploy.export.importer import ImportOverrides, import_model
+from tests.bench.test_tune import make_dataset
+from tests.tiny_models import NC, tiny_detector_onnx
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    src = tiny_detector_onnx(tmp_path / "tiny.onnx")
+    b, _ = import_model(
+        src,
+        out=tmp_path / "b",
+        overrides=ImportOverrides(
+            decoder="yolov8", names=tuple(f"c{i}" for i in range(NC)), imgsz=(64, 64)
+        ),
+    )
+    return b.path
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "ds")
+
+
+def _run(args: Sequence[str]) -> tuple[int, str, str]:
+    res = CliRunner().invoke(app, list(args))
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    return res.exit_code, res.stdout, res.stderr
+
+
+BASE = ["--formats", "onnx", "--precisions", "fp32", "--threads", "1", "--iters", "2"]
+
+
+def test_tune_json_records_recommended(bundle: Path, data: Path) -> None:
+    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE, "--json"])
+    assert code == 0, err
+    d = json.loads(out)
+    assert {"candidates", "recommended", "reference"} <= set(d)
+    assert d["reference"]["artifact"] == "onnx-fp32"
+    assert all(c["status"] == "ok" for c in d["candidates"])
+    rec = d["recommended"]
+    assert rec["artifact"] == "onnx-fp32" and rec["options"]["threads"] == 1
+    assert Bundle.load(bundle).manifest.recommended == rec
+    code, out, _ = _run(["info", str(bundle)])
+    assert code == 0 and "recommended" in out
+
+
+def test_tune_table(bundle: Path, data: Path) -> None:
+    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE])
+    assert code == 0, err
+    assert "onnx-fp32*" in out and "threads 1, all, sequential" in out
+    assert "recommended: onnx-fp32" in err
+
+
+def test_no_candidate_keeps_floor_exits_1(
+    bundle: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_eval(b: Bundle, aid: str, s: Settings, d: Path, o: TuneOptions) -> Accuracy:
+        return Accuracy(0.5, {"map50_95": 0.5}, "fake:val", 4, {})
+
+    monkeypatch.setattr(tune_mod, "eval_accuracy", fake_eval)
+    before = (bundle / "bundle.json").read_bytes()
+    code, out, err = _run(
+        ["tune", str(bundle), "--data", str(data), *BASE, "--min-map", "0.9", "--json"]
+    )
+    assert code == 1
+    assert json.loads(out)["recommended"] is None
+    assert "no candidate keeps the accuracy floor" in err and "nothing was recorded" in err
+    assert (bundle / "bundle.json").read_bytes() == before
+
+
+def test_bad_usage_exits_2(bundle: Path, data: Path, tmp_path: Path) -> None:
+    code, _, err = _run(
+        ["tune", str(bundle), "--data", str(data), "--min-map", "0.3", "--max-drop", "0.01"]
+    )
+    assert code == 2 and "exclude each other" in err
+    code, _, err = _run(["tune", str(bundle), "--data", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "does not exist" in err
+    code, _, err = _run(["tune", str(bundle), "--data", str(data), "--formats", "nope"])
+    assert code == 2 and "unknown format" in err
+    code, _, err = _run(["tune", str(bundle), "--data", str(data), "--target", "speed"])
+    assert code == 2
