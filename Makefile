@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck unit bench clean
+.PHONY: venv demo test lint typecheck unit bench bench-table clean
 
 # torch is pinned first (the CPU wheel), then every other package is installed under a
 # constraint that keeps that torch: nothing may pull a multi-GB CUDA build.
@@ -38,9 +38,20 @@ unit: venv
 
 test: lint typecheck unit
 
+# The benchmarks write benchmarks/results/*.json (each skips with a message without
+# ../shared/realworld); the last step regenerates README.md's performance table from them.
+# BENCH_QUANTIZE_ARGS= (empty) adds the long --max-drop runs of the quantize benchmark.
+BENCH_QUANTIZE_ARGS ?= --skip-budget
+
 bench: venv
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/e2e_vs_naive.py
+	$(PY) benchmarks/quantize.py $(BENCH_QUANTIZE_ARGS)
+	$(PY) benchmarks/update_readme.py
+
+# Only the README table, from the JSON results already there (nothing is timed).
+bench-table: venv
+	$(PY) benchmarks/update_readme.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

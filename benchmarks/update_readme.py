@@ -1,0 +1,203 @@
+"""Regenerate the README's performance table from ``benchmarks/results/*.json``.
+
+The table sits between the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in
+README.md; everything outside them is left as it is. Each row quotes one benchmark's JSON
+(``e2e_vs_naive.json``, ``pipeline_overhead.json``, ``quantize.json``) against the target
+it measures; a missing file or field gives a "not run" row rather than an error, so the
+table always says what was measured and what was not. Nothing is timed here.
+
+Usage::
+
+    python benchmarks/update_readme.py [--results DIR] [--readme FILE] [--check]
+
+``--check`` exits 1 when the README's table differs from the results (for CI) and writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+Row = tuple[str, str, str, str]  # what, measured, target, met
+Results = dict[str, dict[str, Any]]
+
+
+def load_results(results_dir: Path) -> Results:
+    """Every ``*.json`` in ``results_dir`` by stem; unreadable files are skipped with a note."""
+    out: Results = {}
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"note: skipping {p.name}: {exc}", file=sys.stderr)
+            continue
+        if isinstance(data, dict):
+            out[p.stem] = data
+    return out
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def _e2e_rows(r: Results) -> list[Row]:
+    what = "YOLOX-Nano end to end, batch 1: cvdeploy p50 / tutorial pipeline p50"
+    target = "<= 0.5x"
+    d = r.get("e2e_vs_naive")
+    naive = _num(_get(d, "naive", "e2e_ms", "p50"))
+    cvd = _num(_get(d, "cvdeploy", "e2e_ms", "p50"))
+    if naive is None or cvd is None or naive <= 0:
+        return [(what, "not run", target, "n/a")]
+    art = _get(d, "cvdeploy", "artifact") or "?"
+    measured = f"{cvd / naive:.2f}x ({cvd:.1f} ms `{art}` vs {naive:.1f} ms)"
+    return [(what, measured, target, _met(cvd / naive <= 0.5))]
+
+
+def _overhead_rows(r: Results) -> list[Row]:
+    d = r.get("pipeline_overhead")
+    protocols = _get(d, "protocols")
+    what = "pre- + post-processing share of end-to-end time (YOLOv8n INT8 OpenVINO, 640)"
+    if not isinstance(protocols, dict) or not protocols:
+        return [(what, "not run", "<= 25%", "n/a")]
+    rows = []
+    for name, p in protocols.items():
+        share = _num(_get(p, "pre_post_share_of_e2e"))
+        if share is None:
+            rows.append((f"{what}, {name} thresholds", "not run", "<= 25%", "n/a"))
+            continue
+        e2e = _num(_get(p, "e2e_ms", "mean"))
+        extra = f" of {e2e:.1f} ms mean" if e2e is not None else ""
+        rows.append(
+            (
+                f"{what}, {name} thresholds",
+                f"{100 * share:.1f}%{extra}",
+                "<= 25%",
+                _met(share <= 0.25),
+            )
+        )
+    return rows
+
+
+def _quantize_rows(r: Results) -> list[Row]:
+    s = _get(r.get("quantize"), "summary")
+    rows: list[Row] = []
+    ov = _get(s, "openvino")
+    drop = _num(_get(ov, "map_drop"))
+    what = "YOLOX-Nano OpenVINO INT8 (NNCF): mAP50-95 drop vs FP32"
+    if drop is None:
+        rows.append((what, "not run", "<= 0.01", "n/a"))
+    else:
+        rows.append((what, f"{drop:.4f}", "<= 0.01", _met(drop <= 0.01)))
+    ratio = _num(_get(ov, "inference_ratio"))
+    what = "YOLOX-Nano OpenVINO INT8: inference p50 vs FP32"
+    if ratio is None:
+        rows.append((what, "not run", "<= 0.6x", "n/a"))
+    else:
+        rows.append((what, f"{ratio:.2f}x", "<= 0.6x", _met(ratio <= 0.6)))
+    return rows
+
+
+SECTIONS: list[Callable[[Results], list[Row]]] = [_e2e_rows, _overhead_rows, _quantize_rows]
+"""Row builders, one per benchmark, in table order."""
+SOURCES = ("e2e_vs_naive", "pipeline_overhead", "quantize")
+"""The result files the rows quote."""
+
+
+def _conditions(r: Results) -> str:
+    envs = [_get(r.get(k), "environment") for k in SOURCES]
+    cpus = sorted(
+        {
+            f"{_get(e, 'cpu', 'model')}, {_get(e, 'cpu', 'logical_cores')} logical cores"
+            for e in envs
+            if isinstance(_get(e, "cpu"), dict)
+        }
+    )
+    return "; ".join(cpus) or "unknown"
+
+
+def render_table(results: Results) -> str:
+    """The markdown block that goes between the markers (no timing, pure formatting)."""
+    lines = [
+        "| measurement | result | target | met |",
+        "|---|---|---|---|",
+    ]
+    for section in SECTIONS:
+        for what, measured, target, met in section(results):
+            lines.append(f"| {what} | {measured} | {target} | {met} |")
+    used = ", ".join(f"`{k}.json`" for k in SOURCES if k in results) or "no results"
+    lines += [
+        "",
+        f"Generated by `make bench` (`benchmarks/update_readme.py`) from {used} in "
+        f"`benchmarks/results/`; hardware: {_conditions(results)}. Each figure comes from one "
+        "run of its script; the JSON files hold the full distributions and conditions "
+        "(versions, threads, load average).",
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the content between the markers replaced by ``block``.
+
+    Raises:
+        ValueError: The markers are missing, duplicated or out of order.
+    """
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise ValueError(f"the README needs exactly one {BEGIN} and one {END} line")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    if END in head:
+        raise ValueError(f"{END} comes before {BEGIN}")
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or ``--check``) the README table; return the exit code."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the table is out of date")
+    args = ap.parse_args(argv)
+    try:
+        text = args.readme.read_text(encoding="utf-8")
+        new = replace_block(text, render_table(load_results(args.results)))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: the performance table is out of date (run make bench)")
+            return 1
+        print(f"{args.readme}: the performance table is up to date")
+        return 0
+    if new != text:
+        tmp = args.readme.with_name(f".{args.readme.name}.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(args.readme)  # atomic: a reader never sees half a README
+        print(f"updated the performance table in {args.readme}")
+    else:
+        print(f"{args.readme}: the performance table was already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

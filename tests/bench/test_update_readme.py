@@ -1,0 +1,87 @@
+"""`benchmarks/update_readme.py`: the README performance table from fake JSON (no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "update_readme.py"
+
+
+@pytest.fixture(scope="module")
+def ur() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("update_readme", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["update_readme"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_results(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    env = {"cpu": {"model": "Fake CPU", "logical_cores": 2}}
+    (d / "e2e_vs_naive.json").write_text(
+        json.dumps(
+            {
+                "naive": {"e2e_ms": {"p50": 100.0}},
+                "cvdeploy": {"artifact": "openvino-int8", "e2e_ms": {"p50": 40.0}},
+                "environment": env,
+            }
+        )
+    )
+    (d / "pipeline_overhead.json").write_text(
+        json.dumps(
+            {
+                "protocols": {
+                    "predict": {"pre_post_share_of_e2e": 0.05, "e2e_ms": {"mean": 90.0}},
+                    "eval": {"pre_post_share_of_e2e": 0.30},
+                },
+                "environment": env,
+            }
+        )
+    )
+    (d / "broken.json").write_text("{not json")
+    return d
+
+
+README = "# x\n\nintro\n\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n\nafter\n"
+
+
+def test_render_table(ur: ModuleType, tmp_path: Path) -> None:
+    res = ur.load_results(_fake_results(tmp_path / "r"))
+    assert set(res) == {"e2e_vs_naive", "pipeline_overhead"}
+    table = ur.render_table(res)
+    assert "| 0.40x (40.0 ms `openvino-int8` vs 100.0 ms) | <= 0.5x | yes |" in table
+    assert "predict thresholds | 5.0% of 90.0 ms mean | <= 25% | yes |" in table
+    assert "eval thresholds | 30.0% | <= 25% | **no** |" in table
+    assert "mAP50-95 drop vs FP32 | not run | <= 0.01 | n/a |" in table  # no quantize.json
+    assert "Fake CPU, 2 logical cores" in table
+
+
+def test_main_rewrites_only_between_markers(ur: ModuleType, tmp_path: Path) -> None:
+    results = _fake_results(tmp_path / "r")
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    args = ["--results", str(results), "--readme", str(readme)]
+    assert ur.main([*args, "--check"]) == 1
+    assert ur.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n<!-- bench:begin -->\n| measurement |")
+    assert text.endswith("<!-- bench:end -->\n\nafter\n") and "old table" not in text
+    assert ur.main([*args, "--check"]) == 0
+    assert ur.main(args) == 0 and readme.read_text() == text  # idempotent
+
+
+def test_missing_markers(ur: ModuleType, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert ur.main(["--results", str(tmp_path), "--readme", str(readme)]) == 2
+    assert readme.read_text() == "# no markers\n"
+    with pytest.raises(ValueError):
+        ur.replace_block("<!-- bench:end -->\n<!-- bench:begin -->\n", "x")
