@@ -17,13 +17,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvdeploy import __version__
 from cvdeploy.errors import BundleError, IntegrityError, UsageError
 from cvdeploy.spec import IOSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from cvdeploy.security.crypto import ModelKey
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
@@ -76,6 +79,16 @@ class Check(_Frozen):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class Encryption(_Frozen):
+    """How an artifact's files are encrypted (see :mod:`cvdeploy.security.crypto`)."""
+
+    scheme: Literal["aes-256-gcm-v1"] = "aes-256-gcm-v1"
+    key_id: str
+    """Fingerprint of the key (never the key itself)."""
+    salt: str
+    """Random per-encryption value bound into every file's associated data."""
+
+
 class Artifact(_Frozen):
     """One deployable variant of the model (format x precision)."""
 
@@ -88,6 +101,8 @@ class Artifact(_Frozen):
     environment: dict[str, Any] = Field(default_factory=dict)
     checks: tuple[Check, ...] = ()
     created: _dt.datetime = Field(default_factory=now)
+    encryption: Encryption | None = None
+    """Set when the files are encrypted (``cvdeploy encrypt``); they end in ``.enc``."""
 
     def latest(self, kind: str, name: str | None = None) -> Check | None:
         """The most recent check of a kind (and name), or ``None``."""
@@ -137,11 +152,16 @@ class Manifest(_Frozen):
 
 
 class Bundle:
-    """A bundle directory and its validated manifest. Load with :meth:`Bundle.load`."""
+    """A bundle directory and its validated manifest. Load with :meth:`Bundle.load`.
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    ``key`` (a :class:`~cvdeploy.security.crypto.ModelKey`) opens encrypted artifacts; it is
+    kept in memory only and never shown in the repr.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, *, key: ModelKey | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.key = key
 
     def __repr__(self) -> str:
         return (
@@ -167,22 +187,57 @@ class Bundle:
         """Absolute path of a bundle file."""
         return self.path / ref.path
 
-    def model_file(self, artifact: Artifact | str) -> Path:
-        """The main model file of an artifact (its first file)."""
+    def model_file(self, artifact: Artifact | str, *, encrypted_ok: bool = False) -> Path:
+        """The main model file of an artifact (its first file).
+
+        Raises:
+            UsageError: The artifact is encrypted (its files cannot be read as a model) and
+                ``encrypted_ok`` is False.
+        """
         art = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        if art.encryption is not None and not encrypted_ok:
+            raise UsageError(
+                f"artifact {art.id} is encrypted: this step needs its plain model file",
+                hint="run it on the unencrypted bundle, or `cvdeploy decrypt` a copy first",
+            )
         return self.path / art.files[0].path
+
+    def decrypt_artifact(
+        self, artifact: Artifact | str, *, key: ModelKey | None = None
+    ) -> list[bytes]:
+        """An encrypted artifact's files, decrypted in memory (main file first).
+
+        Args:
+            artifact: The artifact or its id.
+            key: The key (default: the key the bundle was loaded with).
+
+        Raises:
+            UsageError: No key was given.
+            IntegrityError: Wrong key, or a file or the manifest was altered.
+        """
+        from cvdeploy.security.crypto import decrypt_artifact_files
+
+        art = self.artifact(artifact) if isinstance(artifact, str) else artifact
+        key = key or self.key
+        if key is None:
+            raise UsageError(
+                f"artifact {art.id} is encrypted: give its key",
+                hint="pass --key-file F or --key-env VAR (serve: model_key_file / --key-file)",
+            )
+        return decrypt_artifact_files(self, art, key)
 
     def sample_images(self) -> list[Path]:
         """Absolute paths of the bundle's sample images."""
         return [self.path / s.path for s in self.manifest.samples]
 
     @classmethod
-    def load(cls, path: Path | str, *, verify: bool = True) -> Bundle:
+    def load(cls, path: Path | str, *, verify: bool = True, key: ModelKey | None = None) -> Bundle:
         """Load and validate a bundle, checking every file's sha256.
 
         Args:
             path: The bundle directory (or its ``bundle.json``).
             verify: Check file sizes and sha256 sums (default). Only skip for listings.
+            key: Key for encrypted artifacts (kept in memory for :meth:`decrypt_artifact`).
 
         Raises:
             BundleError: The directory or manifest is missing or malformed.
@@ -216,7 +271,7 @@ class Bundle:
             manifest = Manifest.model_validate(raw)
         except ValidationError as exc:
             raise BundleError(f"{mf} is not a valid manifest:\n{exc}") from exc
-        bundle = cls(p, manifest)
+        bundle = cls(p, manifest, key=key)
         if verify:
             bundle.verify_files()
         return bundle
@@ -254,6 +309,7 @@ class Bundle:
         overwrite: bool = False,
         action: str = "create",
         details: Mapping[str, Any] | None = None,
+        copy_of: Bundle | None = None,
     ) -> Iterator[BundleEdit]:
         """Create a new bundle atomically.
 
@@ -264,6 +320,7 @@ class Bundle:
             overwrite: Replace an existing bundle at ``path``.
             action: History action recorded for the creation.
             details: History details.
+            copy_of: Start from a copy of this bundle (its manifest, history and files).
 
         Yields:
             A :class:`BundleEdit`; the bundle appears at ``path`` when the block exits cleanly.
@@ -284,9 +341,13 @@ class Bundle:
                     f"{p} is a non-empty directory that is not a bundle",
                     hint="choose an empty or new --out directory",
                 )
-        manifest = Manifest(name=name, spec=spec)
+        manifest = Manifest(name=name, spec=spec) if copy_of is None else copy_of.manifest
         edit = BundleEdit(
-            target=p, manifest=manifest, source=None, action=action, details=dict(details or {})
+            target=p,
+            manifest=manifest,
+            source=None if copy_of is None else copy_of.path,
+            action=action,
+            details=dict(details or {}),
         )
         with edit.transaction():
             yield edit
@@ -450,6 +511,17 @@ class BundleEdit:
         self.manifest = self.manifest.model_copy(update={"artifacts": (*others, art)})
         return art
 
+    def replace_artifact(self, artifact: Artifact) -> None:
+        """Replace the artifact with the same id (keeping its place); its files must be staged."""
+        self.manifest.artifact(artifact.id)
+        self.manifest = self.manifest.model_copy(
+            update={
+                "artifacts": tuple(
+                    artifact if a.id == artifact.id else a for a in self.manifest.artifacts
+                )
+            }
+        )
+
     def remove_artifact(self, artifact_id: str) -> None:
         """Remove an artifact and its files from the new bundle."""
         self.manifest.artifact(artifact_id)
@@ -506,6 +578,9 @@ class BundleEdit:
             if not (self.staging / ref).is_file():
                 raise BundleError(f"bundle file {ref} is listed but was not written")
         data = self.manifest.model_dump(mode="json")
+        for art in data["artifacts"]:
+            if art.get("encryption", 0) is None:
+                del art["encryption"]  # plain bundles stay readable by older versions
         mf = self.staging / MANIFEST
         if mf.exists():
             mf.unlink()

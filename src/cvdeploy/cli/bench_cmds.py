@@ -9,6 +9,7 @@ import typer
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
+from cvdeploy.cli.protect_cmds import KeyEnv, KeyFile
 
 
 def _ints(value: str | None, what: str) -> list[int | None]:
@@ -78,6 +79,8 @@ def bench_cmd(
     record: Annotated[
         bool, typer.Option(help="record results as latency checks in the bundle")
     ] = True,
+    key_file: KeyFile = None,
+    key_env: KeyEnv = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     html: Annotated[
         Path | None, typer.Option(help="write an HTML report (table + Pareto plot) here")
@@ -96,7 +99,9 @@ def bench_cmd(
 
     if iters is not None and seconds is not None:
         raise UsageError("--iters and --seconds exclude each other", hint="give one of them")
-    b = Bundle.load(bundle)
+    from cvdeploy.security.crypto import key_from_options
+
+    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
     sizes = [parse_imgsz(s) for s in imgsz] if imgsz else [None]
     batches = [n or 1 for n in _ints(batch, "--batch")]
     conc = [n or 1 for n in _ints(concurrency, "--concurrency")]

@@ -10,6 +10,7 @@ from cvdeploy.cli import (
     bundle_cmds,
     env_cmds,
     export_cmds,
+    protect_cmds,
     quantize_cmds,
     run_cmds,
     serve_cmds,
@@ -57,6 +58,12 @@ app.add_typer(zoo_cmds.zoo_app, name="zoo")
 app.command("serve")(serve_cmds.serve_cmd)
 app.add_typer(serve_cmds.registry_app, name="registry")
 app.add_typer(serve_cmds.logs_app, name="logs")
+app.command("keygen")(protect_cmds.keygen_cmd)
+app.command("encrypt")(protect_cmds.encrypt_cmd)
+app.command("decrypt")(protect_cmds.decrypt_cmd)
+app.command("sign")(protect_cmds.sign_cmd)
+app.command("verify")(protect_cmds.verify_cmd)
+app.command("obfuscate")(protect_cmds.obfuscate_cmd)
 
 
 def main() -> None:

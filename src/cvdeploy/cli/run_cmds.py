@@ -10,7 +10,9 @@ from rich.table import Table
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
+from cvdeploy.cli.protect_cmds import KeyEnv, KeyFile
 from cvdeploy.errors import UsageError
+from cvdeploy.security.crypto import key_from_options
 
 
 @handle_errors
@@ -24,6 +26,8 @@ def predict_cmd(
     max_det: Annotated[int | None, typer.Option(help="max detections per image")] = None,
     imgsz: Annotated[str | None, typer.Option(help="input size (dynamic artifacts only)")] = None,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
+    key_file: KeyFile = None,
+    key_env: KeyEnv = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
 ) -> None:
     """Predict on images; print detections (or classes) and optionally save drawn images."""
@@ -35,7 +39,7 @@ def predict_cmd(
     from cvdeploy.pipeline.predictor import Predictor, Thresholds
     from cvdeploy.runtime import RunnerOptions
 
-    b = Bundle.load(bundle)
+    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
     paths = list_images(images)
     opts = RunnerOptions(threads=threads) if threads else None
     pred = Predictor.from_bundle(
@@ -106,13 +110,15 @@ def eval_cmd(
     batch: Annotated[int, typer.Option(help="images per inference call")] = 1,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     record: Annotated[bool, typer.Option(help="record the result in the bundle")] = True,
+    key_file: KeyFile = None,
+    key_env: KeyEnv = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """COCO mAP50-95 / mAP50 (pycocotools) with the Ultralytics validation protocol."""
     from cvdeploy.runtime import RunnerOptions
     from cvdeploy.verify.evaluate import Protocol, evaluate_bundle
 
-    b = Bundle.load(bundle)
+    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
     proto = Protocol(conf=conf, iou=iou, max_det=max_det, imgsz=parse_imgsz(imgsz))
     rep = evaluate_bundle(
         b,

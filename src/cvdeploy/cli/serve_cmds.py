@@ -67,6 +67,16 @@ def serve_cmd(
         float | None, typer.Option(help="fraction of requests logged to --log-dir [0]")
     ] = None,
     log_dir: Annotated[Path | None, typer.Option(help="folder for sampled requests")] = None,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="model key file for encrypted artifacts")
+    ] = None,
+    key_env: Annotated[
+        str | None, typer.Option("--key-env", help="env variable holding the model key")
+    ] = None,
+    trusted_key: Annotated[
+        Path | None,
+        typer.Option("--trusted-key", help="Ed25519 public key: serve only bundles it signed"),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="print the effective configuration as JSON first")
     ] = False,
@@ -99,6 +109,9 @@ def serve_cmd(
         request_timeout_s=timeout,
         sample_rate=sample_rate,
         log_dir=log_dir,
+        model_key_file=key_file,
+        model_key_env=key_env,
+        trusted_public_key=trusted_key,
     )
     # Fail fast, with exit code 2, on inputs that cannot be served.
     if is_registry(cfg.source):
@@ -109,6 +122,10 @@ def serve_cmd(
                 hint="cvdeploy registry promote REGISTRY NAME VERSION --stage production",
             )
     else:
+        if cfg.trusted_public_key is not None:
+            from cvdeploy.security.signing import require_signed
+
+            require_signed(cfg.source, cfg.trusted_public_key)
         b = Bundle.load(cfg.source)
         select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
     if json_out:

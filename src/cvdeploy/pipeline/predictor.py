@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from cvdeploy.pipeline.results import Classification, Detections
 from cvdeploy.runtime import RUNTIMES, Runner, RunnerOptions, create_runner
 from cvdeploy.runtime.base import numpy_dtype
 from cvdeploy.spec import IOSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from cvdeploy.security.crypto import ModelKey
 
 Result = Detections | Classification
 STAGES = ("preprocess", "inference", "postprocess")
@@ -125,6 +128,7 @@ class Predictor:
         imgsz: tuple[int, int] | None = None,
         batch: int = 8,
         model_bytes: bytes | None = None,
+        key: ModelKey | None = None,
     ) -> Predictor:
         """Create a predictor for an artifact of a bundle (not loaded until first use).
 
@@ -138,6 +142,8 @@ class Predictor:
             imgsz: Input size override (dynamic-size artifacts only).
             batch: Largest batch per inference call.
             model_bytes: Model content in memory (decrypted artifacts).
+            key: Key of an encrypted artifact (default: the key the bundle was loaded
+                with); the files are decrypted in memory, never written to disk.
         """
         art = select_artifact(bundle, artifact)
         rec = bundle.manifest.recommended or {}
@@ -146,8 +152,16 @@ class Predictor:
             options = RunnerOptions(
                 threads=ro.get("threads"), device=ro.get("device", "cpu"), extra=ro.get("extra", {})
             )
+        weights_bytes = None
+        if art.encryption is not None and model_bytes is None:
+            model_bytes, weights_bytes = _decrypted(bundle, art, key)
         runner = create_runner(
-            art.format, bundle.model_file(art), art.io, options=options, model_bytes=model_bytes
+            art.format,
+            bundle.model_file(art, encrypted_ok=True),
+            art.io,
+            options=options,
+            model_bytes=model_bytes,
+            weights_bytes=weights_bytes,
         )
         return cls(
             spec=bundle.spec,
@@ -265,6 +279,20 @@ class Predictor:
                 buf = []
         if buf:
             yield self.predict_batch(buf)
+
+
+def _decrypted(bundle: Bundle, art: Artifact, key: ModelKey | None) -> tuple[bytes, bytes | None]:
+    """The decrypted main file (and OpenVINO weights) of an encrypted artifact."""
+    from cvdeploy.security.crypto import LOADABLE_FORMATS
+
+    if art.format not in LOADABLE_FORMATS:
+        raise UsageError(
+            f"artifact {art.id} is encrypted, and encrypted artifacts are supported for "
+            f"{', '.join(LOADABLE_FORMATS)} only (not {art.format})",
+            hint="serve one of those formats, or `cvdeploy decrypt` a copy on a trusted host",
+        )
+    files = bundle.decrypt_artifact(art, key=key)
+    return files[0], (files[1] if len(files) > 1 else None)
 
 
 def _static_hw(io: IOSpec) -> tuple[int, int] | None:

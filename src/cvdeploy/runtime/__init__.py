@@ -58,10 +58,13 @@ def create_runner(
     *,
     options: RunnerOptions | None = None,
     model_bytes: bytes | None = None,
+    weights_bytes: bytes | None = None,
 ) -> Runner:
-    """Create (not load) the runner registered for ``format``."""
+    """Create (not load) the runner registered for ``format`` (see :class:`Runner`)."""
     cls = RUNTIMES.get(format)
-    runner: Runner = cls(model_path, io, options=options, model_bytes=model_bytes)
+    runner: Runner = cls(
+        model_path, io, options=options, model_bytes=model_bytes, weights_bytes=weights_bytes
+    )
     return runner
 
 

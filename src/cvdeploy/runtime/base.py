@@ -61,6 +61,8 @@ class Runner(abc.ABC):
         options: Runner options.
         model_bytes: The model in memory (decrypted models); overrides reading ``model_path``
             where the backend supports it.
+        weights_bytes: The artifact's second file in memory, for formats that keep weights
+            apart (OpenVINO ``.bin``).
     """
 
     format: ClassVar[str] = ""
@@ -73,13 +75,15 @@ class Runner(abc.ABC):
         *,
         options: RunnerOptions | None = None,
         model_bytes: bytes | None = None,
+        weights_bytes: bytes | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.io = io
         self.options = options or RunnerOptions()
         self.model_bytes = model_bytes
+        self.weights_bytes = weights_bytes
         self._loaded = False
-        if model_bytes is not None and not self.supports_bytes:
+        if (model_bytes is not None or weights_bytes is not None) and not self.supports_bytes:
             raise UsageError(f"the {self.format} runner cannot load a model from memory")
 
     # life cycle -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class OpenVinoRunner(Runner):
     """Runs an OpenVINO IR (``.xml`` + ``.bin``) or an ONNX file with OpenVINO."""
 
     format = "openvino"
+    supports_bytes = True
 
     def _load(self) -> None:
         extra = dict(self.options.extra)
@@ -43,9 +44,14 @@ class OpenVinoRunner(Runner):
         )
         self.core = ov.Core()
         try:
-            if not self.model_path.is_file():
+            if self.model_bytes is not None:
+                # From memory (decrypted): the IR's XML plus its weights as a tensor.
+                weights = np.frombuffer(self.weights_bytes or b"", dtype=np.uint8)
+                model = self.core.read_model(model=self.model_bytes, weights=ov.Tensor(weights))
+            elif not self.model_path.is_file():
                 raise ModelLoadError(f"model file {self.model_path} does not exist")
-            model = self.core.read_model(str(self.model_path))
+            else:
+                model = self.core.read_model(str(self.model_path))
             self.compiled = self.core.compile_model(model, device, cfg)
         except ModelLoadError:
             raise

@@ -37,6 +37,10 @@ class ServeConfig(BaseModel):
         log_dir: Where sampled requests go (required when ``sample_rate`` > 0).
         log_max_bytes: Size cap of the request log; the oldest entries are rotated out.
         retry_after_s: ``Retry-After`` seconds sent with a 503.
+        model_key_file: Key file of encrypted artifacts (decrypted in memory only).
+        model_key_env: Environment variable holding that key instead (e.g. set from a KMS).
+        trusted_public_key: Ed25519 public key (PEM); when set, only bundles it signed load,
+            and a version that fails the check leaves the current one serving.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +62,9 @@ class ServeConfig(BaseModel):
     log_dir: Path | None = None
     log_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     retry_after_s: int = Field(1, ge=1)
+    model_key_file: Path | None = None
+    model_key_env: str | None = None
+    trusted_public_key: Path | None = None
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""

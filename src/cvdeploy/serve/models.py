@@ -25,6 +25,8 @@ from cvdeploy.bundle import Bundle
 from cvdeploy.errors import CvdeployError, UsageError
 from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds, select_artifact
 from cvdeploy.runtime import RunnerOptions
+from cvdeploy.security.crypto import key_from_options
+from cvdeploy.security.signing import require_signed
 from cvdeploy.serve.batching import Batcher
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.monitoring import ServeMetrics
@@ -222,7 +224,10 @@ class ModelManager:
     # loading --------------------------------------------------------------------------------
     def _load(self, name: str, version: str, path: Path) -> LoadedVersion:
         """Load, check and warm up a version (runs in a thread)."""
-        bundle = Bundle.load(path)
+        cfg = self.config
+        if cfg.trusted_public_key is not None:
+            require_signed(path, cfg.trusted_public_key)  # unsigned or altered: refused
+        bundle = Bundle.load(path, key=key_from_options(cfg.model_key_file, cfg.model_key_env))
         if bundle.name != name:
             raise UsageError(f"bundle at {path} is named {bundle.name!r}, expected {name!r}")
         predictors = self.factory(bundle, self.config)
@@ -239,7 +244,6 @@ class ModelManager:
                 p.runner.close()
             raise
         warm = (time.perf_counter() - t0) * 1e3
-        cfg = self.config
         max_batch = min(cfg.max_batch, predictors[0].batch)
         label = f"{name}:{version}"
         batcher = Batcher(
