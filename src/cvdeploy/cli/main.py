@@ -13,6 +13,7 @@ from cvdeploy.cli import (
     protect_cmds,
     quantize_cmds,
     run_cmds,
+    security_cmds,
     serve_cmds,
     tune_cmds,
     zoo_cmds,
@@ -58,6 +59,10 @@ app.add_typer(zoo_cmds.zoo_app, name="zoo")
 app.command("serve")(serve_cmds.serve_cmd)
 app.add_typer(serve_cmds.registry_app, name="registry")
 app.add_typer(serve_cmds.logs_app, name="logs")
+app.add_typer(security_cmds.security_app, name="security")
+app.add_typer(security_cmds.users_app, name="users")
+app.add_typer(security_cmds.keys_app, name="keys")
+app.add_typer(security_cmds.audit_app, name="audit")
 app.command("keygen")(protect_cmds.keygen_cmd)
 app.command("encrypt")(protect_cmds.encrypt_cmd)
 app.command("decrypt")(protect_cmds.decrypt_cmd)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
-from cvdeploy.errors import BackendUnavailable
+from cvdeploy.errors import BackendUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from cvdeploy.security.audit import AuditLog
 
 registry_app = typer.Typer(
     help="Model registry: versions of bundles, with production and staging stages.",
@@ -35,6 +38,26 @@ def _need_serve_extra() -> None:
             f"serving needs {', '.join(missing)}, which are not installed",
             hint="pip install 'cvdeploy[serve]'",
         )
+
+
+_AuditLogOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="CVDEPLOY_AUDIT_LOG", help="record the change in this audit log"),
+]
+_AuditKeyOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="CVDEPLOY_AUDIT_KEY_FILE", help="audit HMAC key file"),
+]
+
+
+def _open_audit(log: Path | None, key_file: Path | None) -> AuditLog | None:
+    if log is None and key_file is None:
+        return None
+    if log is None or key_file is None:
+        raise UsageError("--audit-log and --audit-key-file go together")
+    from cvdeploy.security.audit import AuditLog, load_key
+
+    return AuditLog(log, load_key(key_file))
 
 
 @handle_errors
@@ -77,6 +100,20 @@ def serve_cmd(
         Path | None,
         typer.Option("--trusted-key", help="Ed25519 public key: serve only bundles it signed"),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle: require client certificates (mTLS)")
+    ] = None,
+    auth_db: Annotated[
+        Path | None, typer.Option(help="users/keys database: require authentication + RBAC")
+    ] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="HMAC-chained audit log file")] = None,
+    audit_key_file: Annotated[
+        Path | None, typer.Option(help="audit HMAC key file (cvdeploy audit keygen)")
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="print the effective configuration as JSON first")
     ] = False,
@@ -86,7 +123,8 @@ def serve_cmd(
     Routes: POST /v1/models/NAME/predict, GET /v1/models, GET /healthz, GET /readyz,
     GET /metrics (Prometheus), GET /dashboard, GET /docs. Requests are batched dynamically;
     a registry is polled and promotions / rollbacks switch versions without dropping
-    requests.
+    requests. With --tls-cert/--tls-key it serves HTTPS only; with --auth-db every route but
+    /healthz and /readyz needs an API key or access token (see README, Security).
     """
     _need_serve_extra()
     import uvicorn
@@ -112,6 +150,12 @@ def serve_cmd(
         model_key_file=key_file,
         model_key_env=key_env,
         trusted_public_key=trusted_key,
+        tls={"cert": tls_cert, "key": tls_key, "client_ca": tls_client_ca}
+        if tls_cert or tls_key or tls_client_ca
+        else None,
+        security={"auth_db": auth_db, "audit_log": audit_log, "audit_key_file": audit_key_file}
+        if auth_db or audit_log or audit_key_file
+        else None,
     )
     # Fail fast, with exit code 2, on inputs that cannot be served.
     if is_registry(cfg.source):
@@ -128,13 +172,20 @@ def serve_cmd(
             require_signed(cfg.source, cfg.trusted_public_key)
         b = Bundle.load(cfg.source)
         select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
+    ssl_options = {}
+    if cfg.tls is not None:
+        from cvdeploy.security.tls import uvicorn_ssl_options
+
+        ssl_options = uvicorn_ssl_options(cfg.tls)
+    app = create_app(cfg)
     if json_out:
         print_json({"host": host, "port": port, "config": cfg.model_dump(mode="json")})
     else:
+        scheme = "https" if cfg.tls is not None else "http"
         err_console().print(
-            f"serving {cfg.source} on http://{host}:{port} (dashboard: /dashboard, docs: /docs)"
+            f"serving {cfg.source} on {scheme}://{host}:{port} (dashboard: /dashboard, docs: /docs)"
         )
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **ssl_options)
 
 
 @registry_app.command("add")
@@ -186,12 +237,28 @@ def registry_promote(
     name: Annotated[str, typer.Argument(help="model name")],
     version: Annotated[str, typer.Argument(help="version to promote")],
     stage: Annotated[str, typer.Option(help="production or staging")] = "production",
+    audit_log: _AuditLogOpt = None,
+    audit_key_file: _AuditKeyOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Put a version at a stage; a running server follows a production promotion."""
     from cvdeploy.serve.registry import ModelRegistry
 
+    audit = _open_audit(audit_log, audit_key_file)
     before = ModelRegistry(registry).promote(name, version, stage=stage)
+    if audit is not None:
+        from cvdeploy.security.audit import cli_actor
+
+        audit.record(
+            actor=cli_actor(),
+            action="registry.promote",
+            outcome="ok",
+            target=name,
+            registry=str(registry),
+            stage=stage,
+            version=version,
+            previous=before,
+        )
     if json_out:
         print_json({"model": name, "stage": stage, "version": version, "previous": before})
         return
@@ -203,12 +270,27 @@ def registry_promote(
 def registry_rollback(
     registry: Annotated[Path, typer.Argument(help="registry directory")],
     name: Annotated[str, typer.Argument(help="model name")],
+    audit_log: _AuditLogOpt = None,
+    audit_key_file: _AuditKeyOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Put the previous production version back."""
     from cvdeploy.serve.registry import ModelRegistry
 
+    audit = _open_audit(audit_log, audit_key_file)
     current, target = ModelRegistry(registry).rollback(name)
+    if audit is not None:
+        from cvdeploy.security.audit import cli_actor
+
+        audit.record(
+            actor=cli_actor(),
+            action="registry.rollback",
+            outcome="ok",
+            target=name,
+            registry=str(registry),
+            previous=current,
+            version=target,
+        )
     if json_out:
         print_json({"model": name, "from": current, "to": target})
         return

@@ -6,12 +6,15 @@ Routes (every one but ``/healthz`` and ``/readyz`` declares a permission through
 ===========================================  ===========  ===================================
 ``POST /v1/models/{name}/predict``           predict      detections / classes, or a JPEG
 ``GET /v1/models``, ``/v1/models/{name}``    read         versions, spec, metrics, latency
-``POST /v1/models/{name}/reload``            admin        reload the target version now
+``POST /v1/models/{name}/reload``            reload       reload the target version now
 ``GET /metrics``                             metrics      Prometheus text format
 ``GET /v1/stats``, ``/dashboard``            metrics      live stats, and the HTML dashboard
 ``GET /openapi.json``, ``/docs``             docs         OpenAPI schema, Swagger UI
 ``GET /healthz``, ``/readyz``                (none)       alive; model loaded and warmed up
 ===========================================  ===========  ===================================
+
+With ``config.security`` set, :func:`cvdeploy.security.authorizer.install_security` adds
+authentication, roles, the audit log, rate limits and the ``/v1/auth``, ``/v1/admin`` routes.
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics, stats=stats)
     _add_error_handlers(app)
     add_routes(app)
+    if config.security is not None:
+        from cvdeploy.security.authorizer import install_security
+
+        install_security(app, config.security)
     return app
 
 

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvdeploy.errors import InputError, UsageError
+from cvdeploy.security.config import SecurityConfig, TLSConfig
 
 __all__ = ["ServeConfig", "load_config"]
 
@@ -41,6 +42,9 @@ class ServeConfig(BaseModel):
         model_key_env: Environment variable holding that key instead (e.g. set from a KMS).
         trusted_public_key: Ed25519 public key (PEM); when set, only bundles it signed load,
             and a version that fails the check leaves the current one serving.
+        tls: HTTPS certificate, key and optional client CA (``None``: plain HTTP).
+        security: Authentication, RBAC, audit log and abuse limits (``None``: every
+            route is open, as for a server on a trusted loopback).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,6 +69,8 @@ class ServeConfig(BaseModel):
     model_key_file: Path | None = None
     model_key_env: str | None = None
     trusted_public_key: Path | None = None
+    tls: TLSConfig | None = None
+    security: SecurityConfig | None = None
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""
@@ -77,7 +83,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
 
     Args:
         path: A YAML file with :class:`ServeConfig` keys, or ``None``.
-        **overrides: Values that replace the file's (``None`` values are ignored).
+        **overrides: Values that replace the file's (``None`` values are ignored; a dict
+            is merged into the file's dict for that key, e.g. ``security``).
 
     Raises:
         InputError: The file is missing or not valid YAML.
@@ -95,7 +102,11 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
         if not isinstance(loaded, dict):
             raise InputError(f"serve config {p} must be a mapping of option: value")
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **{kk: vv for kk, vv in v.items() if vv is not None}}
+        elif v is not None:
+            data[k] = v
     try:
         return ServeConfig(**data)
     except ValidationError as exc:

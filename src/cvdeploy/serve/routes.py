@@ -229,7 +229,7 @@ def add_routes(app: FastAPI) -> None:
     )
     add_route(app, "/v1/models", list_models, methods=["GET"], permission="read")
     add_route(app, "/v1/models/{name}", get_model, methods=["GET"], permission="read")
-    add_route(app, "/v1/models/{name}/reload", reload_model, methods=["POST"], permission="admin")
+    add_route(app, "/v1/models/{name}/reload", reload_model, methods=["POST"], permission="reload")
     add_route(app, "/metrics", prometheus, methods=["GET"], permission="metrics")
     add_route(app, "/v1/stats", live_stats, methods=["GET"], permission="metrics")
     add_route(

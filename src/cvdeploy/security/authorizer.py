@@ -1,0 +1,360 @@
+"""The server side of security: the authorizer, the auth routes and the audit middleware.
+
+:func:`install_security` plugs a :class:`SecurityLayer` into an app made by
+``cvdeploy.serve.app.create_app``: it replaces the app's authorizer (every route already
+declares its permission), adds ``/v1/auth/*`` and ``/v1/admin/*`` routes, and wraps the app
+in :class:`AuditMiddleware`, which writes (and fsyncs) one audit entry per request before
+the response starts.
+
+Credentials: ``Authorization: Bearer <access token | API key>`` or ``X-API-Key: <API key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cvdeploy.errors import UsageError
+from cvdeploy.security.audit import AuditLog, load_key
+from cvdeploy.security.auth import KEY_PREFIX, TokenError, TokenService
+from cvdeploy.security.config import SecurityConfig
+from cvdeploy.security.ratelimit import Lockout, RateLimiter
+from cvdeploy.security.rbac import Principal, is_allowed
+from cvdeploy.security.store import SecurityStore, validate_name
+from cvdeploy.serve.inputs import ApiError
+from cvdeploy.serve.state import PUBLIC_ROUTES, add_route
+
+__all__ = ["AuditMiddleware", "SecurityLayer", "install_security"]
+
+_ACTOR = "cvdeploy_actor"
+_NOTE = "cvdeploy_audit"
+_QUIET = frozenset({"read", "metrics", "docs", "whoami"})
+_ACTIONS = {"predict": "predict", "reload": "model.reload", "login": "auth.token"}
+
+
+class TokenRequest(BaseModel):
+    """Body of ``POST /v1/auth/token``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: SecretStr = Field(max_length=1024)
+    totp: SecretStr | None = Field(None, max_length=16)
+
+
+class KeyRequest(BaseModel):
+    """Body of ``POST /v1/admin/keys``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = Field(min_length=1, max_length=64)
+    role: str
+    models: list[str] | None = None
+    expires_in_s: float | None = Field(None, gt=0)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _too_many(message: str, wait: float) -> ApiError:
+    return ApiError(429, "rate_limited", message, headers={"Retry-After": str(math.ceil(wait))})
+
+
+class SecurityLayer:
+    """Authentication, authorization, limits and audit for one app.
+
+    Args:
+        config: The security options.
+        clock: Wall-clock seconds for TOTP codes and API-key expiry (tokens use the
+            real time: their ``exp``/``nbf`` are checked by PyJWT against it).
+        monotonic: Monotonic seconds (rate limits, lock-outs).
+    """
+
+    def __init__(
+        self,
+        config: SecurityConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.monotonic = monotonic
+        self.audit: AuditLog | None = None
+        if config.audit_log is not None and config.audit_key_file is not None:
+            self.audit = AuditLog(
+                config.audit_log, load_key(config.audit_key_file), max_bytes=config.audit_max_bytes
+            )
+        self.store = SecurityStore(config.auth_db, audit=self.audit, actor="server")
+        self.tokens = TokenService(
+            keys=self.store.signing_key,
+            active=self.store.active_signing_key,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+            ttl_s=config.token_ttl_s,
+        )
+        c = config
+        self.per_key = RateLimiter(rate=c.predict_rate_per_key, burst=c.predict_burst_per_key)
+        self.per_ip = RateLimiter(rate=c.predict_rate_per_ip, burst=c.predict_burst_per_ip)
+        self.auth_ip = RateLimiter(rate=c.auth_rate_per_ip, burst=c.auth_burst_per_ip)
+        self.lockout = Lockout(
+            after=c.lockout_after, base_s=c.lockout_base_s, max_s=c.lockout_max_s
+        )
+
+    # authorization ----------------------------------------------------------------------
+    async def authorize(self, request: Request, permission: str) -> None:
+        """The app's authorizer: validate the model name, limit, authenticate, check role.
+
+        Raises:
+            ApiError: 400 bad model name, 401 no or bad credentials, 403 role or model
+                scope, 429 rate limit.
+        """
+        name = request.path_params.get("name")
+        if name is not None:
+            try:
+                validate_name(str(name), "model name")
+            except UsageError as exc:
+                raise ApiError(400, "invalid_model_name", exc.message) from None
+        client = request.client.host if request.client else "unknown"
+        if permission == "login":
+            self._limit(self.auth_ip, client, "too many login attempts from this address")
+            return
+        if permission == "predict":
+            self._limit(self.per_ip, client, "too many requests from this address")
+        principal = await self.authenticate(request)
+        request.state.cvdeploy_actor = principal.label
+        if not is_allowed(principal, permission, None if name is None else str(name)):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"role {principal.role!r} does not grant {permission!r}"
+                + (f" on model {name!r}" if name is not None else ""),
+            )
+        if permission == "predict":
+            self._limit(self.per_key, principal.label, "too many requests for this credential")
+
+    def _limit(self, limiter: RateLimiter, key: str, message: str) -> None:
+        wait = limiter.take(key, self.monotonic())
+        if wait > 0:
+            raise _too_many(message, wait)
+
+    async def authenticate(self, request: Request) -> Principal:
+        """The caller, from an API key or an access token.
+
+        Raises:
+            ApiError: 401 (the reason goes to the audit log, not to the client).
+        """
+        cred = request.headers.get("x-api-key")
+        if cred is None:
+            scheme, _, value = request.headers.get("authorization", "").partition(" ")
+            cred = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        if cred is None:
+            raise _unauthorized("credentials required: Authorization: Bearer <token or API key>")
+        if cred.startswith(KEY_PREFIX + "_"):
+            principal, reason = await asyncio.to_thread(
+                self.store.check_key, cred, now=self.clock()
+            )
+            if principal is None:
+                self._note(request, reason=f"api_key_{reason}")
+                raise _unauthorized("invalid, expired or revoked API key")
+            return principal
+        try:
+            subject = self.tokens.verify(cred)
+        except TokenError as exc:
+            self._note(request, reason=str(exc))
+            raise _unauthorized(f"access token refused: {exc}") from None
+        user = await asyncio.to_thread(self.store.principal_for_user, subject)
+        if user is None:
+            self._note(request, reason="token user removed")
+            raise _unauthorized("access token refused: unknown user")
+        return user
+
+    @staticmethod
+    def _note(request: Request, **detail: Any) -> None:
+        note = getattr(request.state, _NOTE, None) or {}
+        note.update(detail)
+        setattr(request.state, _NOTE, note)
+
+    # login --------------------------------------------------------------------------------
+    async def login(self, request: Request, body: TokenRequest) -> dict[str, Any]:
+        """Password + TOTP -> access token, with lock-out after repeated failures."""
+        user = body.username
+        request.state.cvdeploy_actor = f"user:{user}"
+        locked = self.lockout.locked_for(user, self.monotonic())
+        if locked > 0:
+            self._note(request, reason="locked_out")
+            raise _too_many("too many failed logins: account locked, retry later", locked)
+        principal, reason = await asyncio.to_thread(
+            self.store.check_login,
+            user,
+            body.password.get_secret_value(),
+            None if body.totp is None else body.totp.get_secret_value(),
+            now=self.clock(),
+            require_mfa=self.config.require_mfa,
+        )
+        if principal is None:
+            wait = self.lockout.failure(user, self.monotonic())
+            self._note(request, reason=reason, locked_for_s=wait)
+            raise _unauthorized("invalid user name, password or one-time code")
+        self.lockout.success(user)
+        token, ttl = self.tokens.issue(principal.id)
+        return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
+
+    # audit ----------------------------------------------------------------------------------
+    def record_request(self, scope: Scope, status: int, headers: dict[str, str]) -> None:
+        """Write the audit entry of one HTTP request (called before its response starts)."""
+        if self.audit is None:
+            return
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        if path in PUBLIC_ROUTES:
+            return
+        extra = getattr(route, "openapi_extra", None) or {}
+        permission = extra.get("x-permission")
+        if status < 400 and permission in _QUIET and not self.config.audit_reads:
+            return
+        state = scope.get("state") or {}
+        params = scope.get("path_params") or {}
+        method = str(scope.get("method", "?"))
+        outcome = (
+            "ok"
+            if status < 400
+            else "denied"
+            if status in (401, 403, 429)
+            else ("refused" if status < 500 else "error")
+        )
+        client = scope.get("client")
+        detail: dict[str, Any] = {
+            "method": method,
+            "route": path,
+            "status": status,
+            "client": client[0] if client else None,
+            "permission": permission,
+        }
+        if "x-model-version" in headers:
+            detail["version"] = headers["x-model-version"]
+        if method == "POST" and permission == "predict":
+            detail["request_bytes"] = _content_length(scope)
+        detail.update(state.get(_NOTE) or {})
+        self.audit.record(
+            actor=str(state.get(_ACTOR, "anonymous"))[:80],
+            action=_ACTIONS.get(str(permission), f"{method} {path}"),
+            outcome=outcome,
+            target=str(params.get("name") or params.get("key_id") or "") or None,
+            **detail,
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for k, v in scope.get("headers") or []:
+        if k == b"content-length" and v.isdigit():
+            return int(v)
+    return None
+
+
+class AuditMiddleware:
+    """Records every request (but probes and quiet reads) before its response starts."""
+
+    def __init__(self, app: ASGIApp, *, layer: SecurityLayer) -> None:
+        self.app = app
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.layer.audit is None:
+            await self.app(scope, receive, send)
+            return
+        recorded = False
+
+        async def send_after_audit(message: Message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True
+                headers = {
+                    k.decode("latin-1"): v.decode("latin-1") for k, v in message.get("headers", [])
+                }
+                await asyncio.to_thread(
+                    self.layer.record_request, scope, int(message["status"]), headers
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_after_audit)
+        except Exception:
+            if not recorded:
+                recorded = True
+                await asyncio.to_thread(self.layer.record_request, scope, 500, {})
+            raise
+
+
+def install_security(app: FastAPI, config: SecurityConfig) -> SecurityLayer:
+    """Secure an app from ``create_app``: authorizer, auth/admin routes, audit middleware."""
+    layer = SecurityLayer(config)
+    app.state.cvdeploy.authorize = layer.authorize
+    app.state.cvdeploy_security = layer
+    _add_routes(app, layer)
+    app.add_middleware(AuditMiddleware, layer=layer)
+    return layer
+
+
+def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
+    async def token(request: Request, body: TokenRequest) -> dict[str, Any]:
+        return await layer.login(request, body)
+
+    async def whoami(request: Request) -> dict[str, Any]:
+        principal = await layer.authenticate(request)
+        return {
+            "id": principal.label,
+            "role": principal.role,
+            "models": None if principal.models is None else sorted(principal.models),
+        }
+
+    def admin_store(request: Request) -> SecurityStore:
+        return layer.store.as_actor(str(getattr(request.state, _ACTOR, "server")))
+
+    async def list_users(request: Request) -> dict[str, Any]:
+        users = await asyncio.to_thread(layer.store.users)
+        return {"users": [_user(u) for u in users]}
+
+    async def list_keys(request: Request) -> dict[str, Any]:
+        keys = await asyncio.to_thread(layer.store.keys)
+        now = layer.clock()
+        return {"keys": [k.to_dict(now) for k in keys]}
+
+    async def create_key(request: Request, body: KeyRequest) -> dict[str, Any]:
+        try:
+            full, info = await asyncio.to_thread(
+                admin_store(request).create_key,
+                body.label,
+                role=body.role,
+                models=body.models,
+                expires_in_s=body.expires_in_s,
+            )
+        except UsageError as exc:
+            raise ApiError(400, "bad_request", exc.message) from None
+        return {"key": full, "info": info.to_dict(layer.clock()), "note": "shown once"}
+
+    async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
+        try:
+            info = await asyncio.to_thread(admin_store(request).revoke_key, key_id)
+        except UsageError as exc:
+            raise ApiError(404, "unknown_key", exc.message) from None
+        return {"info": info.to_dict(layer.clock())}
+
+    add_route(app, "/v1/auth/token", token, methods=["POST"], permission="login")
+    add_route(app, "/v1/auth/whoami", whoami, methods=["GET"], permission="whoami")
+    add_route(app, "/v1/admin/users", list_users, methods=["GET"], permission="users")
+    add_route(app, "/v1/admin/keys", list_keys, methods=["GET"], permission="users")
+    add_route(app, "/v1/admin/keys", create_key, methods=["POST"], permission="users")
+    add_route(app, "/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"], permission="users")
+
+
+def _user(u: Any) -> dict[str, Any]:
+    return {"name": u.name, "role": u.role, "models": u.models, "mfa": u.mfa, "created": u.created}

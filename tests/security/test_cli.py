@@ -1,0 +1,227 @@
+"""`cvdeploy users|keys|security ...`, registry audit, and `cvdeploy serve` with every
+security flag in a real process (HTTPS + API keys + audit log)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cvdeploy.cli.main import app
+from cvdeploy.security.audit import load_key, verify_log, write_key
+from tests.security.conftest import PASSWORD, RAW
+
+
+def _run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    r = CliRunner().invoke(app, list(args), input=stdin)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_users_keys_and_jwt_commands(tmp_path: Path) -> None:
+    db = str(tmp_path / "auth.db")
+    key_file = write_key(tmp_path / "audit.key")
+    audit = ["--audit-log", str(tmp_path / "audit.log"), "--audit-key-file", str(key_file)]
+    code, out, err = _run(
+        "users",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--db",
+        db,
+        "--password-stdin",
+        "--json",
+        *audit,
+        stdin=PASSWORD + "\n",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"name": "alice", "role": "admin", "models": None, "mfa": False}
+    code, _, err = _run(
+        "users",
+        "add",
+        "bob",
+        "--role",
+        "root",
+        "--db",
+        db,
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert code == 2 and "unknown role" in err
+    code, _, err = _run(
+        "users", "add", "bob", "--role", "viewer", "--db", db, "--password-stdin", stdin="short\n"
+    )
+    assert code == 2 and "too short" in err
+    code, _, err = _run(
+        "users",
+        "add",
+        "../x",
+        "--role",
+        "viewer",
+        "--db",
+        db,
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert code == 2 and "not valid" in err
+    qr = tmp_path / "qr.png"
+    code, out, _ = _run("users", "enrol-totp", "alice", "--db", db, "--qr", str(qr), "--json")
+    uri = json.loads(out)["provisioning_uri"]
+    assert code == 0 and uri.startswith("otpauth://totp/cvdeploy:alice?secret=")
+    assert Image.open(qr).size[0] > 50 and (qr.stat().st_mode & 0o777) == 0o600
+    assert pyotp.parse_uri(uri).now().isdigit()
+    code, out, _ = _run(
+        "users", "set-role", "alice", "operator", "--model", "tiny", "--db", db, "--json", *audit
+    )
+    assert json.loads(out) == {"name": "alice", "role": "operator", "models": ["tiny"]}
+    code, out, _ = _run("users", "list", "--db", db, "--json")
+    assert json.loads(out)["users"][0]["mfa"] is True
+    code, out, err = _run(
+        "keys",
+        "create",
+        "cam",
+        "--role",
+        "predictor",
+        "--model",
+        "tiny",
+        "--expires-days",
+        "1",
+        "--db",
+        db,
+        "--json",
+        *audit,
+    )
+    created = json.loads(out)
+    assert code == 0 and created["key"].startswith(f"cvd_{created['id']}_")
+    code, out, _ = _run("keys", "list", "--db", db, "--json")
+    assert created["key"] not in out and json.loads(out)["keys"][0]["status"] == "active"
+    code, out, _ = _run("keys", "revoke", created["id"], "--db", db, "--json", *audit)
+    assert code == 0 and json.loads(out)["status"] == "revoked"
+    assert _run("keys", "revoke", created["id"], "--db", db)[0] == 2
+    code, out, _ = _run("security", "jwt-rotate", "--db", db, "--json")
+    kid = json.loads(out)["kid"]
+    assert _run("security", "jwt-retire", kid, "--db", db)[0] == 0
+    assert json.loads(_run("security", "jwt-keys", "--db", db, "--json")[1])["keys"][0]["retired"]
+    assert _run("users", "remove", "alice", "--db", db, *audit)[0] == 0
+    assert _run("users", "list", "--db", str(tmp_path / "missing.db"))[0] == 2
+    # the audit log has every change, by the CLI user, and no secrets
+    text = (tmp_path / "audit.log").read_text()
+    actions = [json.loads(x)["action"] for x in text.splitlines()]
+    assert actions == ["user.add", "user.set_role", "key.create", "key.revoke", "user.remove"]
+    assert PASSWORD not in text and created["key"] not in text and uri not in text
+    assert verify_log([tmp_path / "audit.log"], load_key(key_file)).ok
+    # the database holds no plaintext key and is private
+    assert created["key"].split("_", 2)[2].encode() not in (tmp_path / "auth.db").read_bytes()
+    assert ((tmp_path / "auth.db").stat().st_mode & 0o777) == 0o600
+
+
+def test_registry_promote_and_rollback_are_audited(tmp_path: Path) -> None:
+    from cvdeploy.serve.registry import ModelRegistry
+    from tests.serve.conftest import make_bundle
+
+    reg = ModelRegistry(tmp_path / "reg", create=True)
+    reg.add(make_bundle(tmp_path / "a", seed=0))
+    reg.add(make_bundle(tmp_path / "b", seed=1))
+    key_file = write_key(tmp_path / "k")
+    audit = ["--audit-log", str(tmp_path / "audit.log"), "--audit-key-file", str(key_file)]
+    assert _run("registry", "promote", str(reg.root), "tiny", "2", *audit)[0] == 0
+    assert _run("registry", "rollback", str(reg.root), "tiny", *audit)[0] == 0
+    entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(e["action"], e["detail"]["version"]) for e in entries] == [
+        ("registry.promote", "2"),
+        ("registry.rollback", "1"),
+    ]
+    assert entries[0]["actor"].startswith("cli:")
+    code, _, err = _run("registry", "promote", str(reg.root), "tiny", "2", "--audit-log", "x")
+    assert code == 2 and "go together" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_cli_server_with_tls_auth_and_audit(
+    tmp_path: Path,
+    tiny_bundle: Path,
+    jpeg: bytes,
+    auth_db_template: tuple[Path, dict[str, str], dict[str, str]],
+) -> None:
+    import shutil
+
+    from cvdeploy.security.tls import write_self_signed
+
+    db, keys, _ = auth_db_template
+    shutil.copy(db, tmp_path / "auth.db")
+    cert, key = write_self_signed(tmp_path)
+    key_file = write_key(tmp_path / "audit.key")
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cvdeploy.cli.main",
+                "serve",
+                str(tiny_bundle),
+                "--port",
+                str(port),
+                "--tls-cert",
+                str(cert),
+                "--tls-key",
+                str(key),
+                "--auth-db",
+                str(tmp_path / "auth.db"),
+                "--audit-log",
+                str(tmp_path / "audit.log"),
+                "--audit-key-file",
+                str(key_file),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=30) as c:
+            end = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < end, log.read_text()
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            assert c.post("/v1/models/tiny/predict", content=jpeg, headers=RAW).status_code == 401
+            auth = {"Authorization": f"Bearer {keys['legit']}", **RAW}
+            r = c.post("/v1/models/tiny/predict", content=jpeg, headers=auth)
+            assert r.status_code == 200, r.text
+            viewer = {"Authorization": f"Bearer {keys['viewer']}"}
+            assert c.get("/metrics", headers=viewer).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(e["action"], e["outcome"]) for e in entries if e["action"] != "jwt.rotate"] == [
+        ("predict", "denied"),
+        ("predict", "ok"),
+        ("GET /metrics", "denied"),
+    ]
+    code, _, _ = _run("audit", "verify", str(tmp_path / "audit.log"), "--key-file", str(key_file))
+    assert code == 0
