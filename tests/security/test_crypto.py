@@ -303,6 +303,11 @@ def test_cli_keygen_encrypt_predict(plain: Path, tmp_path: Path) -> None:
         ["predict", str(tmp_path / "e"), img, "--key-file", str(tmp_path / "other.key")]
     )
     assert code == 2 and "cannot decrypt artifact onnx-fp32: wrong key" in out
+    bench = ["bench", str(tmp_path / "e"), "--iters", "3", "--warmup", "1", "--no-record"]
+    code, out = cli([*bench, "--key-file", str(kf), "--json"])
+    assert code == 0 and '"onnx-fp32"' in out, out
+    code, out = cli(bench)
+    assert code == 2 and "is encrypted: give its key" in out
     env = {"CVD_MODEL_KEY": kf.read_text().strip()}
     code, out = cli(["predict", str(tmp_path / "e"), img, "--key-env", "CVD_MODEL_KEY"], env=env)
     assert code == 0, out
