@@ -96,3 +96,20 @@ def test_bad_usage_exits_2(bundle: Path, data: Path, tmp_path: Path) -> None:
     assert code == 2 and "unknown format" in err
     code, _, err = _run(["tune", str(bundle), "--data", str(data), "--target", "speed"])
     assert code == 2
+
+
+def test_library_output_does_not_corrupt_json(
+    bundle: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Third-party prints during tuning (NNCF logs to stdout) go to stderr under --json."""
+    real = tune_mod.eval_accuracy
+
+    def noisy(b: Bundle, aid: str, s: Settings, d: Path, o: TuneOptions) -> Accuracy:
+        print("INFO:nncf:something on stdout")
+        return real(b, aid, s, d, o)
+
+    monkeypatch.setattr(tune_mod, "eval_accuracy", noisy)
+    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE, "--json"])
+    assert code == 0, err
+    assert json.loads(out)["recommended"]["artifact"] == "onnx-fp32"
+    assert "INFO:nncf" in err

@@ -48,6 +48,7 @@ from cvdeploy.bench.tune_report import (
     finite,
 )
 from cvdeploy.bench.tune_space import (
+    QUANTIZE_BACKENDS,
     ArtifactPlan,
     Settings,
     default_threads,
@@ -154,7 +155,6 @@ def _make(
     """Make a missing artifact in the working copy; return the reloaded copy and new ids."""
     before = {a.id for a in work.manifest.artifacts}
     if plan.make == "quantize":
-        from cvdeploy.bench.tune_space import QUANTIZE_BACKENDS
         from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
 
         log(f"quantizing {plan.format}:int8 (calibration: {opts.calib or data})")
@@ -167,7 +167,7 @@ def _make(
                 measure=False,
                 progress=False,
             ),
-            log=log,
+            log=lambda m: log(m.replace(str(work.path), "the working copy")),
         )
     else:
         from cvdeploy.export.run import ExportOptions, export_model

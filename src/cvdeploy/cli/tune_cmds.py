@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -157,7 +160,14 @@ def tune_cmd(
     )
     errc = err_console()
     b = Bundle.load(bundle)
-    rep = tune_bundle(b, data, options=opts, log=lambda m: errc.print(m, markup=False))
+    # The CLI is the application: third-party output (NNCF's INFO log and progress bars
+    # during INT8 quantization) goes to stderr, so that stdout holds only the table or JSON.
+    with contextlib.suppress(ImportError):
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr):
+        rep = tune_bundle(b, data, options=opts, log=lambda m: errc.print(m, markup=False))
     if json_out:
         print_json(rep.to_dict())
     else:
