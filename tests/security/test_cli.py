@@ -136,11 +136,14 @@ def test_registry_promote_and_rollback_are_audited(tmp_path: Path) -> None:
     audit = ["--audit-log", str(tmp_path / "audit.log"), "--audit-key-file", str(key_file)]
     assert _run("registry", "promote", str(reg.root), "tiny", "2", *audit)[0] == 0
     assert _run("registry", "rollback", str(reg.root), "tiny", *audit)[0] == 0
+    assert _run("registry", "promote", str(reg.root), "tiny", "9", *audit)[0] == 2
     entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [(e["action"], e["detail"]["version"]) for e in entries] == [
-        ("registry.promote", "2"),
-        ("registry.rollback", "1"),
+    assert [(e["action"], e["detail"]["version"], e["outcome"]) for e in entries] == [
+        ("registry.promote", "2", "ok"),
+        ("registry.rollback", "1", "ok"),
+        ("registry.promote", "9", "failed"),
     ]
+    assert entries[-1]["detail"]["error"]
     assert entries[0]["actor"].startswith("cli:")
     code, _, err = _run("registry", "promote", str(reg.root), "tiny", "2", "--audit-log", "x")
     assert code == 2 and "go together" in err

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
-from cvdeploy.errors import BackendUnavailable, UsageError
+from cvdeploy.errors import BackendUnavailable, CvdeployError, UsageError
 
 if TYPE_CHECKING:
     from cvdeploy.security.audit import AuditLog
@@ -58,6 +60,31 @@ def _open_audit(log: Path | None, key_file: Path | None) -> AuditLog | None:
     from cvdeploy.security.audit import AuditLog, load_key
 
     return AuditLog(log, load_key(key_file))
+
+
+@contextlib.contextmanager
+def _audited(
+    audit: AuditLog | None, action: str, target: str, detail: dict[str, Any]
+) -> Iterator[None]:
+    """Record ``action`` (ok, or failed with the error) once the block has run."""
+    if audit is None:
+        yield
+        return
+    from cvdeploy.security.audit import cli_actor
+
+    try:
+        yield
+    except CvdeployError as exc:
+        audit.record(
+            actor=cli_actor(),
+            action=action,
+            outcome="failed",
+            target=target,
+            error=exc.message,
+            **detail,
+        )
+        raise
+    audit.record(actor=cli_actor(), action=action, outcome="ok", target=target, **detail)
 
 
 @handle_errors
@@ -245,20 +272,10 @@ def registry_promote(
     from cvdeploy.serve.registry import ModelRegistry
 
     audit = _open_audit(audit_log, audit_key_file)
-    before = ModelRegistry(registry).promote(name, version, stage=stage)
-    if audit is not None:
-        from cvdeploy.security.audit import cli_actor
-
-        audit.record(
-            actor=cli_actor(),
-            action="registry.promote",
-            outcome="ok",
-            target=name,
-            registry=str(registry),
-            stage=stage,
-            version=version,
-            previous=before,
-        )
+    detail: dict[str, Any] = {"registry": str(registry), "stage": stage, "version": version}
+    with _audited(audit, "registry.promote", name, detail):
+        before = ModelRegistry(registry).promote(name, version, stage=stage)
+        detail["previous"] = before
     if json_out:
         print_json({"model": name, "stage": stage, "version": version, "previous": before})
         return
@@ -278,19 +295,10 @@ def registry_rollback(
     from cvdeploy.serve.registry import ModelRegistry
 
     audit = _open_audit(audit_log, audit_key_file)
-    current, target = ModelRegistry(registry).rollback(name)
-    if audit is not None:
-        from cvdeploy.security.audit import cli_actor
-
-        audit.record(
-            actor=cli_actor(),
-            action="registry.rollback",
-            outcome="ok",
-            target=name,
-            registry=str(registry),
-            previous=current,
-            version=target,
-        )
+    detail: dict[str, Any] = {"registry": str(registry)}
+    with _audited(audit, "registry.rollback", name, detail):
+        current, target = ModelRegistry(registry).rollback(name)
+        detail.update(previous=current, version=target)
     if json_out:
         print_json({"model": name, "from": current, "to": target})
         return
