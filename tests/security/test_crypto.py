@@ -317,3 +317,20 @@ def test_cli_keygen_encrypt_predict(plain: Path, tmp_path: Path) -> None:
     assert code == 0 and Bundle.load(tmp_path / "d").artifact("onnx-fp32").encryption is None
     code, out = cli(["encrypt", str(plain)])
     assert code == 2 and "exactly one of --key-file or --key-env" in out
+
+
+def test_missing_cryptography_is_a_clear_error(
+    plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cvdeploy.security.crypto as mod
+
+    kf = write_key_file(tmp_path / "k", generate_key())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        mod.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "cryptography" else real(name, *a),
+    )
+    code, out = cli(["encrypt", str(plain), "--key-file", str(kf)])
+    assert code == 2 and "pip install 'cvdeploy[security]'" in out
+    assert "encryption" not in (plain / "bundle.json").read_text()

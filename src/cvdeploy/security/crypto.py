@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretBytes
 
-from cvdeploy.errors import InputError, IntegrityError, UsageError
+from cvdeploy.errors import BackendUnavailable, InputError, IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Manifest
@@ -212,7 +213,17 @@ def associated_data(
     return _canonical(bound)
 
 
+def require_cryptography() -> None:
+    """Raise a clear error when the ``cryptography`` package (the security extra) is missing."""
+    if importlib.util.find_spec("cryptography") is None:
+        raise BackendUnavailable(
+            "encrypted and signed bundles need the cryptography package, which is not installed",
+            hint="pip install 'cvdeploy[security]'",
+        )
+
+
 def _aesgcm(key: ModelKey) -> Any:
+    require_cryptography()
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     return AESGCM(key.secret.get_secret_value())
@@ -230,6 +241,7 @@ def unseal(key: ModelKey, blob: bytes, aad: bytes, *, what: str) -> bytes:
     Raises:
         IntegrityError: Wrong key, altered file, or a file moved from elsewhere.
     """
+    require_cryptography()
     from cryptography.exceptions import InvalidTag
 
     head = len(MAGIC) + NONCE_BYTES

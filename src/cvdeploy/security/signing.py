@@ -21,6 +21,7 @@ from typing import Any
 
 from cvdeploy.bundle import MANIFEST, Bundle, now, sha256_file
 from cvdeploy.errors import BundleError, CheckFailed, InputError, UsageError
+from cvdeploy.security.crypto import require_cryptography
 
 __all__ = [
     "SIGNATURE_FILE",
@@ -39,12 +40,14 @@ _DOMAIN = b"cvdeploy bundle manifest v1\x00"
 
 
 def _ed25519() -> Any:
+    require_cryptography()
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     return ed25519
 
 
 def _raw_public(public_key: Any) -> bytes:
+    require_cryptography()
     from cryptography.hazmat.primitives import serialization
 
     raw: bytes = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -62,6 +65,7 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
     Returns:
         The key id.
     """
+    require_cryptography()
     from cryptography.hazmat.primitives import serialization
 
     for p in (private_path, public_path):
@@ -87,6 +91,7 @@ def load_private_key(path: Path) -> Any:
     Raises:
         InputError: Missing file, or not an Ed25519 private key.
     """
+    require_cryptography()
     from cryptography.hazmat.primitives import serialization
 
     data = _read(path, "private key")
@@ -108,6 +113,7 @@ def load_public_key(path: Path) -> Any:
     Raises:
         InputError: Missing file, or not an Ed25519 public key.
     """
+    require_cryptography()
     from cryptography.hazmat.primitives import serialization
 
     data = _read(path, "public key")
@@ -212,6 +218,7 @@ def verify_bundle(bundle_dir: Path, public_key: Any) -> VerifyReport:
     Returns:
         The report (every problem found, not just the first).
     """
+    require_cryptography()
     from cryptography.exceptions import InvalidSignature
 
     pub = load_public_key(Path(public_key)) if isinstance(public_key, str | Path) else public_key
