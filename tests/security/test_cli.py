@@ -155,7 +155,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow
 def test_cli_server_with_tls_auth_and_audit(
     tmp_path: Path,
     tiny_bundle: Path,
