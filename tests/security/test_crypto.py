@@ -334,3 +334,22 @@ def test_missing_cryptography_is_a_clear_error(
     code, out = cli(["encrypt", str(plain), "--key-file", str(kf)])
     assert code == 2 and "pip install 'cvdeploy[security]'" in out
     assert "encryption" not in (plain / "bundle.json").read_text()
+
+
+@pytest.mark.slow
+def test_encrypted_tflite_predicts_like_plain(plain: Path, key: ModelKey) -> None:
+    from cvdeploy.export.run import EXPORTERS, export_model
+    from cvdeploy.runtime import RUNTIMES
+
+    if not (
+        EXPORTERS.availability("tflite").available and RUNTIMES.availability("tflite").available
+    ):
+        pytest.skip("the tflite exporter or runtime is not installed")
+    export_model(plain, formats=["tflite"])
+    src = Bundle.load(plain)
+    enc = _encrypted(plain, key, plain.parent / "enc")
+    assert not list(enc.path.rglob("*.tflite"))
+    imgs = src.sample_images()
+    want = detections(src, "tflite-fp32", imgs)
+    assert sum(len(s) for _, s, _ in want) > 0
+    np.testing.assert_equal(detections(enc, "tflite-fp32", imgs), want)
