@@ -154,6 +154,8 @@ def test_refusals(bundle: Path) -> None:
     encrypt_bundle(Bundle.load(bundle), generate_key(), out=enc_dir)
     with pytest.raises(UsageError, match="is encrypted"):
         obfuscate_bundle(enc_dir, artifact="onnx-fp32")
+    with pytest.raises(UsageError, match=r"no plain ONNX artifact to obfuscate .*encrypted"):
+        obfuscate_bundle(enc_dir)
 
 
 def test_cli_obfuscate(bundle: Path) -> None:

@@ -227,3 +227,19 @@ def test_server_serves_signed_encrypted_bundle(
         assert c.get("/readyz").status_code == 503
         assert "give its key" in c.get("/v1/models").json()["errors"]["tiny"]
     shutil.rmtree(b)
+
+
+@pytest.mark.skipif(not HAS_SERVE, reason="the serve extra is not installed")
+def test_serve_cli_fails_fast(tmp_path: Path, keys: tuple[Path, Path, Path, Path]) -> None:
+    from cvdeploy.security.crypto import encrypt_bundle, generate_key, write_key_file
+
+    b = make_bundle(tmp_path / "b")
+    code, out = cli(["serve", str(b), "--trusted-key", str(keys[1])])
+    assert code == 1 and "not signed" in out
+    key = generate_key()
+    encrypt_bundle(Bundle.load(b), key)
+    code, out = cli(["serve", str(b)])
+    assert code == 2 and "is encrypted: give its key" in out
+    wrong = write_key_file(tmp_path / "wrong.key", generate_key())
+    code, out = cli(["serve", str(b), "--key-file", str(wrong)])
+    assert code == 2 and "cannot decrypt artifact onnx-fp32: wrong key" in out

@@ -198,7 +198,11 @@ def serve_cmd(
 
             require_signed(cfg.source, cfg.trusted_public_key)
         b = Bundle.load(cfg.source)
-        select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
+        art = select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
+        if art.encryption is not None:  # a missing or wrong model key fails here, not later
+            from cvdeploy.security.crypto import key_from_options
+
+            b.decrypt_artifact(art, key=key_from_options(cfg.model_key_file, cfg.model_key_env))
     ssl_options = {}
     if cfg.tls is not None:
         from cvdeploy.security.tls import uvicorn_ssl_options

@@ -138,9 +138,12 @@ def _source(bundle: Bundle, artifact: str | None) -> Any:
             return a
     if plain:
         return plain[0]
+    encrypted = [a.id for a in onnx_arts if a.encryption is not None]
     raise UsageError(
-        f"bundle {bundle.name!r} has no plain ONNX artifact to obfuscate",
-        hint="export one with `cvdeploy export BUNDLE --format onnx`",
+        f"bundle {bundle.name!r} has no plain ONNX artifact to obfuscate"
+        + (f" ({', '.join(encrypted)} encrypted)" if encrypted else ""),
+        hint="obfuscate before encrypting, or export one with `cvdeploy export BUNDLE "
+        "--format onnx`",
     )
 
 
