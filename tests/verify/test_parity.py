@@ -13,7 +13,7 @@ from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.runtime import create_runner
 from cvdeploy.runtime.torch import save_checkpoint
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
-from cvdeploy.verify.parity import check_parity, tolerance_for
+from cvdeploy.verify.parity import SCORING_MIN, check_parity, tolerance_for
 from tests.tiny_models import (
     IMGSZ,
     N_ANCHORS,
@@ -99,3 +99,60 @@ def test_fp16_tolerance_is_looser() -> None:
     assert tolerance_for("int8-dynamic") == tolerance_for("int8")
     with pytest.raises(Exception, match="no parity tolerance"):
         tolerance_for("fp8")
+
+
+class _HalfEmpty(Predictor):
+    """The tiny model with the class scores of every other anchor scaled down below the
+    gate's scoring threshold (the tiny model's random weights score every anchor about 0.5);
+    as a candidate, its box rows are also shifted on one group of anchors: the empty ones
+    (harmless: never decoded) or the scoring ones."""
+
+    noise: str | None = None
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        out = Predictor.infer(self, x)[0].copy()
+        out[:, 4:, 1::2] *= 0.01
+        if self.noise is not None:
+            best = out[:, 4:, :].max(axis=1)  # (B, N)
+            group = best >= SCORING_MIN if self.noise == "scoring" else best < SCORING_MIN
+            rng = np.random.default_rng(1)
+            shift = rng.uniform(20, 60, size=(4, out.shape[2])).astype(np.float32)
+            out[:, :4, :] += shift[None] * group[:, None, :]
+        return [out]
+
+
+def _noisy_pair(tmp: Path, spec: ModelSpec, *, noise: str) -> tuple[Predictor, Predictor]:
+    _torch_predictor(tmp, spec)  # writes model.pt
+    src = _HalfEmpty(
+        spec=spec, runner=create_runner("torch", tmp / "model.pt", IO), artifact_id="s"
+    )
+    cand = _HalfEmpty(
+        spec=spec, runner=create_runner("torch", tmp / "model.pt", IO), artifact_id="c"
+    )
+    cand.noise = noise
+    return src, cand
+
+
+def test_empty_anchors_do_not_decide_the_int8_gate(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    src, cand = _noisy_pair(tmp_path, spec, noise="empty")
+    with src, cand:
+        res = check_parity(src, cand, _images(), precision="int8")
+        strict = check_parity(src, cand, _images(), precision="fp32")
+    out = res.outputs[0]
+    assert 0 < out.n_scoring < N_ANCHORS * len(_images())
+    assert out.cosine < tolerance_for("int8").cosine_min  # all anchors: would have failed
+    assert out.cosine_scoring == pytest.approx(1.0)
+    assert res.passed, res.failures
+    # at fp32 every anchor must agree as well
+    assert not strict.passed
+    assert any("over all anchors" in f for f in strict.failures), strict.failures
+
+
+def test_diverging_scoring_anchors_fail_the_int8_gate(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    src, cand = _noisy_pair(tmp_path, spec, noise="scoring")
+    with src, cand:
+        res = check_parity(src, cand, _images(), precision="int8")
+    assert not res.passed
+    assert any("scoring anchors" in f for f in res.failures), res.failures

@@ -33,6 +33,7 @@ from cvdeploy.pipeline.results import Classification, Detections
 
 __all__ = [
     "DECODERS",
+    "anchor_scores",
     "decode_logits",
     "decode_yolov5",
     "decode_yolov8",
@@ -498,6 +499,37 @@ DECODERS: Mapping[str, Callable[..., list[Any]]] = MappingProxyType(
         "logits": decode_logits,
     }
 )
+
+
+def anchor_scores(kind: str, output: np.ndarray, *, nc: int | None = None) -> np.ndarray:
+    """Best class score of every anchor of a raw detection output, as ``(B, N)``.
+
+    The same score the decoder thresholds (``obj * cls`` for the objectness heads), so
+    "anchors that can become detections" means the same thing everywhere (the integrity
+    gate compares outputs on those anchors).
+
+    Args:
+        kind: Decoder name (``yolov8``/``yolo11``, ``yolov5``, ``yolox``).
+        output: The raw output, in the decoder's layout.
+        nc: Number of classes (default: every row after the box / objectness).
+
+    Raises:
+        SpecError: For a decoder without anchors (``logits``) or an unknown one.
+        ShapeError: If ``output`` does not have the decoder's layout.
+    """
+    if kind in ("yolov8", "yolo11"):
+        out = _as_output(output, 3, "(B, 4 + nc, N)")
+        n_cls = out.shape[1] - 4 if nc is None else nc
+        if n_cls < 1:
+            raise ShapeError(f"a YOLOv8 output needs 4 + nc rows, got shape {out.shape}")
+        return np.asarray(out[:, 4 : 4 + n_cls, :].max(axis=1))
+    if kind in ("yolov5", "yolox"):
+        out = _as_output(output, 3, "(B, N, 5 + nc)")
+        n_cls = out.shape[2] - 5 if nc is None else nc
+        if n_cls < 1:
+            raise ShapeError(f"an objectness output needs 5 + nc columns, got {out.shape}")
+        return np.asarray(out[:, :, 4] * out[:, :, 5 : 5 + n_cls].max(axis=2))
+    raise SpecError(f"decoder {kind!r} has no anchors to score")
 
 
 def get_decoder(name: str) -> Callable[..., list[Any]]:

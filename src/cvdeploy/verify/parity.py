@@ -1,7 +1,11 @@
 """The integrity gate: a produced artifact must compute what its source computed.
 
 Both models run on the same real images, each through its own spec's preprocessing.
-Tensor level: max/mean absolute error and cosine similarity per output. Task level: the
+Tensor level: max/mean absolute error and cosine similarity per output; for a detection
+head the cosine that decides is taken over the *scoring anchors* (those whose best class score
+in the source reaches ``SCORING_MIN``), because the boxes of empty anchors are never decoded
+and reduced precision moves them freely (the all-anchor cosine is recorded beside it, and
+must also pass at fp32). Task level: the
 fraction of detections matched at IoU 0.9 with the same class (or top-1 agreement for
 classifiers) and score differences. Tolerances depend on the precision and are recorded with
 the result; an artifact that fails is not added to the bundle.
@@ -17,6 +21,7 @@ import numpy as np
 
 from cvdeploy.bundle import Check
 from cvdeploy.errors import CheckFailed, UsageError
+from cvdeploy.pipeline.decode import anchor_scores
 from cvdeploy.pipeline.nms import box_iou
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Classification, Detections
@@ -27,7 +32,9 @@ class Tolerance:
     """Pass criteria of the gate for one precision.
 
     Attributes:
-        cosine_min: Minimum cosine similarity of each output with the source's.
+        cosine_min: Minimum cosine similarity of each output with the source's (over the
+            scoring anchors of a detection head).
+        cosine_all_min: Minimum cosine over every anchor as well (``None``: not checked).
         rel_max_err: Maximum of ``max|a-b| / max(1, max|a|)`` per output.
         match_min: Minimum fraction of detections matched (IoU >= 0.9, same class), or of
             top-1 agreement for classifiers.
@@ -38,10 +45,17 @@ class Tolerance:
     rel_max_err: float
     match_min: float
     score_diff_max: float
+    cosine_all_min: float | None = None
 
 
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(cosine_min=0.99999, rel_max_err=1e-3, match_min=0.97, score_diff_max=1e-3),
+    "fp32": Tolerance(
+        cosine_min=0.99999,
+        rel_max_err=1e-3,
+        match_min=0.97,
+        score_diff_max=1e-3,
+        cosine_all_min=0.99999,
+    ),
     # FP16 weights move isolated raw head values a lot (YOLOX-Nano: 0.9 on a box regression of
     # a low-score anchor, 100% of detections matched): cosine and task agreement decide.
     "fp16": Tolerance(
@@ -52,6 +66,8 @@ TOLERANCES: dict[str, Tolerance] = {
     ),
 }
 MATCH_IOU = 0.9
+SCORING_MIN = 0.05
+"""An anchor whose best class score in the source reaches this is a scoring anchor."""
 
 
 def tolerance_for(precision: str) -> Tolerance:
@@ -71,6 +87,8 @@ class OutputStats:
     mean_abs: float
     rel_max: float
     cosine: float
+    cosine_scoring: float | None = None
+    n_scoring: int = 0
 
 
 @dataclass(slots=True)
@@ -105,18 +123,46 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _output_stats(name: str, a: np.ndarray, b: np.ndarray) -> OutputStats:
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64 = a.astype(np.float64).ravel()
+    b64 = b.astype(np.float64).ravel()
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    if denom > 0:
+        return float(a64 @ b64 / denom)
+    return 1.0 if np.array_equal(a64, b64) else 0.0
+
+
+def _scoring_rows(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (one per scoring anchor, every channel) of a source and candidate output."""
+    scores = anchor_scores(kind, a)
+    if kind in ("yolov8", "yolo11"):  # (B, C, N): anchors on the last axis
+        sel = np.nonzero(scores >= SCORING_MIN)
+        return a.transpose(0, 2, 1)[sel], b.transpose(0, 2, 1)[sel]
+    sel = np.nonzero(scores >= SCORING_MIN)  # (B, N, C)
+    return a[sel], b[sel]
+
+
+def _output_stats(
+    name: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    scoring: tuple[np.ndarray, np.ndarray] | None = None,
+) -> OutputStats:
     a64 = a.astype(np.float64).ravel()
     b64 = b.astype(np.float64).ravel()
     diff = np.abs(a64 - b64)
-    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
-    cos = float(a64 @ b64 / denom) if denom > 0 else (1.0 if diff.max(initial=0) == 0 else 0.0)
+    cos = _cosine(a64, b64)
+    cos_scoring, n_scoring = None, 0
+    if scoring is not None and len(scoring[0]):
+        cos_scoring, n_scoring = _cosine(*scoring), len(scoring[0])
     return OutputStats(
         name=name,
         max_abs=float(diff.max(initial=0.0)),
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         rel_max=float(diff.max(initial=0.0) / max(1.0, np.abs(a64).max(initial=0))),
         cosine=cos,
+        cosine_scoring=cos_scoring,
+        n_scoring=n_scoring,
     )
 
 
@@ -168,6 +214,9 @@ def check_parity(
     tol = tolerance or tolerance_for(precision)
     out_names = [o.name for o in source.runner.io.outputs]
     stats_acc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in out_names]
+    kind = source.spec.decoder.kind
+    anchored = source.spec.task == "detect" and len(out_names) == 1 and kind != "logits"
+    scoring_acc: list[tuple[np.ndarray, np.ndarray]] = []
     n_src = n_cand = matched = 0
     diffs: list[float] = []
     for img in images:
@@ -184,6 +233,8 @@ def check_parity(
                     f"the source's {list(a.shape)}"
                 )
             stats_acc[k].append((a, b))
+            if anchored and k == 0:
+                scoring_acc.append(_scoring_rows(kind, a, b))
         rs = source.postprocess(os_, ms)[0]
         rc = candidate.postprocess(oc, mc)[0]
         if isinstance(rs, Classification) and isinstance(rc, Classification):
@@ -198,21 +249,36 @@ def check_parity(
             m, d = _match(rs, rc)
             matched += m
             diffs.extend(d)
+    scoring = (
+        (np.concatenate([a for a, _ in scoring_acc]), np.concatenate([b for _, b in scoring_acc]))
+        if scoring_acc
+        else None
+    )
     outputs = [
         _output_stats(
-            name, np.concatenate([a for a, _ in acc]), np.concatenate([b for _, b in acc])
+            name,
+            np.concatenate([a for a, _ in acc]),
+            np.concatenate([b for _, b in acc]),
+            scoring if k == 0 else None,
         )
-        for name, acc in zip(out_names, stats_acc, strict=True)
+        for k, (name, acc) in enumerate(zip(out_names, stats_acc, strict=True))
     ]
     denom = max(n_src, n_cand)
     match_fraction = matched / denom if denom else 1.0
     score_diff = float(np.mean(diffs)) if diffs else 0.0
     failures = []
     for o in outputs:
-        if o.cosine < tol.cosine_min:
+        gate_cos = o.cosine if o.cosine_scoring is None else o.cosine_scoring
+        where = "" if o.cosine_scoring is None else f" on its {o.n_scoring} scoring anchors"
+        if gate_cos < tol.cosine_min:
             failures.append(
-                f"output {o.name!r} diverged: cosine similarity {o.cosine:.6f} < "
+                f"output {o.name!r} diverged{where}: cosine similarity {gate_cos:.6f} < "
                 f"{tol.cosine_min} (max abs error {o.max_abs:.4g})"
+            )
+        elif tol.cosine_all_min is not None and o.cosine < tol.cosine_all_min:
+            failures.append(
+                f"output {o.name!r} diverged: cosine similarity over all anchors "
+                f"{o.cosine:.6f} < {tol.cosine_all_min} (max abs error {o.max_abs:.4g})"
             )
         elif o.rel_max > tol.rel_max_err:
             failures.append(
