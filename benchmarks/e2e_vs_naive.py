@@ -1,4 +1,4 @@
-"""End to end: the tutorial pipeline against cvdeploy's configuration, on YOLOX-Nano.
+"""End to end: the tutorial pipeline against cvdeploy's tuned configuration, on YOLOX-Nano.
 
 The *naive* pipeline is what people copy from the YOLOX ONNX Runtime demo
 (``demo/ONNXRuntime/onnx_inference.py`` with ``yolox/utils/demo_utils.py``), written plainly:
@@ -7,20 +7,24 @@ options on the FP32 ONNX file, the demo's grid decoding and its numpy NMS (a Pyt
 ``while`` loop over the kept boxes). It uses the same thresholds as the cvdeploy spec
 (conf 0.25, IoU 0.65), so both do the same work.
 
-The *cvdeploy* side imports the same file with ``--preset yolox`` and runs the bundle's
-recommended artifact, or else the fastest of the artifacts it can make here (measured
-first with ``bench_artifact``): the ONNX Runtime artifact, and an OpenVINO one (an
-OpenVINO IR when an ``openvino`` exporter is registered, otherwise the OpenVINO runtime
-reading the same ONNX file, which it converts in memory at load time).
+The *cvdeploy* side imports the same file with ``--preset yolox`` and runs ``cvdeploy tune``
+on it (``tune_bundle``: ``--data coco128 --max-drop 0.01``, formats onnx and openvino,
+precisions fp32 and int8 by default, INT8 calibrated on coco128's 128 images with
+``--force``), then runs the bundle's recommended configuration (artifact + runtime
+settings) through the predictor, as ``predict``/``serve`` would. The tuned bundle is kept in
+``--work`` (default ``.cache/bench/yolox-tuned``, git-ignored); ``--reuse`` runs the
+bundle tuned earlier there instead of tuning again (the JSON says which).
 
 Both run on the same coco128 images, image by image, alternating which goes first, each
-timed from the file path to the final detections. Writes
-``benchmarks/results/e2e_vs_naive.json`` with both distributions and their ratio. Skips
-with a message (exit 0) when ``../shared/realworld`` is absent.
+timed from the file path to the final detections, with per-stage times (file read +
+decode, preprocess, inference, decoding + NMS). Writes
+``benchmarks/results/e2e_vs_naive.json`` with both distributions, their ratio, the tuned
+configuration, its mAP50-95 against FP32 and every tune candidate. Skips with a message
+(exit 0) when ``../shared/realworld`` is absent.
 
 Usage::
 
-    python benchmarks/e2e_vs_naive.py [--passes 2] [--warmup 10]
+    python benchmarks/e2e_vs_naive.py [--passes 2] [--warmup 10] [--reuse] [--work DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,14 +125,20 @@ def naive_multiclass_nms(
     return np.concatenate(final_dets, 0)
 
 
-def naive_pipeline(session: Any, path: Path) -> np.ndarray | None:
-    """Image file -> detections, as in the tutorial."""
+def naive_pipeline(
+    session: Any, path: Path, stamps: list[float] | None = None
+) -> np.ndarray | None:
+    """Image file -> detections, as in the tutorial (``stamps`` gets the stage boundaries)."""
+    mark = stamps.append if stamps is not None else (lambda _t: None)
     origin_img = cv2.imread(str(path))
     if origin_img is None:
         raise SystemExit(f"cannot read {path}")
+    mark(time.perf_counter())
     img, ratio = naive_preproc(origin_img, SIZE)
     ort_inputs = {session.get_inputs()[0].name: img[None, :, :, :]}
+    mark(time.perf_counter())
     output = session.run(None, ort_inputs)
+    mark(time.perf_counter())
     predictions = naive_decode(output[0], SIZE)[0]
     boxes = predictions[:, :4]
     scores = predictions[:, 4:5] * predictions[:, 5:]
@@ -143,38 +152,7 @@ def naive_pipeline(session: Any, path: Path) -> np.ndarray | None:
 
 
 # ---- cvdeploy ---------------------------------------------------------------------------
-def _add_openvino(bundle: Any, data: Path, notes: list[str]) -> Any:
-    """Give the bundle an OpenVINO artifact: exported IR if possible, else ONNX read by OV."""
-    from cvdeploy.bundle import Bundle, Provenance
-    from cvdeploy.export.run import EXPORTERS, export_model
-    from cvdeploy.runtime import RUNTIMES
-
-    if not RUNTIMES.availability("openvino").available:
-        notes.append("OpenVINO is not installed: only the ONNX Runtime artifact was considered")
-        return bundle
-    if "openvino" in EXPORTERS.names() and EXPORTERS.availability("openvino").available:
-        rep = export_model(bundle.path, formats=["openvino"], data=data)
-        notes.append(
-            "openvino export (parity-gated): "
-            + ", ".join(f"{o.artifact_id} {o.status} {o.message}".strip() for o in rep.outcomes)
-        )
-        return Bundle.load(bundle.path)
-    src = bundle.artifact("onnx-fp32")
-    with bundle.edit(action="bench-setup", details={"note": "OpenVINO runtime on the ONNX"}) as e:
-        d = e.artifact_dir("openvino-onnx-fp32")
-        shutil.copyfile(bundle.model_file(src), d / "model.onnx")
-        e.add_artifact(
-            artifact_id="openvino-onnx-fp32",
-            format="openvino",
-            precision="fp32",
-            io=src.io,
-            produced_by=Provenance(tool="copy", source=src.id),
-        )
-    notes.append(
-        "no openvino exporter is registered in this tree: the OpenVINO candidate is the "
-        "OpenVINO runtime reading the ONNX file (same model, converted in memory at load)"
-    )
-    return bundle
+STAGES = ("decode", "preprocess", "inference", "postprocess")
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
@@ -183,16 +161,93 @@ def _stats(samples: list[float]) -> dict[str, Any]:
     return summarize(samples).to_dict()
 
 
+def _tuned_bundle(
+    model: Path, data_yaml: Path, work: Path, args: argparse.Namespace, notes: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """Import + ``cvdeploy tune`` into ``work`` (or reuse the bundle tuned there earlier)."""
+    from cvdeploy.bench.tune import tune_bundle
+    from cvdeploy.bench.tune_report import TuneOptions
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.export.importer import ImportOverrides, import_model
+
+    if args.reuse and (work / "manifest.json").is_file():
+        b = Bundle.load(work)
+        rec = b.manifest.recommended
+        saved = work.parent / f"{work.name}.tune.json"
+        if rec and saved.is_file():
+            notes.append(
+                f"reused the bundle tuned earlier in {work} (recommended measured "
+                f"{rec.get('measured')}); run without --reuse to tune again"
+            )
+            return b, {**json.loads(saved.read_text(encoding="utf-8")), "reused": True}
+        notes.append(f"--reuse: {work} has no tuned configuration, tuning now")
+    if work.exists():
+        shutil.rmtree(work)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    import_model(model, out=work, overrides=ImportOverrides(preset="yolox"))
+    opts = TuneOptions(
+        max_drop=args.max_drop,
+        formats=tuple(args.formats.split(",")),
+        precisions=tuple(args.precisions.split(",")),
+        calib_force=True,  # coco128 has 128 images (< 300 recommended; warned and recorded)
+        gate_cosine=args.gate_cosine,
+        threads=tuple(int(t) for t in args.threads.split(",")) if args.threads else None,
+        warmup=args.tune_warmup,
+        iters=args.tune_iters,
+    )
+    print(
+        f"tuning {work} on {data_yaml} (max drop {args.max_drop}, formats {args.formats}, "
+        f"precisions {args.precisions})",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    rep = tune_bundle(work, data_yaml, options=opts, log=lambda m: print(f"  tune: {m}"))
+    tune = {
+        **rep.to_dict(),
+        "seconds": time.perf_counter() - t0,
+        "options": {
+            "max_drop": args.max_drop,
+            "formats": args.formats,
+            "precisions": args.precisions,
+            "calib": f"{data_yaml} (128 images, --force)",
+            "gate_cosine": args.gate_cosine,
+            "warmup": args.tune_warmup,
+            "iters": args.tune_iters,
+        },
+        "reused": False,
+    }
+    (work.parent / f"{work.name}.tune.json").write_text(
+        json.dumps(tune, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    for c in rep.candidates:
+        d = c.to_dict()
+        print(
+            f"  {d.get('artifact')} [{d.get('settings')}] {d.get('status')} "
+            f"map {d.get('accuracy')} p50 {(d.get('e2e_ms') or {}).get('p50')}"
+        )
+    return Bundle.load(work), tune
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and write the JSON; return the process exit code."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passes", type=int, default=2, help="passes over the 128 images")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache/bench/yolox-tuned")
+    ap.add_argument("--reuse", action="store_true", help="reuse the bundle tuned in --work")
+    ap.add_argument("--max-drop", type=float, default=0.01)
+    ap.add_argument("--formats", default="onnx,openvino")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--threads", default=None, help="threads tune tries (default: 1,2)")
+    ap.add_argument("--gate-cosine", type=float, default=0.95, help="INT8 gate (see quantize)")
+    ap.add_argument("--tune-iters", type=int, default=30)
+    ap.add_argument("--tune-warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/e2e_vs_naive.json")
     args = ap.parse_args(argv)
     env_root = os.environ.get("CVDEPLOY_REALWORLD")
     rw = Path(env_root) if env_root else ROOT.parent / "shared" / "realworld"
     model = rw / "models" / "yolox_nano.onnx"
+    data_yaml = rw / "datasets" / "coco128" / "coco128.yaml"
     data = rw / "datasets" / "coco128" / "images"
     if not model.is_file() or not data.is_dir():
         print(f"skipped: {model} or {data} is absent (real-world models are not on this machine)")
@@ -200,73 +255,75 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from cvdeploy.bench import BenchConfig, bench_artifact
     from cvdeploy.data.folder import list_images
     from cvdeploy.data.io import read_image
     from cvdeploy.diagnose.environment import fingerprint
-    from cvdeploy.export.importer import ImportOverrides, import_model
     from cvdeploy.pipeline.predictor import Predictor
     from cvdeploy.pipeline.results import Detections
 
     env = fingerprint()
     images = list_images(data)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-bench-") as tmp:
-        bundle, _ = import_model(
-            model, out=Path(tmp) / "yolox", overrides=ImportOverrides(preset="yolox")
-        )
-        rec = (bundle.manifest.recommended or {}).get("artifact")
-        candidates: dict[str, float] = {}
-        if rec:
-            chosen = rec
-            notes.append(f"using the bundle's recommended artifact {rec}")
-        else:
-            bundle = _add_openvino(bundle, data, notes)
-            for a in bundle.manifest.artifacts:
-                r = bench_artifact(
-                    bundle, a.id, images, config=BenchConfig(warmup=5, iters=40), environment=env
-                )
-                candidates[a.id] = r.e2e_ms.p50
-                print(f"candidate {a.id}: e2e p50 {r.e2e_ms.p50:.2f} ms")
-            chosen = min(candidates, key=lambda k: candidates[k])
-        session = ort.InferenceSession(str(model))  # the tutorial: default options
-        pred = Predictor.from_bundle(bundle, chosen, batch=1)
-        naive_ms: list[float] = []
-        cvd_ms: list[float] = []
-        naive_dets: list[int] = []
-        cvd_dets: list[int] = []
+    bundle, tune = _tuned_bundle(model, data_yaml, args.work, args, notes)
+    rec = bundle.manifest.recommended
+    if not rec:
+        raise SystemExit("tune recorded no configuration (no candidate kept the floor)")
+    chosen = rec["artifact"]
+    load_before = os.getloadavg()[0]
+    session = ort.InferenceSession(str(model))  # the tutorial: default options
+    pred = Predictor.from_bundle(bundle, batch=1)  # the recommended artifact + settings
+    samples: dict[str, list[float]] = {"naive": [], "cvdeploy": []}
+    stages: dict[str, dict[str, list[float]]] = {
+        k: {s: [] for s in STAGES} for k in ("naive", "cvdeploy")
+    }
+    dets: dict[str, list[int]] = {"naive": [], "cvdeploy": []}
 
-        def run_naive(p: Path, keep: bool) -> None:
-            t0 = time.perf_counter()
-            dets = naive_pipeline(session, p)
-            dt = (time.perf_counter() - t0) * 1e3
-            if keep:
-                naive_ms.append(dt)
-                naive_dets.append(0 if dets is None else len(dets))
+    def run_naive(p: Path, keep: bool) -> None:
+        t0 = time.perf_counter()
+        st: list[float] = []
+        out = naive_pipeline(session, p, st)
+        t1 = time.perf_counter()
+        if keep:
+            samples["naive"].append((t1 - t0) * 1e3)
+            for name, a, b in zip(STAGES, [t0, *st], [*st, t1], strict=True):
+                stages["naive"][name].append((b - a) * 1e3)
+            dets["naive"].append(0 if out is None else len(out))
 
-        def run_cvdeploy(p: Path, keep: bool) -> None:
-            t0 = time.perf_counter()
-            (res,), _ = pred.predict_batch([read_image(p)])
-            dt = (time.perf_counter() - t0) * 1e3
-            if keep:
-                cvd_ms.append(dt)
-                cvd_dets.append(len(res) if isinstance(res, Detections) else 0)
+    def run_cvdeploy(p: Path, keep: bool) -> None:
+        t0 = time.perf_counter()
+        img = read_image(p)
+        t1 = time.perf_counter()
+        (res,), times = pred.predict_batch([img])
+        t2 = time.perf_counter()
+        if keep:
+            samples["cvdeploy"].append((t2 - t0) * 1e3)
+            stages["cvdeploy"]["decode"].append((t1 - t0) * 1e3)
+            stages["cvdeploy"]["preprocess"].append(times.preprocess)
+            stages["cvdeploy"]["inference"].append(times.inference)
+            stages["cvdeploy"]["postprocess"].append(times.postprocess)
+            dets["cvdeploy"].append(len(res) if isinstance(res, Detections) else 0)
 
-        with pred:
-            for p in images[: args.warmup]:
-                run_naive(p, False)
-                run_cvdeploy(p, False)
-            for i, p in enumerate(images * args.passes):
-                if i % 2 == 0:
-                    run_naive(p, True)
-                    run_cvdeploy(p, True)
-                else:
-                    run_cvdeploy(p, True)
-                    run_naive(p, True)
-            runtime = pred.runner.describe()
-        art = bundle.artifact(chosen)
-    naive_s, cvd_s = _stats(naive_ms), _stats(cvd_ms)
-    ratio = {k: naive_s[k] / cvd_s[k] for k in ("p50", "mean", "p99")}
+    with pred:
+        for p in images[: args.warmup]:
+            run_naive(p, False)
+            run_cvdeploy(p, False)
+        for i, p in enumerate(images * args.passes):
+            if i % 2 == 0:
+                run_naive(p, True)
+                run_cvdeploy(p, True)
+            else:
+                run_cvdeploy(p, True)
+                run_naive(p, True)
+        runtime = pred.runner.describe()
+    art = bundle.artifact(chosen)
+    naive_s, cvd_s = _stats(samples["naive"]), _stats(samples["cvdeploy"])
+    ratio = {k: cvd_s[k] / naive_s[k] for k in ("p50", "mean", "p99")}
+    stage_p50 = {
+        k: {s: _stats(v)["p50"] for s, v in stages[k].items()} for k in ("naive", "cvdeploy")
+    }
+    ref = tune.get("reference") or rec.get("reference") or {}
+    fp32_map = ref.get("accuracy")
+    acc = rec.get("accuracy")
     out: dict[str, Any] = {
         "benchmark": "e2e_vs_naive",
         "model": str(model),
@@ -274,36 +331,52 @@ def main(argv: list[str] | None = None) -> int:
         "includes": "image file -> final detections (read + decode, preprocess, inference, "
         "decoding + NMS), batch 1, alternating which pipeline runs first",
         "thresholds": {"conf": CONF, "iou": IOU},
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
         "naive": {
             "description": "cv2.imread + YOLOX demo preproc + onnxruntime.InferenceSession "
             "default options (FP32 ONNX) + demo grid decode + demo numpy NMS (Python loop, "
             "per class)",
             "onnxruntime": ort.__version__,
             "e2e_ms": naive_s,
-            "samples_ms": naive_ms,
-            "detections_per_image": float(np.mean(naive_dets)),
+            "stages_p50_ms": stage_p50["naive"],
+            "samples_ms": samples["naive"],
+            "detections_per_image": float(np.mean(dets["naive"])),
         },
         "cvdeploy": {
+            "description": "the bundle's recommended configuration found by cvdeploy tune "
+            "(Predictor.from_bundle: recommended artifact + its runtime settings)",
             "artifact": chosen,
             "format": art.format,
             "precision": art.precision,
+            "settings": rec.get("options"),
             "runtime": {k: str(v) for k, v in runtime.items()},
-            "candidates_e2e_p50_ms": candidates,
+            "map50_95": acc,
+            "fp32_map50_95": fp32_map,
+            "fp32_reference": ref.get("artifact"),
+            "map_drop_vs_fp32": None if acc is None or fp32_map is None else fp32_map - acc,
             "e2e_ms": cvd_s,
-            "samples_ms": cvd_ms,
-            "detections_per_image": float(np.mean(cvd_dets)),
+            "stages_p50_ms": stage_p50["cvdeploy"],
+            "samples_ms": samples["cvdeploy"],
+            "detections_per_image": float(np.mean(dets["cvdeploy"])),
         },
-        "ratio_naive_over_cvdeploy": ratio,
+        "ratio_cvdeploy_over_naive": ratio,
+        "ratio_naive_over_cvdeploy": {k: 1 / v for k, v in ratio.items()},
+        "target": {"ratio_p50_max": 0.5, "max_drop": 0.01, "met": None},
+        "tune": tune,
         "notes": notes,
         "environment": env,
     }
+    drop = out["cvdeploy"]["map_drop_vs_fp32"]
+    out["target"]["met"] = bool(ratio["p50"] <= 0.5 and drop is not None and drop <= 0.01)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
     print(
         f"naive p50 {naive_s['p50']:.2f} ms (mean {naive_s['mean']:.2f}), cvdeploy {chosen} "
-        f"p50 {cvd_s['p50']:.2f} ms (mean {cvd_s['mean']:.2f}): naive/cvdeploy p50 "
-        f"{ratio['p50']:.2f}x"
+        f"[{rec.get('options')}] p50 {cvd_s['p50']:.2f} ms (mean {cvd_s['mean']:.2f}): "
+        f"cvdeploy/naive p50 {ratio['p50']:.3f}x; mAP50-95 {acc} vs FP32 {fp32_map}"
     )
+    print(f"stage p50 ms: naive {stage_p50['naive']}, cvdeploy {stage_p50['cvdeploy']}")
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {args.out}")

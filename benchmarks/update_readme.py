@@ -70,7 +70,18 @@ def _e2e_rows(r: Results) -> list[Row]:
         return [(what, "not run", target, "n/a")]
     art = _get(d, "cvdeploy", "artifact") or "?"
     measured = f"{cvd / naive:.2f}x ({cvd:.1f} ms `{art}` vs {naive:.1f} ms)"
-    return [(what, measured, target, _met(cvd / naive <= 0.5))]
+    rows = [(what, measured, target, _met(cvd / naive <= 0.5))]
+    drop = _num(_get(d, "cvdeploy", "map_drop_vs_fp32"))
+    if drop is not None:
+        rows.append(
+            (
+                f"YOLOX-Nano tuned configuration (`{art}`): mAP50-95 drop vs FP32 on coco128",
+                f"{drop:.4f}",
+                "<= 0.01",
+                _met(drop <= 0.01),
+            )
+        )
+    return rows
 
 
 def _overhead_rows(r: Results) -> list[Row]:
@@ -114,6 +125,41 @@ def _quantize_rows(r: Results) -> list[Row]:
         rows.append((what, "not run", "<= 0.6x", "n/a"))
     else:
         rows.append((what, f"{ratio:.2f}x", "<= 0.6x", _met(ratio <= 0.6)))
+    ort = _get(s, "onnxruntime")
+    what = "YOLOX-Nano ONNX Runtime Q/DQ INT8: mAP50-95 drop vs FP32"
+    drop = _num(_get(ort, "map_drop"))
+    if drop is not None:
+        rows.append((what, f"{drop:.4f}", "<= 0.015", _met(drop <= 0.015)))
+        ratio = _num(_get(ort, "inference_ratio"))
+        if ratio is not None:
+            rows.append(
+                (
+                    "YOLOX-Nano ONNX Runtime Q/DQ INT8: inference p50 vs FP32",
+                    f"{ratio:.2f}x",
+                    "< 1x",
+                    _met(ratio < 1.0),
+                )
+            )
+    elif isinstance(ort, dict) and ort.get("status"):
+        rows.append((what, f"{ort['status']} (nothing saved)", "<= 0.015", "**no**"))
+    for backend in ("openvino", "onnxruntime"):
+        b = _get(s, f"{backend}_max_drop_0.005")
+        if not isinstance(b, dict):
+            continue
+        if b.get("met"):
+            got = f"met (drop {_num(b.get('map_drop')) or 0:.4f})"
+        elif b.get("saved_artifact_on_refusal"):
+            got = "**refused but an artifact was saved**"
+        else:
+            got = "stopped: could not meet the budget, nothing saved"
+        rows.append(
+            (
+                f"YOLOX-Nano {backend} INT8 `--max-drop 0.005`",
+                got,
+                "meets it, or stops saying so",
+                _met(bool(b.get("met")) or not b.get("saved_artifact_on_refusal")),
+            )
+        )
     return rows
 
 

@@ -164,6 +164,7 @@ def _make(
             options=QuantizeOptions(
                 backend=QUANTIZE_BACKENDS[plan.format],
                 force=opts.calib_force,
+                gate_cosine=opts.gate_cosine,
                 measure=False,
                 progress=False,
             ),

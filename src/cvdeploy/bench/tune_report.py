@@ -39,6 +39,8 @@ class TuneOptions:
         precisions: Precisions to try.
         calib: Calibration images for INT8 (default: the dataset).
         calib_force: Accept fewer than 100 calibration images.
+        gate_cosine: Minimum raw-output cosine of the INT8 integrity gate when ``tune``
+            quantizes (``None``: the INT8 tolerance; see ``cvdeploy quantize --gate-cosine``).
         imgsz: Input size (dynamic-size artifacts; also the size new artifacts are made at).
         threads: Intra-op thread counts to try (default: half the cores and all).
         budget_minutes: Stop trying candidates after this long (the rest are ``skipped``).
@@ -58,6 +60,7 @@ class TuneOptions:
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib: Path | None = None
     calib_force: bool = False
+    gate_cosine: float | None = None
     imgsz: tuple[int, int] | None = None
     threads: tuple[int, ...] | None = None
     budget_minutes: float | None = None
@@ -87,6 +90,8 @@ class TuneOptions:
         for name, v in (("iters", self.iters), ("images", self.images)):
             if v < 1:
                 raise UsageError(f"{name} must be >= 1, got {v}")
+        if self.gate_cosine is not None and not 0 < self.gate_cosine <= 1:
+            raise UsageError(f"--gate-cosine must be in (0, 1], got {self.gate_cosine}")
         if self.warmup < 0:
             raise UsageError(f"warmup must be >= 0, got {self.warmup}")
         if self.concurrency is not None and self.concurrency < 1:

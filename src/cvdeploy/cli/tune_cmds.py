@@ -110,6 +110,10 @@ def tune_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="accept fewer than 100 calibration images")
     ] = False,
+    gate_cosine: Annotated[
+        float | None,
+        typer.Option(help="INT8 gate: minimum raw-output cosine when quantizing (recorded)"),
+    ] = None,
     imgsz: Annotated[
         str | None, typer.Option(help="input size N or H,W (dynamic-size artifacts)")
     ] = None,
@@ -149,6 +153,7 @@ def tune_cmd(
         precisions=_list(precisions) or ("fp32",),
         calib=calib,
         calib_force=force,
+        gate_cosine=gate_cosine,
         imgsz=parse_imgsz(imgsz),
         threads=_threads(threads),
         budget_minutes=budget_minutes,

@@ -160,12 +160,16 @@ class OrtQuantOptions:
         symmetric: Signed, symmetric activations and weights (zero point 0), as TensorRT
             explicit quantization requires; otherwise uint8 asymmetric activations.
         exclude: Node names kept in float.
+        reduce_range: 7-bit weights: ONNX Runtime's U8S8 convolutions on
+            x86 CPUs without VNNI use ``VPMADDUBSW``, whose int16 sums saturate with full
+            8-bit ranges (see :func:`needs_reduce_range`).
     """
 
     method: str = "minmax"
     per_channel: bool = True
     symmetric: bool = False
     exclude: tuple[str, ...] = ()
+    reduce_range: bool = False
 
     def record(self) -> dict[str, Any]:
         """Provenance options."""
@@ -175,7 +179,34 @@ class OrtQuantOptions:
             "activations": "int8-symmetric" if self.symmetric else "uint8-asymmetric",
             "weights": "int8-symmetric",
             "quant_format": "QDQ",
+            "reduce_range": self.reduce_range,
         }
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""x86 instructions with an int32-accumulating u8 x s8 dot product (no saturation)."""
+
+
+def needs_reduce_range(cpu: dict[str, Any], *, symmetric: bool) -> bool:
+    """Whether ONNX Runtime U8S8 INT8 would saturate on this CPU (so 7-bit weights are used).
+
+    On x86 without VNNI/AMX, ONNX Runtime computes uint8 x int8 convolutions with
+    ``VPMADDUBSW``, which adds two u8 x s8 products into a saturating int16: full-range
+    weights and activations overflow it and the outputs are silently clipped (ONNX Runtime's
+    quantization documentation recommends ``reduce_range`` there). The symmetric (TensorRT)
+    graph is int8 x int8 and is built for a GPU, so it is never reduced.
+
+    Args:
+        cpu: The environment fingerprint's ``cpu`` entry (``arch``, ``flags``).
+        symmetric: The symmetric int8/int8 (TensorRT) variant.
+    """
+    if symmetric:
+        return False
+    arch = str(cpu.get("arch", "")).lower()
+    if arch not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    flags = set(cpu.get("flags") or ())
+    return not flags & set(VNNI_FLAGS)
 
 
 def quantize_qdq(
@@ -220,6 +251,7 @@ def quantize_qdq(
                 weight_type=q.QuantType.QInt8,
                 nodes_to_exclude=list(options.exclude),
                 calibrate_method=methods[options.method],
+                reduce_range=options.reduce_range,
                 extra_options={**extra, "CalibIntermediateModelPath": tmp},
             )
         except (ValueError, RuntimeError) as exc:
@@ -330,6 +362,14 @@ def quantize_onnxruntime(
     head = float_head_nodes(model)
     user = match_patterns(names, opts.keep_float)
     symmetric = opts.backend == "tensorrt"
+    from cvdeploy.diagnose.environment import fingerprint
+
+    reduce_range = needs_reduce_range(fingerprint().get("cpu", {}), symmetric=symmetric)
+    if reduce_range:
+        say(
+            "this CPU has no VNNI/AMX: 7-bit weights (reduce_range) so that ONNX Runtime's "
+            "U8S8 kernels do not saturate"
+        )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     out_dir = tmp / "out"
     out_dir.mkdir()
@@ -337,7 +377,11 @@ def quantize_onnxruntime(
     def run(extra: Sequence[str], dst: Path) -> QuantizedModel:
         exclude = tuple(dict.fromkeys([*head, *user, *extra]))
         qo = OrtQuantOptions(
-            method=opts.method, per_channel=opts.per_channel, symmetric=symmetric, exclude=exclude
+            method=opts.method,
+            per_channel=opts.per_channel,
+            symmetric=symmetric,
+            exclude=exclude,
+            reduce_range=reduce_range,
         )
         batches = track(
             preprocessed(src_pred, cal.paths),
