@@ -4,7 +4,9 @@ The *plain* server is what a FastAPI tutorial gives, written plainly: one endpoi
 a multipart upload, a synchronous handler (FastAPI runs it in its thread pool) that decodes
 the image and runs the same bundle artifact through the same :class:`Predictor`, one
 request at a time, one image per inference call. The *cvdeploy* server is ``cvdeploy serve``
-(dynamic batching, inference off the event loop, bounded queue).
+at its defaults (dynamic batching, inference off the event loop, bounded queue, one
+single-threaded runner per core, a JPEG larger than the model needs decoded at 1/2-1/8
+scale; ``--full-decode`` turns that last one off).
 
 Both run as separate uvicorn processes on 127.0.0.1, one after the other, and receive the
 same multipart requests (same image) from an asyncio httpx client keeping 1, 4 and 16
@@ -16,6 +18,7 @@ Usage::
     python benchmarks/serve_load.py                      # the tiny test detector (dynamic batch)
     python benchmarks/serve_load.py --model yolox        # YOLOX-Nano from ../shared/realworld
     python benchmarks/serve_load.py --bundle DIR [--image IMG] [--requests 200]
+    python benchmarks/serve_load.py --full-decode --skip-plain   # cvdeploy only, full decode
 """
 
 from __future__ import annotations
@@ -229,6 +232,12 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, help="cvdeploy workers (default: auto)")
     ap.add_argument("--threads", type=int, help="runtime threads per cvdeploy worker")
+    ap.add_argument(
+        "--full-decode",
+        action="store_true",
+        help="cvdeploy decodes every JPEG in full (reduced_decode: false), like the plain one",
+    )
+    ap.add_argument("--skip-plain", action="store_true", help="only the cvdeploy server")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     ap.add_argument("--plain-server", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -245,16 +254,20 @@ def main() -> None:
         bundle, image, desc = _prepare(args, tmp)
         print(f"model: {desc}; image {len(image)} bytes", flush=True)
         port = _free_port()
-        plain = _run_server(
-            "plain",
-            [sys.executable, __file__, "--plain-server", str(bundle), "--port", str(port)],
-            port,
-            "/predict",
-            image,
-            args,
-            tmp,
-        )
+        plain = []
+        if not args.skip_plain:
+            plain = _run_server(
+                "plain",
+                [sys.executable, __file__, "--plain-server", str(bundle), "--port", str(port)],
+                port,
+                "/predict",
+                image,
+                args,
+                tmp,
+            )
         port = _free_port()
+        conf = tmp / "serve.yaml"
+        conf.write_text(f"reduced_decode: {'false' if args.full_decode else 'true'}\n")
         cvd = _run_server(
             "cvdeploy",
             [
@@ -270,6 +283,8 @@ def main() -> None:
                 *(["--workers", str(args.workers)] if args.workers else []),
                 "--queue",
                 "1024",
+                "--config",
+                str(conf),
                 *(["--threads", str(args.threads)] if args.threads else []),
             ],
             port,
@@ -278,6 +293,15 @@ def main() -> None:
             args,
             tmp,
         )
+    out = Path(args.out)
+    existing: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    key = args.bundle or args.model
+    if not plain:  # the plain figures of the last full run of this model
+        plain = existing.get(key, {}).get("plain") or [{"throughput_rps": float("nan")}]
+    if args.workers or args.threads:
+        key += f"-workers{args.workers}-threads{args.threads or 'default'}"
+    if args.full_decode:
+        key += "-full-decode"
     at16 = {"plain": plain[-1], "cvdeploy": cvd[-1]}
     speedup = cvd[-1]["throughput_rps"] / max(plain[-1]["throughput_rps"], 1e-9)
     p99_over_p50 = cvd[-1]["p99_ms"] / max(cvd[-1]["p50_ms"], 1e-9)
@@ -300,6 +324,8 @@ def main() -> None:
             "max_batch": args.max_batch,
             "workers": args.workers,
             "threads": args.threads,
+            "reduced_decode": not args.full_decode,
+            "plain_measured_now": not args.skip_plain,
             "requests_per_level": args.requests,
             "image_bytes": len(image),
         },
@@ -309,12 +335,7 @@ def main() -> None:
         "targets": targets,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    existing: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    key = args.bundle or args.model
-    if args.workers or args.threads:
-        key += f"-workers{args.workers}-threads{args.threads or 'default'}"
     existing[key] = result
     out.write_text(json.dumps(existing, indent=2))
     print(json.dumps(targets, indent=2))

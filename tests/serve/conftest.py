@@ -42,6 +42,18 @@ def jpeg(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return write_image(tmp_path_factory.mktemp("img") / "a.jpg", h=48, w=80).read_bytes()
 
 
+def ico_bytes() -> bytes:
+    """A valid image in a format the server does not decode (a Windows icon)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(buf, format="ICO")
+    return buf.getvalue()
+
+
 class SlowRunner:
     """Wraps a runner, sleeping before each run (and optionally on load)."""
 
@@ -78,7 +90,7 @@ def slow_factory(delay: float, load_delay: float = 0.0) -> Callable[[Bundle, Any
     return factory
 
 
-def wait_ready(client: Any, timeout: float = 30.0) -> None:
+def wait_ready(client: Any, timeout: float = 120.0) -> None:
     """Poll /readyz until 200."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import io
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from fastapi.routing import APIRoute
 
 from cvdeploy.serve.app import PUBLIC_ROUTES, create_app
 from cvdeploy.serve.config import ServeConfig
-from tests.serve.conftest import serving, slow_factory, wait_ready
+from cvdeploy.serve.inputs import ApiError
+from tests.serve.conftest import ico_bytes, serving, slow_factory, wait_ready
 
 RAW = {"content-type": "image/jpeg"}
 PREDICT = "/v1/models/tiny/predict"
@@ -70,6 +74,7 @@ def test_bad_requests_are_4xx_and_server_keeps_serving(
             (dict(content=b"definitely not an image", headers=RAW), 415, "not_an_image"),
             (dict(content=jpeg[: len(jpeg) // 2], headers=RAW), 400, "bad_image"),
             (dict(content=b"", headers=RAW), 415, "not_an_image"),
+            (dict(content=ico_bytes(), headers=RAW), 415, "unsupported_format"),
             (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "unsupported"),
             (dict(content=b"\0" * 20_000, headers=RAW), 413, "body_too_large"),
             (dict(content=big, headers={"content-type": "image/png"}), 413, "too_many_pixels"),
@@ -180,6 +185,24 @@ def test_metrics_models_stats_dashboard(tiny_bundle: Path, jpeg: bytes) -> None:
         assert "/v1/models/{name}/predict" in schema["paths"]
 
 
+def test_docs_load_nothing_from_outside(tiny_bundle: Path) -> None:
+    with serving(tiny_bundle, ready=False) as c:
+        page = c.get("/docs")
+        assert page.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+        assert len(urls) >= 3, urls  # script, stylesheet, favicon, the schema
+        assert "http" not in page.text.lower().replace("http-equiv", ""), "a remote URL"
+        for url in urls:
+            assert url.startswith("/"), url
+            r = c.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, (url, r.status_code)
+        js = c.get("/docs/assets/swagger-ui-bundle.js")
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert "SwaggerUIBundle" in js.text
+        assert c.get("/docs/assets/nope.js").status_code == 404
+        assert c.get("/docs/assets/..%2Fcore.py").status_code == 404
+
+
 def test_two_apps_have_separate_metrics(tiny_bundle: Path) -> None:
     a = create_app(ServeConfig(source=tiny_bundle))
     b = create_app(ServeConfig(source=tiny_bundle))
@@ -282,3 +305,66 @@ def test_model_info_shows_manifest_metrics_and_latency(tmp_path: Path) -> None:
         assert checks["latency:cpu-b1"]["summary"] == {"e2e_ms": {"p50": 3.0}, "batch": 1}
         stats_models = c.get("/v1/stats").json()["models"]
         assert stats_models[0]["checks"]["metrics:coco8"]["kind"] == "metrics"
+
+
+def test_large_jpeg_is_decoded_reduced_with_boxes_in_sent_coordinates(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    from cvdeploy.serve.inputs import decode_checked, jpeg_reduction
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (900, 1200, 3), np.uint8)
+    big = cv2.GaussianBlur(noise, (0, 0), 6)  # a photo-like image, not pixel noise
+    cv2.rectangle(big, (100, 100), (1100, 800), (0, 200, 0), -1)
+    data = cv2.imencode(".jpg", big)[1].tobytes()
+    assert jpeg_reduction((1200, 900), (64, 64)) == 8
+    assert jpeg_reduction((1200, 900), (416, 416)) == 2
+    assert jpeg_reduction((1200, 900), (640, 640)) == 1
+    im = decode_checked("a", data, max_pixels=10**8, fit=(64, 64))
+    assert im.reduced == 8 and im.image.shape == (113, 150, 3) and im.size == (1200, 900)
+    full = decode_checked("a", data, max_pixels=10**8)
+    assert full.reduced == 1 and full.image.shape == (900, 1200, 3)
+    png = cv2.imencode(".png", big)[1].tobytes()  # only JPEGs are decoded reduced
+    assert decode_checked("a", png, max_pixels=10**8, fit=(64, 64)).reduced == 1
+    with pytest.raises(ApiError) as err:  # a truncated JPEG is refused as before (400)
+        decode_checked("a", data[: len(data) // 2], max_pixels=10**8, fit=(64, 64))
+    assert err.value.status == 400
+
+    answers = {}
+    for reduced in (True, False):
+        with serving(tiny_bundle, reduced_decode=reduced) as c:
+            r = c.post(PREDICT, content=data, headers=RAW)
+            assert r.status_code == 200, r.text
+            answers[reduced] = r.json()["results"][0]
+            drawn = c.post(PREDICT, content=data, headers=RAW, params={"draw": True})
+            assert cv2.imdecode(np.frombuffer(drawn.content, np.uint8), 1).shape == big.shape
+            recent = c.get("/v1/stats").json()["recent"][0]
+            for d in recent["predictions"]:  # thumbnail boxes lie on the thumbnail
+                x1, y1, x2, y2 = d["box"]
+                assert 0 <= x1 <= x2 <= recent["width"] and 0 <= y1 <= y2 <= recent["height"]
+    for res in answers.values():
+        assert (res["width"], res["height"]) == (1200, 900) and res["detections"]
+        for d in res["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 < x2 <= 1200 and 0 <= y1 < y2 <= 900
+    # the same objects, in the same place (to within a reduced pixel or two)
+    fast, exact = (sorted(answers[k]["detections"], key=lambda d: d["class_id"]) for k in answers)
+    assert [d["class_id"] for d in fast] == [d["class_id"] for d in exact]
+    for a, b in zip(fast, exact, strict=True):
+        assert np.allclose(a["box"], b["box"], atol=24), (a, b)
+        assert a["score"] == pytest.approx(b["score"], abs=0.05)
+
+
+def test_rotated_jpeg_reports_the_rotated_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cvdeploy.serve.inputs import decode_checked
+
+    img = Image.fromarray(np.full((600, 1000, 3), 90, np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: shown as 600 wide, 1000 high
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    im = decode_checked("r", buf.getvalue(), max_pixels=10**8, fit=(64, 64))
+    assert im.reduced == 8 and im.size == (600, 1000)
+    assert im.image.shape[:2] == (125, 75)  # height, width after the rotation

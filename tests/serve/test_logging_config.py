@@ -115,14 +115,15 @@ def test_auto_workers(tmp_path: Path, tiny_bundle: Path) -> None:
     from tests.serve.conftest import NAMES
     from tests.tiny_models import tiny_detector_onnx
 
-    dynamic = Bundle.load(tiny_bundle)
-    assert auto_workers(dynamic, None, None) == (1, None)  # batching keeps one runner busy
+    n = max(1, min(4, len(os.sched_getaffinity(0))))
+    dynamic = Bundle.load(tiny_bundle)  # one single-threaded runner per core (no spinning)
+    assert auto_workers(dynamic, None, None) == (n, 1 if n > 1 else None)
+    assert auto_workers(dynamic, None, 2) == (1, 2)
     fixed, _ = import_model(
         tiny_detector_onnx(tmp_path / "f.onnx", batch=1),
         out=tmp_path / "fixed",
         overrides=ImportOverrides(decoder="yolov8", names=NAMES),
     )
-    n = max(1, min(4, len(os.sched_getaffinity(0))))
     assert auto_workers(fixed, None, None) == (n, 1 if n > 1 else None)
     assert auto_workers(fixed, None, 2) == (1, 2)  # explicit threads: one runner
     preds = default_predictors(fixed, ServeConfig(source=fixed.path))

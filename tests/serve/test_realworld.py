@@ -75,3 +75,41 @@ def test_real_classifier_serves_top_classes(realworld: Path, tmp_path: Path) -> 
         r = c.post(url, content=png, headers={"content-type": "image/png"}, params={"draw": 1})
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert "cvdeploy_predicted_class_total{" in c.get("/metrics").text
+
+
+@pytest.mark.realworld
+def test_reduced_decode_finds_the_same_objects(realworld: Path, tmp_path: Path) -> None:
+    """A large photo decoded at 1/2 scale gives YOLOX the same detections as a full decode."""
+    pytest.importorskip("onnxruntime")
+    import cv2
+    import numpy as np
+
+    bundle, _ = import_model(
+        realworld / "models" / "yolox_nano.onnx",
+        out=tmp_path / "b",
+        overrides=ImportOverrides(preset="yolox"),
+    )
+    bus = cv2.imread(str(realworld / "images" / "bus.jpg"))
+    big = cv2.resize(bus, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)  # 1620 x 2160
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    found = {}
+    for reduced in (True, False):
+        with serving(bundle.path, reduced_decode=reduced) as c:
+            r = c.post(
+                f"/v1/models/{bundle.name}/predict",
+                content=data,
+                headers={"content-type": "image/jpeg"},
+            )
+            assert r.status_code == 200, r.text
+            res = r.json()["results"][0]
+            assert (res["width"], res["height"]) == (1620, 2160)
+            found[reduced] = sorted(
+                (d for d in res["detections"] if d["score"] > 0.5),
+                key=lambda d: (d["class_name"], d["box"][0]),
+            )
+    fast, exact = found[True], found[False]
+    assert [d["class_name"] for d in fast] == [d["class_name"] for d in exact], (fast, exact)
+    assert {"bus", "person"} <= {d["class_name"] for d in exact}
+    for a, b in zip(fast, exact, strict=True):
+        assert np.abs(np.array(a["box"]) - np.array(b["box"])).max() < 12, (a, b)  # 0.5 %
+        assert abs(a["score"] - b["score"]) < 0.05, (a, b)

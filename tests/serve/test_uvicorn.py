@@ -22,7 +22,7 @@ import uvicorn
 from cvdeploy.serve.app import create_app
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.registry import ModelRegistry
-from tests.serve.conftest import make_bundle, slow_factory
+from tests.serve.conftest import ico_bytes, make_bundle, slow_factory
 
 RAW = {"content-type": "image/jpeg"}
 PREDICT = "/v1/models/tiny/predict"
@@ -131,6 +131,7 @@ def test_cli_server_predict_and_bad_input(tmp_path: Path, tiny_bundle: Path, jpe
             (dict(content=b"plain text", headers=RAW), 415),
             (dict(content=jpeg[:-200], headers=RAW), 400),
             (dict(content=b"x", headers={"content-type": "text/csv"}), 415),
+            (dict(content=ico_bytes(), headers={"content-type": "image/x-icon"}), 415),
             (dict(content=b"\0" * 30000, headers=RAW), 413),
             (dict(content=chunks(), headers=RAW), 413),
             (dict(content=big, headers={"content-type": "image/png"}), 413),
@@ -214,3 +215,24 @@ def test_deadline_on_uvicorn(tiny_bundle: Path, jpeg: bytes) -> None:
         r = c.post(PREDICT, content=jpeg, headers=RAW)
         assert r.status_code == 504, r.text
         assert c.get("/healthz").status_code == 200
+
+
+def test_cli_server_keeps_serving_when_a_promoted_version_fails_to_load(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    reg = ModelRegistry(tmp_path / "reg", create=True)
+    reg.add(make_bundle(tmp_path / "a", seed=0))
+    reg.add(make_bundle(tmp_path / "b", seed=1), version="broken")
+    next(reg.bundle_path("tiny", "broken").rglob("*.onnx")).write_bytes(b"corrupted")
+    with cli_server(reg.root, tmp_path, poll_interval_s=0.1, warmup_runs=1) as c:
+        reg.promote("tiny", "broken")
+        end = time.monotonic() + 30
+        while "tiny" not in c.get("/v1/models").json()["errors"]:
+            assert time.monotonic() < end, "the failed load was not reported"
+            assert c.post(PREDICT, content=jpeg, headers=RAW).status_code == 200
+            time.sleep(0.05)
+        r = c.post(PREDICT, content=jpeg, headers=RAW)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        assert "broken failed to load" in c.get("/v1/models/tiny").json()["last_error"]
+        assert c.get("/readyz").status_code == 200
+        assert 'status="500"' not in c.get("/metrics").text

@@ -25,13 +25,18 @@ class ServeConfig(BaseModel):
         max_wait_ms: Longest time the first queued image waits for others to join its batch.
         queue_size: Most images waiting per model; beyond it requests get 503.
         workers: Inference worker threads per model, each with its own runner (``None``:
-            1 for dynamic-batch artifacts, one single-threaded runner per core up to 4 for
-            fixed-batch ones).
+            one single-threaded runner per core, up to 4; see
+            :func:`cvdeploy.serve.models.auto_workers`).
         threads: Intra-op threads per runner (``None``: the runtime's default).
         request_timeout_s: Deadline of a request, from arrival to answer (504 past it).
         max_body_bytes: Largest accepted request body (413 beyond).
         max_pixels: Largest accepted image, width x height, read from the header (413 beyond).
         max_images: Most images in one request.
+        reduced_decode: Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when
+            the smaller image still covers the model input (see
+            :func:`cvdeploy.serve.inputs.jpeg_reduction`); boxes are answered in the sent
+            image's coordinates either way. ``False`` decodes every image in full, as
+            ``cvdeploy predict`` does, for outputs identical to it.
         warmup_runs: Inference calls at full batch before the model counts as ready.
         poll_interval_s: How often the registry state file is checked for promotions.
         sample_rate: Fraction of requests whose inputs and outputs are logged (0 disables).
@@ -60,6 +65,7 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1)
     max_images: int = Field(32, ge=1)
+    reduced_decode: bool = True
     warmup_runs: int = Field(2, ge=0)
     poll_interval_s: float = Field(1.0, gt=0)
     sample_rate: float = Field(0.0, ge=0, le=1)

@@ -15,17 +15,27 @@ import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
-from cvdeploy.data.io import decode_image_bytes
+from cvdeploy.data.io import _jpeg_is_complete, decode_image_bytes
 from cvdeploy.errors import ImageDecodeError
+from cvdeploy.pipeline.results import Detections
 
-__all__ = ["ApiError", "DecodedImage", "decode_checked", "read_body", "split_images"]
+__all__ = [
+    "ApiError",
+    "DecodedImage",
+    "decode_checked",
+    "jpeg_reduction",
+    "read_body",
+    "split_images",
+]
 
 
 class ApiError(Exception):
@@ -50,16 +60,34 @@ class ApiError(Exception):
 
 @dataclass(slots=True)
 class DecodedImage:
-    """One request image: where it came from, its bytes and its pixels (BGR)."""
+    """One request image: where it came from, its bytes and its pixels (BGR).
+
+    Attributes:
+        reduced: ``image`` was decoded at ``1/reduced`` scale (a JPEG larger than the
+            model needs, see :func:`jpeg_reduction`); 1 for a full decode.
+        original_size: ``(width, height)`` of the full image when ``reduced`` > 1.
+    """
 
     source: str
     data: bytes = field(repr=False)
     image: np.ndarray = field(repr=False)
+    reduced: int = 1
+    original_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
-        """``(width, height)``."""
+        """``(width, height)`` of the image sent (not of a reduced decode)."""
+        if self.original_size is not None:
+            return self.original_size
         return int(self.image.shape[1]), int(self.image.shape[0])
+
+    def to_original(self, result: Any) -> Any:
+        """Map a result on ``image`` back to the image sent (boxes scaled by ``reduced``)."""
+        if self.reduced == 1 or not isinstance(result, Detections):
+            return result
+        w, h = self.size
+        boxes = np.clip(result.boxes * self.reduced, 0, np.array([w, h, w, h], np.float32))
+        return Detections(boxes=boxes, scores=result.scores, class_ids=result.class_ids)
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -154,16 +182,63 @@ def _json_images(body: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def decode_checked(source: str, data: bytes, *, max_pixels: int) -> DecodedImage:
+_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+DECODABLE_FORMATS = frozenset(
+    {"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "PPM", "JPEG2000", "GIF", "DIB"}
+)
+"""Formats (as Pillow names them) that OpenCV decodes: a failure there is a broken file."""
+
+_ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def jpeg_reduction(size: tuple[int, int], fit: tuple[int, int]) -> int:
+    """The largest JPEG decode scale ``1/f`` (f = 8, 4, 2) that still covers the model input.
+
+    libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size (DCT scaling) for a fraction
+    of the work of a full decode; the image then still goes through the model's resize,
+    only from fewer pixels. The rule is conservative: the reduced image's shorter side
+    must be at least the model input's longer side, so the resize that follows never
+    enlarges it, whatever the resize mode or the EXIF orientation.
+
+    Args:
+        size: ``(width, height)`` of the JPEG.
+        fit: ``(height, width)`` of the model input.
+    """
+    need = max(fit)
+    for f in (8, 4, 2):
+        if min(size) // f >= need:
+            return f
+    return 1
+
+
+def decode_checked(
+    source: str, data: bytes, *, max_pixels: int, fit: tuple[int, int] | None = None
+) -> DecodedImage:
     """Check the image size from its header (413), then decode it (400 / 415).
 
     Runs in a worker thread: PIL reads only the header, OpenCV decodes.
+
+    Args:
+        source: What to call the image in messages.
+        data: The encoded image.
+        max_pixels: Most pixels (width x height) accepted.
+        fit: ``(height, width)`` of the model input: a JPEG large enough is decoded at a
+            reduced scale (:func:`jpeg_reduction`); ``None`` decodes in full.
     """
+    orientation = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
+                fmt = str(im.format)
+                jpeg = fmt == "JPEG"
+                if jpeg and fit is not None:
+                    orientation = im.getexif().get(0x0112)
     except Image.DecompressionBombError:
         raise ApiError(
             413, "too_many_pixels", f"image {source} has too many pixels (PIL's bomb limit)"
@@ -181,9 +256,22 @@ def decode_checked(source: str, data: bytes, *, max_pixels: int) -> DecodedImage
             f"image {source} is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels}; resize it before sending",
         )
+    f = jpeg_reduction((width, height), fit) if jpeg and fit is not None else 1
+    if f > 1 and _jpeg_is_complete(data):  # a truncated JPEG gets the full decode's error
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[f])
+        if image is not None and image.ndim == 3 and image.dtype == np.uint8:
+            size = (height, width) if orientation in _ROTATED else (width, height)
+            return DecodedImage(source, data, image, reduced=f, original_size=size)
     try:
         image = decode_image_bytes(data, source=source)
     except ImageDecodeError as exc:
+        if fmt not in DECODABLE_FORMATS:  # a valid image, in a format the decoder lacks
+            raise ApiError(
+                415,
+                "unsupported_format",
+                f"{source} is an image in {fmt} format, which the server does not decode; "
+                "send JPEG, PNG, BMP, WebP or TIFF",
+            ) from None
         raise ApiError(
             400, "bad_image", exc.message + (f" ({exc.hint})" if exc.hint else "")
         ) from None

@@ -51,10 +51,9 @@ BUNDLE_VERSION = "bundle"
 def default_predictors(bundle: Bundle, config: ServeConfig) -> list[Predictor]:
     """One predictor per worker, on the configured (or recommended) artifact.
 
-    With ``workers`` unset: one runner for a dynamic-batch artifact (batching keeps it
-    busy); for a fixed-batch artifact, which cannot batch, one single-threaded runner per
-    core (at most 4), so images run side by side instead of queueing behind each other.
-    Runner options the bundle recommends for the artifact are kept as they are.
+    With ``workers`` unset: one single-threaded runner per core (at most 4), see
+    :func:`auto_workers`. Runner options the bundle recommends for the artifact are kept
+    as they are.
     """
     artifact = None if config.artifact == "auto" else config.artifact
     workers, threads = config.workers, config.threads
@@ -70,11 +69,20 @@ def default_predictors(bundle: Bundle, config: ServeConfig) -> list[Predictor]:
 def auto_workers(
     bundle: Bundle, artifact: str | None, threads: int | None
 ) -> tuple[int, int | None]:
-    """``(workers, threads)`` when ``--workers`` is not given (see :func:`default_predictors`)."""
+    """``(workers, threads)`` when ``--workers`` is not given.
+
+    One single-threaded runner per core, at most 4 (one runner on one core), for
+    fixed- and dynamic-batch artifacts alike. In a server the cores are shared with
+    image decoding and the HTTP loop: an intra-op thread pool spins between runs and
+    takes CPU from them (measured: ~7 of 21 CPU ms per request for the tiny detector,
+    `benchmarks/serve_load.py`), while one single-threaded runner per core keeps the
+    cores busy with whole batches. Given ``threads``, or runner options the bundle
+    recommends for the artifact (`cvdeploy tune`), one runner with those settings.
+    """
     art = select_artifact(bundle, artifact)
     rec = bundle.manifest.recommended or {}
     recommended_options = rec.get("artifact") == art.id and bool(rec.get("options"))
-    if art.io.fixed_batch is None or recommended_options or threads is not None:
+    if recommended_options or threads is not None:
         return 1, threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     n = max(1, min(4, cores or 1))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.resources
+import importlib.util
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from cvdeploy import __version__
 from cvdeploy.pipeline.draw import draw as draw_result
@@ -23,9 +26,30 @@ from cvdeploy.serve.inputs import ApiError, DecodedImage, decode_checked, read_b
 from cvdeploy.serve.models import LoadedVersion
 from cvdeploy.serve.state import ServeState, add_route, state_of
 
-__all__ = ["add_routes"]
+__all__ = ["DOCS_ASSETS", "add_routes"]
 
 _log = logging.getLogger(__name__)
+
+DOCS_ASSETS = "/docs/assets"
+"""Where the Swagger UI files are served from (the ``docs`` permission, like ``/docs``)."""
+
+_ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+_ASSET_CACHE = {"Cache-Control": "public, max-age=86400"}
+
+
+@functools.cache
+def _docs_assets() -> dict[str, Path]:
+    """The Swagger UI files shipped by ``fastapi-offline`` (serve extra), by file name."""
+    try:
+        spec = importlib.util.find_spec("fastapi_offline")
+    except ImportError:
+        spec = None
+    if spec is None or spec.origin is None:
+        return {}
+    static = Path(spec.origin).parent / "static"
+    names = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
+    return {n: static / n for n in names if (static / n).is_file()}
+
 
 _PREDICT_BODY = {
     "requestBody": {
@@ -92,14 +116,16 @@ def add_routes(app: FastAPI) -> None:
         cfg = st.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.request_timeout_s
-        _model(st, name)  # 404 / 503 before reading the body
+        fit = _model(st, name).predictors[0].imgsz  # 404 / 503 before reading the body
+        if draw or not cfg.reduced_decode:
+            fit = None  # drawn images are answered at full size
         t0 = time.perf_counter()
         body = await read_body(request, limit=cfg.max_body_bytes)
         parts = await split_images(request, body, max_images=cfg.max_images)
         if draw and len(parts) != 1:
             raise ApiError(400, "draw_needs_one_image", "draw=true takes exactly one image")
         images = await asyncio.to_thread(
-            lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels) for s, d in parts]
+            lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels, fit=fit) for s, d in parts]
         )
         t_decode = (time.perf_counter() - t0) * 1e3
         model = _model(st, name)  # re-read: a switch may have happened while decoding
@@ -117,7 +143,7 @@ def add_routes(app: FastAPI) -> None:
             ) from None
         finally:
             st.metrics.queue_depth.labels(name).set(model.batcher.depth)
-        results = [r for r, _ in outs]
+        results = [im.to_original(r) for im, (r, _) in zip(images, outs, strict=True)]
         times: StageTimes = outs[0][1]
         st.metrics.observe_results(name, results, model.names)
         st.stats.results(results, model.names)
@@ -215,7 +241,26 @@ def add_routes(app: FastAPI) -> None:
         return schema
 
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="cvdeploy API")
+        # Swagger UI from the server itself (fastapi-offline's copy), never from a CDN.
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="cvdeploy API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
+
+    async def docs_asset(asset: str) -> Response:
+        path = _docs_assets().get(asset)
+        if path is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no documentation asset {asset!r} (the Swagger UI files come with "
+                "fastapi-offline: pip install 'cvdeploy[serve]')",
+            )
+        return FileResponse(path, media_type=_ASSET_TYPES[path.suffix], headers=_ASSET_CACHE)
 
     add_route(app, "/healthz", healthz, methods=["GET"], permission=None)
     add_route(app, "/readyz", readyz, methods=["GET"], permission=None)
@@ -239,6 +284,14 @@ def add_routes(app: FastAPI) -> None:
         app, "/openapi.json", openapi, methods=["GET"], permission="docs", include_in_schema=False
     )
     add_route(app, "/docs", docs, methods=["GET"], permission="docs", include_in_schema=False)
+    add_route(
+        app,
+        DOCS_ASSETS + "/{asset}",
+        docs_asset,
+        methods=["GET"],
+        permission="docs",
+        include_in_schema=False,
+    )
 
 
 def _result_dict(im: DecodedImage, result: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -261,6 +314,9 @@ def _record(
     """Keep a dashboard thumbnail (rate-limited) and log sampled requests off the loop."""
     first = payload[0].get("detections", payload[0].get("classes", []))
     if st.stats.wants_recent():
+        f = images[0].reduced  # the thumbnail comes from the (maybe reduced) decoded image
+        if f > 1:
+            first = [{**p, "box": [v / f for v in p["box"]]} if "box" in p else p for p in first]
         st.stats.add_recent(model.name, model.version, images[0].image, first)
     log = st.log
     if log is None or not log.sample():
