@@ -5,7 +5,9 @@ Every step goes through the same public stage functions a user calls from the CL
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class DemoResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped_formats: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    next_steps: list[str] = field(default_factory=list)
+    """The command that serves the bundle and a ``curl`` line that calls it (said last)."""
 
 
 def run_demo(
@@ -189,4 +193,31 @@ def run_demo(
         rows=rows,
         skipped_formats=skipped,
         seconds=time.perf_counter() - t0,
+        next_steps=serve_instructions(bundle_dir, bundle.name, val_imgs[0]),
     )
+
+
+def serve_instructions(bundle_dir: Path, name: str, image: Path, *, port: int = 8000) -> list[str]:
+    """How to serve the demo bundle, and a ``curl`` line that sends it an image.
+
+    The ``cvdeploy`` shown is the one of this environment (``.venv/bin/cvdeploy`` when the
+    environment's ``bin`` is not on ``PATH``, as after ``make demo``).
+    """
+    return [
+        f"serve it (ready once http://127.0.0.1:{port}/readyz answers 200):",
+        f"  {_cli()} serve {shlex.quote(str(bundle_dir))} --port {port}",
+        "then, from another terminal:",
+        f"  curl -s -F image=@{shlex.quote(str(image))} "
+        f"http://127.0.0.1:{port}/v1/models/{name}/predict",
+    ]
+
+
+def _cli() -> str:
+    own = Path(sys.prefix) / "bin" / "cvdeploy"
+    on_path = shutil.which("cvdeploy")
+    if not own.is_file() or (on_path and Path(on_path).resolve() == own.resolve()):
+        return "cvdeploy"
+    try:
+        return shlex.quote(str(own.absolute().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(own.absolute()))

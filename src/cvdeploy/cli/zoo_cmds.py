@@ -178,3 +178,5 @@ def demo_cmd(
     con.print(f"demo finished in {res.seconds:.0f} s")
     con.print(f"bundle: {res.bundle}")
     con.print(f"report: {res.report.resolve()}")
+    for line in res.next_steps:  # last: how to serve the bundle and call it
+        con.print(line, markup=False, highlight=False, soft_wrap=True)
