@@ -26,7 +26,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     }
     assert {"torch-fp32", "onnx-fp32"} <= set(maps)
     assert maps["onnx-fp32"] == pytest.approx(maps["torch-fp32"], abs=0.002)
-    assert maps["torch-fp32"] > 0.2  # a trained detector, decoded correctly
+    assert maps["torch-fp32"] > 0.6  # the shipped detector (0.75 on its own val split)
     assert b.artifact("onnx-fp32").latest("parity").passed  # type: ignore[union-attr]
     text = report.read_text()
     assert "onnx-fp32" in text and f"{maps['onnx-fp32']:.4f}" in text

@@ -17,7 +17,7 @@ from cvdeploy.zoo.models import Detector, build_model
 from cvdeploy.zoo.registry import list_zoo, load_zoo_model
 from cvdeploy.zoo.train import train_classifier, train_detector
 from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
-from cvdeploy.zoo.trainutil import Schedule
+from cvdeploy.zoo.trainutil import Schedule, flush_denormals
 
 
 def test_ciou_matches_iou_for_identical_and_disjoint_boxes() -> None:
@@ -147,8 +147,8 @@ def test_train_detector_smoke(tmp_path: Path) -> None:
         progress=False, evaluate=evaluate, lr=0.004,
     )  # fmt: skip
     assert result.iterations == 24 and result.epochs == 6
-    losses = [h["box"] + h["cls"] + h["dfl"] for h in result.history]
-    assert losses[-1] < losses[0]
+    # the training loss of 4 tiny batches is noise; the EMA model's val loss must improve
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     assert len(calls) == 1 and not calls[0].training
     assert result.metrics["dummy"] == 1.0 and "val_loss" in result.metrics
     model, entry = load_zoo_model(result.best)
@@ -172,3 +172,16 @@ def test_train_classifier_smoke(tmp_path: Path) -> None:
     assert entry.task == "classify"
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 6)
+
+
+def test_flush_denormals_is_scoped() -> None:
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    with flush_denormals():
+        assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) > 0.0  # the default is back
+
+
+def test_bad_warm_scale(tmp_path: Path) -> None:
+    data = make_detection_dataset(tmp_path / "data", n_train=4, n_val=2, imgsz=64, seed=0)
+    with pytest.raises(UsageError, match="warm_scale"):
+        train_detector(data=data, out_dir=tmp_path / "run", epochs=1, imgsz=64, warm_scale=1.5)

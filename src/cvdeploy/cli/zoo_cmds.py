@@ -76,7 +76,9 @@ def zoo_train(
     ] = None,
     minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
     imgsz: Annotated[int, typer.Option(help="training input size")] = 256,
-    batch: Annotated[int, typer.Option(help="batch size")] = 16,
+    batch: Annotated[
+        int | None, typer.Option(help="batch size (default: detector 8, classifier 64)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     out: Annotated[Path, typer.Option(help="run folder (checkpoints, bundle)")] = Path(
@@ -113,7 +115,7 @@ def zoo_train(
         epochs=epochs,
         time_budget_s=budget,
         imgsz=imgsz,
-        batch=batch,
+        **({} if batch is None else {"batch": batch}),
         seed=seed,
         threads=threads,
         progress=not json_out,

@@ -87,6 +87,8 @@ class TaskAlignedAssigner:
         gt_labels: torch.Tensor,
         gt_bboxes: torch.Tensor,
         mask_gt: torch.Tensor,
+        *,
+        iou_scaled: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute the targets.
 
@@ -97,6 +99,8 @@ class TaskAlignedAssigner:
             gt_labels: ``[B, M]`` class indices (int64).
             gt_bboxes: ``[B, M, 4]`` ``xyxy`` boxes (pixels).
             mask_gt: ``[B, M]`` bool, True for real (non-padding) boxes.
+            iou_scaled: Scale each box's soft targets by its best IoU (TAL); when False the
+                best-aligned anchor of each box gets a target of 1.
 
         Returns:
             ``(target_labels [B, N], target_bboxes [B, N, 4], target_scores [B, N, nc],
@@ -144,6 +148,6 @@ class TaskAlignedAssigner:
         # normalise the alignment of each gt's positives by its best IoU
         align = align * mask_pos
         pos_align = align.amax(-1, keepdim=True)
-        pos_overlap = (overlaps * mask_pos).amax(-1, keepdim=True)
+        pos_overlap = (overlaps * mask_pos).amax(-1, keepdim=True) if iou_scaled else 1.0
         norm = (align * pos_overlap / (pos_align + self.eps)).amax(1)  # [B, N]
         return target_labels, target_bboxes, target_scores * norm[..., None], fg_mask

@@ -50,7 +50,7 @@ class DetectionLoss:
         self.proj = torch.arange(reg_max, dtype=torch.float32)
 
     def __call__(
-        self, feats: list[torch.Tensor], targets: torch.Tensor
+        self, feats: list[torch.Tensor], targets: torch.Tensor, *, static_assign: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(total loss, detached [box, cls, dfl] parts)``.
 
@@ -58,6 +58,9 @@ class DetectionLoss:
             feats: Raw outputs ``[B, 4 * reg_max + nc, H/s, W/s]`` per level.
             targets: ``[B, M, 5]`` rows of ``(cls, x1, y1, x2, y2)`` in pixels; padding rows
                 have ``cls == -1``.
+            static_assign: Assign with fixed anchor boxes (side ``5 * stride``) and unit
+                scores instead of the predictions: stable targets while the predictions are
+                still noise (a warm-up, as the ATSS phase of PP-YOLOE / YOLOv6).
         """
         bsz = feats[0].shape[0]
         shapes = [(int(f.shape[2]), int(f.shape[3])) for f in feats]
@@ -72,13 +75,22 @@ class DetectionLoss:
         gt_labels = targets[..., 0].long()
         gt_bboxes = targets[..., 1:5]
         mask_gt = gt_labels >= 0
+        if static_assign:
+            assign_scores = torch.ones_like(pred_scores)
+            half = 2.5 * stride
+            assign_boxes = torch.cat((anchors * stride - half, anchors * stride + half), -1)
+            assign_boxes = assign_boxes.expand(bsz, -1, -1)
+        else:
+            assign_scores = pred_scores.detach().sigmoid()
+            assign_boxes = pred_bboxes.detach() * stride
         _, target_bboxes, target_scores, fg = self.assigner(
-            pred_scores.detach().sigmoid(),
-            pred_bboxes.detach() * stride,
+            assign_scores,
+            assign_boxes,
             anchors * stride,
             gt_labels,
             gt_bboxes,
             mask_gt,
+            iou_scaled=not static_assign,
         )
         tss = target_scores.sum().clamp(min=1.0)
         loss_cls = (

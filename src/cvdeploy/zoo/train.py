@@ -25,7 +25,7 @@ import torch
 
 from cvdeploy.errors import DatasetError, UsageError
 from cvdeploy.zoo.classify_train import train_classifier
-from cvdeploy.zoo.loss import DetectionLoss
+from cvdeploy.zoo.loss import DetectionLoss, LossGains
 from cvdeploy.zoo.models import Detector, build_model, model_task
 from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
 from cvdeploy.zoo.trainutil import (
@@ -34,6 +34,7 @@ from cvdeploy.zoo.trainutil import (
     Stopwatch,
     TrainDisplay,
     checkpoint_state,
+    flush_denormals,
     make_optimizer,
     save_checkpoint,
     thread_limit,
@@ -43,6 +44,15 @@ __all__ = ["TrainResult", "train_classifier", "train_detector"]
 
 PREPROCESS = {"color": "RGB", "scale": 1 / 255, "resize": "letterbox", "pad_value": 114}
 """How the zoo models expect their input (recorded in every checkpoint)."""
+
+SHORT_BUDGET_GAINS = LossGains(box=7.5, cls=1.5, dfl=1.5)
+"""YOLOv8's weights with a heavier class term (1.5 instead of 0.5): +0.036 mAP50-95 after
+the same 750 steps on the synthetic set (0.295 vs 0.259 at 128 px)."""
+
+SHORT_BUDGET_AUGMENT = AugmentConfig(mosaic=0.5, scale=0.3)
+"""Lighter than YOLOv8's defaults (mosaic 1.0, scale 0.5): with a budget of a few thousand
+steps the model learns faster from less distorted images (measured on the synthetic set,
+together with batch 8 instead of 16: 0.17 vs 0.13 mAP50-95 after the same 7 minutes)."""
 
 
 @dataclass(frozen=True)
@@ -78,19 +88,24 @@ def train_detector(
     epochs: int | None = None,
     time_budget_s: float | None = None,
     imgsz: int = 256,
-    batch: int = 16,
+    batch: int = 8,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-    lr: float = 0.002,
+    eval_every: int = 0,
+    lr: float = 0.005,
     warmup: float = 0.03,
+    static_warmup: float = 0.2,
     weight_decay: float = 0.0005,
     augment: AugmentConfig | None = None,
     close_mosaic: float = 0.85,
     ema_decay: float = 0.998,
     amp: bool = False,
     channels_last: bool = True,
+    warm_scale: float | None = 0.75,
+    warm_until: float = 0.6,
+    gains: LossGains | None = None,
 ) -> TrainResult:
     """Train a zoo detector on a YOLO-format dataset.
 
@@ -107,14 +122,25 @@ def train_detector(
         progress: Show a rich progress bar.
         evaluate: Called at the end with the final EMA model (eval mode); its metrics are
             stored in the checkpoints and returned.
+        eval_every: Also call ``evaluate`` after every ``eval_every`` epochs (0: only at the
+            end) and add its metrics to that epoch's history record.
         lr: Peak AdamW learning rate.
         warmup: Fraction of the schedule spent in linear learning-rate warm-up.
+        static_warmup: Fraction of the schedule during which labels are assigned with fixed
+            anchor boxes instead of the (still random) predictions; it makes the start of
+            training much more stable and allows a higher learning rate.
         weight_decay: AdamW weight decay (conv weights only).
-        augment: Augmentation strengths (defaults when None).
+        augment: Augmentation strengths (``SHORT_BUDGET_AUGMENT`` when None).
         close_mosaic: Progress after which mosaic is switched off.
         ema_decay: Final decay of the weight EMA.
         amp: bf16 autocast (slower on CPUs without native bf16).
         channels_last: Channels-last memory format.
+        warm_scale: Progressive resizing: train at ``imgsz * warm_scale`` (rounded to a
+            multiple of 32) until ``warm_until`` of the schedule, then at ``imgsz`` (``None``:
+            always ``imgsz``). A 192 px step costs about 60% of a 256 px one, and what is
+            learnt carries over.
+        warm_until: Fraction of the schedule trained at the smaller size.
+        gains: Loss weights (``SHORT_BUDGET_GAINS`` when None).
 
     Returns:
         A :class:`TrainResult`.
@@ -133,29 +159,44 @@ def train_detector(
         raise UsageError("epochs and time_budget_s must be positive")
     if imgsz % 32 or batch < 1:
         raise UsageError(f"imgsz must be divisible by 32 and batch >= 1 (got {imgsz}, {batch})")
+    if warm_scale is not None and not 0 < warm_scale <= 1:
+        raise UsageError(f"warm_scale must be in (0, 1] (got {warm_scale})")
+    warm_imgsz = None if warm_scale is None else max(32, round(imgsz * warm_scale / 32) * 32)
     clock = Stopwatch()
-    aug = augment or AugmentConfig()
+    aug = augment or SHORT_BUDGET_AUGMENT
     train_args: dict[str, Any] = {
         "model": model, "data": str(data), "epochs": epochs, "time_budget_s": time_budget_s,
         "imgsz": imgsz, "batch": batch, "seed": seed, "lr": lr, "warmup": warmup,
+        "static_warmup": static_warmup,
         "weight_decay": weight_decay,
         "augment": asdict(aug), "close_mosaic": close_mosaic, "ema_decay": ema_decay, "amp": amp,
-        "channels_last": channels_last,
+        "channels_last": channels_last, "warm_scale": warm_scale, "warm_until": warm_until,
+        "gains": asdict(gains or SHORT_BUDGET_GAINS),
     }  # fmt: skip
     splits, names = read_data_yaml(Path(data))
     if "train" not in splits:
         raise DatasetError(f"{data} has no train split")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with thread_limit(threads), torch.random.fork_rng(devices=[]):
+    with thread_limit(threads), flush_denormals(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trainset = YoloTrainSet(splits["train"], names=names, imgsz=imgsz)
         valset = YoloTrainSet(splits["val"], names=names, imgsz=imgsz) if "val" in splits else None
+        warmset = (
+            YoloTrainSet(splits["train"], names=names, imgsz=warm_imgsz)
+            if warm_imgsz is not None and warm_imgsz != imgsz
+            else None
+        )
         net = build_model(model, num_classes=len(names))
         assert isinstance(net, Detector)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=memory_format).train()  # type: ignore[call-overload]
-        criterion = DetectionLoss(num_classes=len(names), reg_max=net.reg_max, strides=net.strides)
+        criterion = DetectionLoss(
+            num_classes=len(names),
+            reg_max=net.reg_max,
+            strides=net.strides,
+            gains=gains or SHORT_BUDGET_GAINS,
+        )
         ema = ModelEMA(net, decay=ema_decay)
         opt = make_optimizer(net, lr=lr, weight_decay=weight_decay)
         n_batches = max(len(trainset) // batch, 1)
@@ -189,11 +230,12 @@ def train_detector(
                     for g in opt.param_groups:
                         g["lr"] = lr * sched.lr_factor(p)
                     idx = order[b * batch : (b + 1) * batch].tolist()
-                    x, targets = trainset.batch(idx, rng=rng, aug=aug, mosaic=p < close_mosaic)
+                    source = warmset if warmset is not None and p < warm_until else trainset
+                    x, targets = source.batch(idx, rng=rng, aug=aug, mosaic=p < close_mosaic)
                     x = x.contiguous(memory_format=memory_format)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                         feats = net.forward_raw(x)
-                    loss, parts = criterion(feats, targets)
+                    loss, parts = criterion(feats, targets, static_assign=p < static_warmup)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0)
@@ -217,6 +259,10 @@ def train_detector(
                 )
                 if valset is not None:
                     record["val_loss"] = _val_loss(ema.ema, valset, criterion, memory_format)
+                if evaluate is not None and eval_every > 0 and epoch % eval_every == 0:
+                    interim = _rounded_copy(ema.ema, model=model, num_classes=len(names))
+                    record.update(evaluate(interim))
+                    net.train()
                 history.append(record)
                 ckpt = payload({"val_loss": record["val_loss"]} if valset else {}, epoch, it)
                 save_checkpoint(out_dir / "last.pt", ckpt)

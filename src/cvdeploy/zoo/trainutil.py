@@ -129,6 +129,22 @@ def thread_limit(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat denormal floats as zero on the CPU for the duration of the block.
+
+    Adam's second moments and the EMA of small weights drift into the denormal range during
+    training, and x86 CPUs compute on denormals many times slower: without this, the second
+    epoch of the zoo detector took 10 minutes here instead of 2.4. Restored to the default
+    (off) afterwards.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 class TrainDisplay:
     """A rich progress bar (epoch, iteration, loss parts, ETA) or nothing.
 
