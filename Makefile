@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck unit bench bench-table clean
+.PHONY: venv demo test lint typecheck unit bench bench-table soak clean
 
 # torch is pinned first (the CPU wheel), then every other package is installed under a
 # constraint that keeps that torch: nothing may pull a multi-GB CUDA build.
@@ -52,6 +52,13 @@ bench: venv
 # Only the README table, from the JSON results already there (nothing is timed).
 bench-table: venv
 	$(PY) benchmarks/update_readme.py
+
+# Memory under steady load: `cvdeploy serve` on loopback for SOAK_SECONDS (10 minutes), RSS
+# sampled every 5 s; writes benchmarks/results/serve_soak.json with a flat/growing verdict.
+SOAK_SECONDS ?= 600
+
+soak: venv
+	$(PY) benchmarks/serve_soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -249,6 +249,7 @@ def main() -> None:
             plain_app(args.plain_server), host="127.0.0.1", port=args.port, log_level="warning"
         )
         return
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="serve-load-") as d:
         tmp = Path(d)
         bundle, image, desc = _prepare(args, tmp)
@@ -319,6 +320,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_avg_1min_before": round(load_before, 2),
+            "load_avg_1min_after": round(os.getloadavg()[0], 2),
         },
         "settings": {
             "max_batch": args.max_batch,
