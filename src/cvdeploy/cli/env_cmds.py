@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy.cli.common import handle_errors, out_console, print_json
@@ -37,7 +38,8 @@ def runtimes_cmd(
     for c in ("format", "status", "description"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r.name, "available" if r.available else str(r.reason), r.description)
+        # escape: "cvdeploy[openvino]" in a hint is not rich markup
+        t.add_row(r.name, "available" if r.available else escape(str(r.reason)), r.description)
     out_console().print(t)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
@@ -114,7 +115,7 @@ def export_cmd(
                     f"{max(s.max_abs for s in p.outputs):.2e} / {p.match_fraction:.1%}"
                 )
             )
-            t.add_row(o.artifact_id, o.status, par, o.message)
+            t.add_row(o.artifact_id, o.status, par, escape(o.message))
         out_console().print(t)
     if not report.ok:
         err_console().print("[red]some artifacts were not added (see above); the others were")
