@@ -215,6 +215,15 @@ def jpeg_reduction(size: tuple[int, int], fit: tuple[int, int]) -> int:
     return 1
 
 
+def _orientation(im: Image.Image) -> int | None:
+    """The EXIF orientation tag, ``None`` without one, -1 when the EXIF cannot be read."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # a damaged EXIF block: decode in full, as before
+        return -1
+    return value if isinstance(value, int) else None
+
+
 def decode_checked(
     source: str, data: bytes, *, max_pixels: int, fit: tuple[int, int] | None = None
 ) -> DecodedImage:
@@ -238,7 +247,7 @@ def decode_checked(
                 fmt = str(im.format)
                 jpeg = fmt == "JPEG"
                 if jpeg and fit is not None:
-                    orientation = im.getexif().get(0x0112)
+                    orientation = _orientation(im)
     except Image.DecompressionBombError:
         raise ApiError(
             413, "too_many_pixels", f"image {source} has too many pixels (PIL's bomb limit)"
@@ -256,7 +265,8 @@ def decode_checked(
             f"image {source} is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels}; resize it before sending",
         )
-    f = jpeg_reduction((width, height), fit) if jpeg and fit is not None else 1
+    reducible = jpeg and fit is not None and orientation != -1
+    f = jpeg_reduction((width, height), fit) if reducible and fit is not None else 1
     if f > 1 and _jpeg_is_complete(data):  # a truncated JPEG gets the full decode's error
         image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[f])
         if image is not None and image.ndim == 3 and image.dtype == np.uint8:
