@@ -360,3 +360,45 @@ def test_keep_recommended_drops_unused_new_artifacts(tiny_bundle: Bundle, data: 
     assert rep.recommended is not None and rep.recommended.artifact == "openvino-fp32"
     ids = {a.id for a in Bundle.load(tiny_bundle.path).manifest.artifacts}
     assert "openvino-fp16" not in ids
+
+
+class Drifting(Fakes):
+    """The first pass favours a candidate that is slower in every later measurement."""
+
+    def measure(
+        self, bundle: Bundle, aid: str, s: Settings, images: Sequence[Path], opts: TuneOptions
+    ) -> Measurement:
+        first = not any(m == (aid, s) for m in self.measured)
+        self.measured.append((aid, s))
+        lucky = s.threads == 2 and s.extra.get("graph_optimization_level") == "all"
+        lucky = lucky and s.extra.get("execution_mode") == "sequential"
+        ms = 5.0 if (lucky and first) else (30.0 if lucky else 10.0 * (s.threads or 4))
+        stats = Stats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=3)
+        return Measurement(stats, 1000.0 / ms, 0.1)
+
+
+def test_leaders_are_measured_again_and_keep_their_median(tiny_bundle: Bundle, data: Path) -> None:
+    fakes = Drifting({"onnx-fp32": 0.5})
+    rep = tune_bundle(
+        tiny_bundle,
+        data,
+        options=_opts(formats=("onnx",), final_top=2, final_rounds=2),
+        measure=fakes.measure,
+        evaluate=fakes.evaluate,
+    )
+    assert rep.recommended is not None
+    assert rep.recommended.options.threads == 1  # the lucky single pass did not win
+    lucky = [c for c in rep.candidates if c.settings and c.settings.threads == 2]
+    assert any("median of 3" in c.message for c in lucky)
+
+
+def test_no_remeasurement_with_zero_rounds(tiny_bundle: Bundle, data: Path) -> None:
+    fakes = Drifting({"onnx-fp32": 0.5})
+    rep = tune_bundle(
+        tiny_bundle,
+        data,
+        options=_opts(formats=("onnx",), final_rounds=0),
+        measure=fakes.measure,
+        evaluate=fakes.evaluate,
+    )
+    assert rep.recommended is not None and rep.recommended.options.threads == 2

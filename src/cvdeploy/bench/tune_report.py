@@ -50,6 +50,10 @@ class TuneOptions:
         concurrency: Requests in flight for ``throughput`` (default: the core count).
         split: Dataset split.
         keep: ``all`` new artifacts, or only the ``recommended`` one (and its sources).
+        final_top: How many leading candidates are measured again before choosing.
+        final_rounds: Interleaved rounds of those measurements (0: choose from the single
+            pass); each leader keeps the median of its measurements, so that a drift of
+            the machine during the one pass over the grid does not pick the winner.
         progress: Show a progress bar.
     """
 
@@ -70,6 +74,8 @@ class TuneOptions:
     concurrency: int | None = None
     split: str = "val"
     keep: str = "all"
+    final_top: int = 3
+    final_rounds: int = 2
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +98,8 @@ class TuneOptions:
                 raise UsageError(f"{name} must be >= 1, got {v}")
         if self.gate_cosine is not None and not 0 < self.gate_cosine <= 1:
             raise UsageError(f"--gate-cosine must be in (0, 1], got {self.gate_cosine}")
+        if self.final_top < 1 or self.final_rounds < 0:
+            raise UsageError("final_top must be >= 1 and final_rounds >= 0")
         if self.warmup < 0:
             raise UsageError(f"warmup must be >= 0, got {self.warmup}")
         if self.concurrency is not None and self.concurrency < 1:
