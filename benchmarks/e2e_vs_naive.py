@@ -15,16 +15,17 @@ settings) through the predictor, as ``predict``/``serve`` would. The tuned bundl
 ``--work`` (default ``.cache/bench/yolox-tuned``, git-ignored); ``--reuse`` runs the
 bundle tuned earlier there instead of tuning again (the JSON says which).
 
-Both run on the same coco128 images, image by image, alternating which goes first, each
-timed from the file path to the final detections, with per-stage times (file read +
-decode, preprocess, inference, decoding + NMS). Writes
+Both run on the same coco128 images, alternating in blocks of ``--block`` images (ABBA;
+image by image would let ONNX Runtime's spinning worker threads slow down whatever runs
+right after it on 2 cores), each timed from the file path to the final detections, with
+per-stage times (file read + decode, preprocess, inference, decoding + NMS). Writes
 ``benchmarks/results/e2e_vs_naive.json`` with both distributions, their ratio, the tuned
 configuration, its mAP50-95 against FP32 and every tune candidate. Skips with a message
 (exit 0) when ``../shared/realworld`` is absent.
 
 Usage::
 
-    python benchmarks/e2e_vs_naive.py [--passes 2] [--warmup 10] [--reuse] [--work DIR]
+    python benchmarks/e2e_vs_naive.py [--passes 2] [--warmup 10] [--block 16] [--reuse] [--work DIR]
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _tuned_bundle(
     from cvdeploy.bundle import Bundle
     from cvdeploy.export.importer import ImportOverrides, import_model
 
-    if args.reuse and (work / "manifest.json").is_file():
+    if args.reuse and (work / "bundle.json").is_file():
         b = Bundle.load(work)
         rec = b.manifest.recommended
         saved = work.parent / f"{work.name}.tune.json"
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passes", type=int, default=2, help="passes over the 128 images")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--block", type=int, default=16, help="images per alternation block")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache/bench/yolox-tuned")
     ap.add_argument("--reuse", action="store_true", help="reuse the bundle tuned in --work")
     ap.add_argument("--max-drop", type=float, default=0.01)
@@ -307,13 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         for p in images[: args.warmup]:
             run_naive(p, False)
             run_cvdeploy(p, False)
-        for i, p in enumerate(images * args.passes):
-            if i % 2 == 0:
-                run_naive(p, True)
-                run_cvdeploy(p, True)
-            else:
-                run_cvdeploy(p, True)
-                run_naive(p, True)
+        # Alternate in blocks of --block images (ABBA order), not image by image: ONNX
+        # Runtime's worker threads spin for a while after each run (its default), and on
+        # 2 cores whatever runs right after it is slowed down by that (measured: OpenVINO
+        # 32.8 ms right after an ONNX Runtime run, 12.8-18.7 ms alone or after a non-spinning
+        # one). Blocks keep the drift of the machine shared and the spin out of the figures;
+        # the first image of each block (the one right after the other pipeline) is not kept.
+        seq = images * args.passes
+        blocks = [seq[i : i + args.block] for i in range(0, len(seq), args.block)]
+        for i, blk in enumerate(blocks):
+            order = (run_naive, run_cvdeploy) if i % 2 == 0 else (run_cvdeploy, run_naive)
+            for fn in order:
+                fn(blk[0], False)
+                for p in blk[1:]:
+                    fn(p, True)
         runtime = pred.runner.describe()
     art = bundle.artifact(chosen)
     naive_s, cvd_s = _stats(samples["naive"]), _stats(samples["cvdeploy"])
@@ -329,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(model),
         "dataset": f"coco128 ({len(images)} images) x {args.passes} passes",
         "includes": "image file -> final detections (read + decode, preprocess, inference, "
-        "decoding + NMS), batch 1, alternating which pipeline runs first",
+        "decoding + NMS), batch 1",
+        "alternation": f"blocks of {args.block} images, ABBA order; the first image of each "
+        "block is run but not kept (ONNX Runtime's spinning threads after the other pipeline)",
         "thresholds": {"conf": CONF, "iou": IOU},
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0],
