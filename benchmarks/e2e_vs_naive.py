@@ -12,8 +12,9 @@ on it (``tune_bundle``: ``--data coco128 --max-drop 0.01``, formats onnx and ope
 precisions fp32 and int8 by default, INT8 calibrated on coco128's 128 images with
 ``--force``), then runs the bundle's recommended configuration (artifact + runtime
 settings) through the predictor, as ``predict``/``serve`` would. The tuned bundle is kept in
-``--work`` (default ``.cache/bench/yolox-tuned``, git-ignored); ``--reuse`` runs the
-bundle tuned earlier there instead of tuning again (the JSON says which).
+``--work`` (default ``~/.cache/cvdeploy-bench/yolox-tuned``, outside the repository: the
+model never goes into it); ``--reuse`` runs the bundle tuned earlier there instead of
+tuning again (the JSON says which).
 
 Both run on the same coco128 images, alternating in blocks of ``--block`` images (ABBA;
 image by image would let ONNX Runtime's spinning worker threads slow down whatever runs
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=2, help="passes over the 128 images")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--block", type=int, default=16, help="images per alternation block")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache/bench/yolox-tuned")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ap.add_argument("--work", type=Path, default=cache / "cvdeploy-bench" / "yolox-tuned")
     ap.add_argument("--reuse", action="store_true", help="reuse the bundle tuned in --work")
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--formats", default="onnx,openvino")
