@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -108,6 +108,7 @@ def zoo_train(
         from cvdeploy.zoo.train import train_detector as train
     else:
         from cvdeploy.zoo.classify_train import train_classifier as train  # type: ignore[assignment]
+    kwargs: dict[str, Any] = {} if batch is None else {"batch": batch}
     best: Path = train(
         model=model,
         data=data,
@@ -115,7 +116,7 @@ def zoo_train(
         epochs=epochs,
         time_budget_s=budget,
         imgsz=imgsz,
-        **({} if batch is None else {"batch": batch}),
+        **kwargs,
         seed=seed,
         threads=threads,
         progress=not json_out,
