@@ -163,3 +163,47 @@ def test_cli_quantize_json(tiny_bundle: Path, calib_120: Path) -> None:
     assert out["rows"][1]["p50_ms"] > 0 and out["speedup"] > 0
     res = CliRunner().invoke(app, args)  # exists already: exit 2, nothing changed
     assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_onnxruntime_nncf_engine_through_the_gate(tiny_bundle: Path, calib_120: Path) -> None:
+    rep = quantize_bundle(
+        tiny_bundle,
+        calib_120,
+        options=QuantizeOptions(
+            backend="onnxruntime", engine="nncf", progress=False, measure=False
+        ),
+    )
+    assert rep.artifact == "onnx-int8" and rep.parity["passed"]
+    b = Bundle.load(tiny_bundle)
+    art = b.artifact("onnx-int8")
+    assert art.produced_by.options["engine"].startswith("nncf")
+    import onnx
+
+    g = onnx.load(str(b.model_file(art))).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in g.node}
+    # the head stays float for this engine too
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    sig = next(n for n in g.node if n.op_type == "Sigmoid")
+    assert producer.get(sig.input[0]) != "DequantizeLinear"
+
+
+def test_engine_only_for_onnxruntime(tiny_bundle: Path, calib_120: Path) -> None:
+    with pytest.raises(UsageError, match="onnxruntime only"):
+        quantize_bundle(
+            tiny_bundle, calib_120, options=QuantizeOptions(backend="openvino", engine="nncf")
+        )
+    with pytest.raises(UsageError, match="unknown engine"):
+        quantize_bundle(tiny_bundle, calib_120, options=QuantizeOptions(engine="tflite"))
+
+
+def test_cli_json_stdout_is_only_json_with_nncf(tiny_bundle: Path, calib_120: Path) -> None:
+    """NNCF logs INFO lines and draws progress bars on stdout; --json must stay parseable."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cvdeploy.cli.main", "quantize", str(tiny_bundle)]
+    cmd += ["--calib", str(calib_120), "--backend", "onnxruntime", "--engine", "nncf"]
+    res = subprocess.run([*cmd, "--no-measure", "--json"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)  # the whole of stdout
+    assert out["artifact"] == "onnx-int8" and out["parity"]["passed"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,6 +49,22 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def third_party_output_to_stderr() -> Iterator[None]:
+    """Keep stdout for our table or JSON while library stages run.
+
+    The CLI is the application, so it decides what third-party code prints: NNCF's INFO
+    log is lowered to WARNING, and whatever else writes to stdout during the block
+    (NNCF's progress bars) goes to stderr.
+    """
+    with contextlib.suppress(ImportError):
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def print_json(obj: Any) -> None:

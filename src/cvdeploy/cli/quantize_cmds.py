@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
+from cvdeploy.cli.common import (
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    third_party_output_to_stderr,
+)
 from cvdeploy.errors import UsageError
 
 LATENCY_IMAGES = 20
@@ -78,6 +84,13 @@ def quantize_cmd(
             "build the engine with `cvdeploy export BUNDLE --format tensorrt:int8` on a GPU)"
         ),
     ] = "openvino",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="with --backend onnxruntime: ort (quantize_static) or nncf (NNCF's ONNX "
+            "backend, far more accurate on some models); both write a Q/DQ graph"
+        ),
+    ] = "ort",
     calib_size: Annotated[int, typer.Option(help="largest number of calibration images")] = 300,
     method: Annotated[
         str, typer.Option(help="range estimation: minmax, entropy or percentile")
@@ -155,6 +168,7 @@ def quantize_cmd(
 
     opts = QuantizeOptions(
         backend=backend,
+        engine=engine,
         calib_size=calib_size,
         method=method,
         per_channel=per_channel,
@@ -170,7 +184,8 @@ def quantize_cmd(
         progress=not json_out,
     )
     con = err_console()
-    rep = quantize_bundle(b, calib, options=opts, log=lambda m: con.print(m, markup=False))
+    with third_party_output_to_stderr():
+        rep = quantize_bundle(b, calib, options=opts, log=lambda m: con.print(m, markup=False))
     if json_out:
         print_json(rep.to_dict())
         return

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
+from cvdeploy.cli.common import (
+    err_console,
+    handle_errors,
+    out_console,
+    parse_imgsz,
+    print_json,
+    third_party_output_to_stderr,
+)
 
 _STATUS_STYLE = {"ok": "green", "too-inaccurate": "yellow", "failed": "red", "skipped": "dim"}
 
@@ -165,13 +169,7 @@ def tune_cmd(
     )
     errc = err_console()
     b = Bundle.load(bundle)
-    # The CLI is the application: third-party output (NNCF's INFO log and progress bars
-    # during INT8 quantization) goes to stderr, so that stdout holds only the table or JSON.
-    with contextlib.suppress(ImportError):
-        import nncf
-
-        nncf.set_log_level(logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
+    with third_party_output_to_stderr():
         rep = tune_bundle(b, data, options=opts, log=lambda m: errc.print(m, markup=False))
     if json_out:
         print_json(rep.to_dict())

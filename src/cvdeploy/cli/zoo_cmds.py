@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +9,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
+from cvdeploy.cli.common import (
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    third_party_output_to_stderr,
+)
 
 zoo_app = typer.Typer(
     help="The bundled small detector and classifier: list, train.", no_args_is_help=True
@@ -152,18 +157,11 @@ def demo_cmd(
     """Run the whole path on the shipped detector: bundle, export, verify, eval, report."""
     from cvdeploy.demo import run_demo
 
-    # The CLI is the application: it decides what third-party loggers print (NNCF: INFO).
-    try:
-        import nncf
-
-        nncf.set_log_level(logging.WARNING)
-    except ImportError:
-        pass
-
     con = err_console()
-    res = run_demo(
-        out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
-    )
+    with third_party_output_to_stderr():
+        res = run_demo(
+            out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
+        )
     t = Table(title="demo artifacts (synthetic val set)")
     for c in ("artifact", "size MB", "mAP50-95", "mAP50", "ms/image", "parity"):
         t.add_column(c)

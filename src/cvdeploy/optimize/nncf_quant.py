@@ -114,7 +114,8 @@ class NncfOptions:
         }
 
 
-def _common_kwargs(options: NncfOptions, subset_size: int) -> dict[str, Any]:
+def nncf_quantize_kwargs(options: NncfOptions, subset_size: int) -> dict[str, Any]:
+    """Keyword arguments of ``nncf.quantize`` for these options (any NNCF backend)."""
     _, nncf = _import()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -157,7 +158,7 @@ def quantize_ov(
         return predictor.preprocess([read_image(p)])[0]
 
     ds = nncf.Dataset(list(paths), transform)
-    kwargs = _common_kwargs(options, len(paths))
+    kwargs = nncf_quantize_kwargs(options, len(paths))
     kwargs["advanced_parameters"] = kwargs.pop("advanced_quantization_parameters")
     return nncf.quantize(model, ds, **kwargs)
 
@@ -223,7 +224,7 @@ def quantize_ov_with_accuracy_control(
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             num_ranking_workers=1, ranking_subset_size=min(len(items), 64)
         ),
-        **_common_kwargs(options, len(paths)),
+        **nncf_quantize_kwargs(options, len(paths)),
     )
 
 

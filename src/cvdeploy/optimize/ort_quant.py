@@ -160,6 +160,7 @@ class OrtQuantOptions:
         symmetric: Signed, symmetric activations and weights (zero point 0), as TensorRT
             explicit quantization requires; otherwise uint8 asymmetric activations.
         exclude: Node names kept in float.
+        engine: ``ort`` (``quantize_static``) or ``nncf`` (NNCF's ONNX backend).
         reduce_range: 7-bit weights: ONNX Runtime's U8S8 convolutions on
             x86 CPUs without VNNI use ``VPMADDUBSW``, whose int16 sums saturate with full
             8-bit ranges (see :func:`needs_reduce_range`).
@@ -170,10 +171,21 @@ class OrtQuantOptions:
     symmetric: bool = False
     exclude: tuple[str, ...] = ()
     reduce_range: bool = False
+    engine: str = "ort"
 
     def record(self) -> dict[str, Any]:
         """Provenance options."""
+        if self.engine == "nncf":
+            return {
+                "engine": "nncf (ONNX backend)",
+                "method": self.method,
+                "per_channel": self.per_channel,
+                "activations": "uint8-asymmetric (NNCF MIXED preset)",
+                "weights": "int8-symmetric",
+                "quant_format": "QDQ",
+            }
         return {
+            "engine": "onnxruntime quantize_static",
             "method": self.method,
             "per_channel": self.per_channel,
             "activations": "int8-symmetric" if self.symmetric else "uint8-asymmetric",
@@ -259,6 +271,51 @@ def quantize_qdq(
                 f"ONNX Runtime quantization failed: {exc}".splitlines()[0],
                 hint="try --method minmax, or --keep-float for the node named in the error",
             ) from exc
+    return out
+
+
+def quantize_qdq_nncf(
+    prepared: Path, out: Path, batches: Iterable[np.ndarray], *, options: OrtQuantOptions
+) -> Path:
+    """Quantize a pre-processed model to a Q/DQ graph with NNCF's ONNX backend.
+
+    The same contract as :func:`quantize_qdq` (the result runs on ONNX Runtime), written by
+    ``nncf.quantize``: MIXED preset (symmetric int8 weights, asymmetric activations), bias
+    correction, the calibration method's range estimator, ``options.exclude`` as the ignored
+    scope.
+
+    Args:
+        prepared: Output of :func:`pre_process`.
+        out: Where the Q/DQ model goes.
+        batches: Preprocessed calibration inputs.
+        options: Quantization options (``symmetric`` and ``reduce_range`` do not apply).
+    """
+    from cvdeploy.optimize.nncf_quant import NncfOptions, nncf_quantize_kwargs
+
+    try:
+        import nncf
+    except ImportError as exc:
+        raise UsageError(
+            "the nncf engine needs NNCF", hint="pip install 'cvdeploy[openvino]'"
+        ) from exc
+    model = onnx.load(str(prepared))
+    input_name = model.graph.input[0].name
+    data = [{input_name: x} for x in batches]
+    kwargs = nncf_quantize_kwargs(
+        NncfOptions(
+            method=options.method, per_channel=options.per_channel, ignored=options.exclude
+        ),
+        len(data),
+    )
+    kwargs["advanced_parameters"] = kwargs.pop("advanced_quantization_parameters")
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(data), **kwargs)
+    except Exception as exc:  # NNCF raises many types; the message names the node
+        raise ModelLoadError(
+            f"NNCF quantization failed: {exc}".splitlines()[0],
+            hint="try --engine ort, or --keep-float for the node named in the error",
+        ) from exc
+    onnx.save(quantized, str(out))
     return out
 
 
@@ -364,7 +421,10 @@ def quantize_onnxruntime(
     symmetric = opts.backend == "tensorrt"
     from cvdeploy.diagnose.environment import fingerprint
 
-    reduce_range = needs_reduce_range(fingerprint().get("cpu", {}), symmetric=symmetric)
+    engine: str = opts.engine
+    reduce_range = engine == "ort" and needs_reduce_range(
+        fingerprint().get("cpu", {}), symmetric=symmetric
+    )
     if reduce_range:
         say(
             "this CPU has no VNNI/AMX: 7-bit weights (reduce_range) so that ONNX Runtime's "
@@ -382,14 +442,16 @@ def quantize_onnxruntime(
             symmetric=symmetric,
             exclude=exclude,
             reduce_range=reduce_range,
+            engine=engine,
         )
         batches = track(
             preprocessed(src_pred, cal.paths),
             total=cal.count,
-            description=f"calibrating ({opts.method})",
+            description=f"calibrating ({opts.method}, {engine})",
             enabled=opts.progress,
         )
-        quantize_qdq(prepared, dst / "model.onnx", batches, options=qo)
+        quantizer = quantize_qdq_nncf if engine == "nncf" else quantize_qdq
+        quantizer(prepared, dst / "model.onnx", batches, options=qo)
         facts = {
             **qo.record(),
             "head_float": head,
