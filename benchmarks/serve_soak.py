@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import ROOT, _bundle_name, _free_port, _prepare, _start, _stop
+from serve_load import ROOT, _bundle_name, _free_port, _prepare, _start, _stop, multipart_body
 
 MIN_HALF_S = 120.0
 """A second half shorter than this gives no verdict (RSS noise dominates the fit)."""
@@ -84,13 +84,14 @@ async def _load(
     import httpx
 
     end = time.monotonic() + seconds
+    body, headers = multipart_body(image)
     limits = httpx.Limits(max_connections=inflight, max_keepalive_connections=inflight)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def worker() -> None:
             while time.monotonic() < end:
                 try:
-                    r = await client.post(url, files={"file": ("img.jpg", image, "image/jpeg")})
+                    r = await client.post(url, content=body, headers=headers)
                     key = str(r.status_code)
                 except httpx.HTTPError as exc:
                     key = type(exc).__name__
