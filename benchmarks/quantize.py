@@ -21,6 +21,7 @@ Writes ``benchmarks/results/quantize.json``. Skips with a message (exit 0) when
 Usage::
 
     python benchmarks/quantize.py [--threads N] [--skip-budget] [--budget-backends onnxruntime]
+        [--only openvino,onnxruntime,onnxruntime_nncf]
 
 ``--budget-backends`` picks which ``--max-drop 0.005`` runs to do (NNCF's accuracy control
 on OpenVINO takes about 12 minutes here); a budget run not done this time is carried over
@@ -129,6 +130,12 @@ def main() -> int:
         default="onnxruntime,openvino",
         help="backends of the --max-drop 0.005 runs (comma-separated)",
     )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="run only these plans (comma-separated); the others are carried over from the "
+        "previous results file and labelled with its start time",
+    )
     args = ap.parse_args()
     out_path = ROOT / "benchmarks" / "results" / "quantize.json"
     previous = _previous(out_path)
@@ -154,14 +161,22 @@ def main() -> int:
         plans: list[tuple[str, str, dict[str, Any]]] = [
             ("openvino", "openvino", {}),
             ("onnxruntime", "onnxruntime", {}),
+            ("onnxruntime_nncf", "onnxruntime", {"engine": "nncf"}),
         ]
+        if args.only:
+            keep = set(args.only.split(","))
+            plans = [p for p in plans if p[0] in keep]
         budget = [] if args.skip_budget else args.budget_backends.split(",")
-        plans += [(f"{b}_max_drop_0.005", b, {"max_drop": 0.005}) for b in budget]
-        carried = {
-            k: {**v, "from_run_started": previous.get("started", "unknown")}
-            for k, v in (previous.get("runs") or {}).items()
-            if k.endswith("_max_drop_0.005") and k not in {p[0] for p in plans}
+        if args.only is None:
+            plans += [(f"{b}_max_drop_0.005", b, {"max_drop": 0.005}) for b in budget]
+        earlier = {  # runs of the previous file, and what it had carried over itself
+            **(previous.get("carried_over") or {}),
+            **{
+                k: {**v, "from_run_started": previous.get("started", "unknown")}
+                for k, v in (previous.get("runs") or {}).items()
+            },
         }
+        carried = {k: v for k, v in earlier.items() if k not in {p[0] for p in plans}}
         if carried:
             results["carried_over"] = carried
         for name, backend, kw in plans:
@@ -187,13 +202,18 @@ def _previous(path: Path) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any]) -> Path:
-    runs = results["runs"]
-    summary: dict[str, Any] = {}
-    if "openvino" in runs:
-        summary["openvino"] = _summary(runs["openvino"], 0.01, 0.6)
-    if "onnxruntime" in runs:
-        summary["onnxruntime"] = _summary(runs["onnxruntime"], 0.015, None)
     carried = results.get("carried_over") or {}
+    runs = {**carried, **results["runs"]}
+    summary: dict[str, Any] = {}
+    for name, max_drop, ratio_max in (
+        ("openvino", 0.01, 0.6),
+        ("onnxruntime", 0.015, None),
+        ("onnxruntime_nncf", 0.015, None),
+    ):
+        if name in runs:
+            summary[name] = _summary(runs[name], max_drop, ratio_max)
+            if "from_run_started" in runs[name]:
+                summary[name]["from_run_started"] = runs[name]["from_run_started"]
     for name in ("openvino_max_drop_0.005", "onnxruntime_max_drop_0.005"):
         r = runs.get(name) or carried.get(name)
         if r is not None:

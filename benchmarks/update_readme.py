@@ -125,23 +125,24 @@ def _quantize_rows(r: Results) -> list[Row]:
         rows.append((what, "not run", "<= 0.6x", "n/a"))
     else:
         rows.append((what, f"{ratio:.2f}x", "<= 0.6x", _met(ratio <= 0.6)))
-    ort = _get(s, "onnxruntime")
-    what = "YOLOX-Nano ONNX Runtime Q/DQ INT8: mAP50-95 drop vs FP32"
-    drop = _num(_get(ort, "map_drop"))
-    if drop is not None:
-        rows.append((what, f"{drop:.4f}", "<= 0.015", _met(drop <= 0.015)))
-        ratio = _num(_get(ort, "inference_ratio"))
-        if ratio is not None:
-            rows.append(
-                (
-                    "YOLOX-Nano ONNX Runtime Q/DQ INT8: inference p50 vs FP32",
-                    f"{ratio:.2f}x",
-                    "< 1x",
-                    _met(ratio < 1.0),
+    for key, engine in (("onnxruntime", "quantize_static"), ("onnxruntime_nncf", "NNCF")):
+        ort = _get(s, key)
+        what = f"YOLOX-Nano ONNX Runtime Q/DQ INT8 ({engine}): mAP50-95 drop vs FP32"
+        drop = _num(_get(ort, "map_drop"))
+        if drop is not None:
+            rows.append((what, f"{drop:.4f}", "<= 0.015", _met(drop <= 0.015)))
+            ratio = _num(_get(ort, "inference_ratio"))
+            if ratio is not None:
+                rows.append(
+                    (
+                        f"YOLOX-Nano ONNX Runtime Q/DQ INT8 ({engine}): inference p50 vs FP32",
+                        f"{ratio:.2f}x",
+                        "< 1x",
+                        _met(ratio < 1.0),
+                    )
                 )
-            )
-    elif isinstance(ort, dict) and ort.get("status"):
-        rows.append((what, f"{ort['status']} (nothing saved)", "<= 0.015", "**no**"))
+        elif isinstance(ort, dict) and ort.get("status"):
+            rows.append((what, f"{ort['status']} (nothing saved)", "<= 0.015", "**no**"))
     for backend in ("openvino", "onnxruntime"):
         b = _get(s, f"{backend}_max_drop_0.005")
         if not isinstance(b, dict):
