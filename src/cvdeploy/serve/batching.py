@@ -1,9 +1,11 @@
 """Dynamic batching: queued images are grouped into batches and run off the event loop.
 
 A :class:`Batcher` owns a bounded queue of images and one worker coroutine per inference
-worker. A worker takes the first waiting image, waits at most ``max_wait_ms`` for more to
-join (up to ``max_batch``), and runs the batch in its own thread, so the event loop keeps
-accepting requests while the model runs. A full queue refuses new images at once
+worker. A worker takes the first waiting image and everything queued behind it (up to
+``max_batch``); while every other worker is busy it also waits at most ``max_wait_ms`` for
+more to join, but with another worker idle it starts at once (that worker takes the next
+request, so waiting would only add latency). It runs the batch in its own thread, so the
+event loop keeps accepting requests while the model runs. A full queue refuses new images at once
 (:class:`Overloaded`, HTTP 503); an image whose deadline passed while it waited is not run
 (:class:`DeadlineExceeded`, HTTP 504). :meth:`Batcher.drain` stops intake and waits for
 everything queued to be answered, which is how a model version is retired without failing
@@ -95,6 +97,7 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
+        self._waiting = 0  # workers idle, waiting for the first image of a batch
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._executors = [
@@ -174,7 +177,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while not self._items:
             self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiting += 1
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._waiting -= 1
         batch = [self._items.popleft()]
         self._inflight += 1
         end = loop.time() + self.max_wait
@@ -185,8 +192,8 @@ class Batcher:
                     self._inflight += 1
                     continue
                 remaining = end - loop.time()
-                if remaining <= 0 or self._closed:
-                    break
+                if remaining <= 0 or self._closed or self._waiting:
+                    break  # an idle worker takes what comes next: no wait for a fuller batch
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
