@@ -155,8 +155,16 @@ class LiveStats:
     started: float = field(default_factory=time.time)
 
     def request(self, latency_s: float, status: int) -> None:
-        """Record one predict request."""
-        self._requests.append((time.monotonic(), latency_s * 1e3, status))
+        """Record one predict request (and forget those older than the window)."""
+        now = time.monotonic()
+        self._requests.append((now, latency_s * 1e3, status))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        # on every request, not only when the dashboard polls: a server nobody watches
+        # would otherwise hold up to maxlen entries (a soak run saw RSS creep 0.5 MB/min)
+        while self._requests and now - self._requests[0][0] > self.window_s:
+            self._requests.popleft()
 
     def batch(self, size: int) -> None:
         """Record one batch size."""
@@ -211,8 +219,7 @@ class LiveStats:
     def snapshot(self) -> dict[str, Any]:
         """Rates, latency percentiles and distributions over the window."""
         now = time.monotonic()
-        while self._requests and now - self._requests[0][0] > self.window_s:
-            self._requests.popleft()
+        self._trim(now)
         reqs = list(self._requests)
         span = min(self.window_s, max(now - (reqs[0][0] if reqs else now), 1.0))
         lat = np.array([r[1] for r in reqs if r[2] < 400], dtype=np.float64)
