@@ -185,3 +185,20 @@ def test_bad_warm_scale(tmp_path: Path) -> None:
     data = make_detection_dataset(tmp_path / "data", n_train=4, n_val=2, imgsz=64, seed=0)
     with pytest.raises(UsageError, match="warm_scale"):
         train_detector(data=data, out_dir=tmp_path / "run", epochs=1, imgsz=64, warm_scale=1.5)
+
+
+def test_resized_trainset_matches_one_read_at_that_size(tmp_path: Path) -> None:
+    data = make_detection_dataset(tmp_path / "data", n_train=6, n_val=2, imgsz=64, seed=1)
+    splits, names = read_data_yaml(data)
+    full = YoloTrainSet(splits["train"], names=names, imgsz=64)
+    direct = YoloTrainSet(splits["train"], names=names, imgsz=32)
+    derived = full.resized(32)
+    assert derived.imgsz == 32 and len(derived) == len(direct)
+    for a, b, la, lb in zip(
+        derived.images, direct.images, derived.labels, direct.labels, strict=True
+    ):
+        assert a.shape == b.shape
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+        np.testing.assert_allclose(la, lb, atol=1e-3)
+    x, _ = derived.batch([0, 1])
+    assert tuple(x.shape) == (2, 3, 32, 32)

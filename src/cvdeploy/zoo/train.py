@@ -183,9 +183,7 @@ def train_detector(
         trainset = YoloTrainSet(splits["train"], names=names, imgsz=imgsz)
         valset = YoloTrainSet(splits["val"], names=names, imgsz=imgsz) if "val" in splits else None
         warmset = (
-            YoloTrainSet(splits["train"], names=names, imgsz=warm_imgsz)
-            if warm_imgsz is not None and warm_imgsz != imgsz
-            else None
+            trainset.resized(warm_imgsz) if warm_imgsz is not None and warm_imgsz != imgsz else None
         )
         net = build_model(model, num_classes=len(names))
         assert isinstance(net, Detector)

@@ -157,6 +157,22 @@ class YoloTrainSet:
     def __len__(self) -> int:
         return len(self.files)
 
+    def resized(self, imgsz: int) -> YoloTrainSet:
+        """The same split cached at another training size (from the cached images: the
+        files are not read again)."""
+        out = object.__new__(YoloTrainSet)
+        out.names, out.files, out.imgsz = self.names, self.files, imgsz
+        r = imgsz / self.imgsz
+        out.images, out.labels = [], []
+        for img, lab in zip(self.images, self.labels, strict=True):
+            h, w = img.shape[:2]
+            size = (max(1, round(w * r)), max(1, round(h * r)))
+            out.images.append(cv2.resize(img, size, interpolation=cv2.INTER_LINEAR))
+            scaled = lab.copy()
+            scaled[:, 1:] *= np.array([size[0] / w, size[1] / h] * 2, dtype=scaled.dtype)
+            out.labels.append(scaled)
+        return out
+
     def _mosaic(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         s = self.imgsz
         canvas = np.full((2 * s, 2 * s, 3), PAD_VALUE, np.uint8)
