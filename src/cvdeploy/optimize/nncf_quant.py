@@ -115,7 +115,11 @@ class NncfOptions:
 
 
 def nncf_quantize_kwargs(options: NncfOptions, subset_size: int) -> dict[str, Any]:
-    """Keyword arguments of ``nncf.quantize`` for these options (any NNCF backend)."""
+    """Keyword arguments of ``nncf.quantize`` for these options (any NNCF backend).
+
+    ``nncf.quantize_with_accuracy_control`` names the advanced parameters
+    ``advanced_quantization_parameters``; its caller renames that one key.
+    """
     _, nncf = _import()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -139,7 +143,7 @@ def nncf_quantize_kwargs(options: NncfOptions, subset_size: int) -> dict[str, An
         "preset": preset[options.preset],
         "subset_size": subset_size,
         "ignored_scope": nncf.IgnoredScope(names=list(options.ignored), validate=False),
-        "advanced_quantization_parameters": AdvancedQuantizationParameters(**adv) if adv else None,
+        "advanced_parameters": AdvancedQuantizationParameters(**adv) if adv else None,
     }
 
 
@@ -158,9 +162,7 @@ def quantize_ov(
         return predictor.preprocess([read_image(p)])[0]
 
     ds = nncf.Dataset(list(paths), transform)
-    kwargs = nncf_quantize_kwargs(options, len(paths))
-    kwargs["advanced_parameters"] = kwargs.pop("advanced_quantization_parameters")
-    return nncf.quantize(model, ds, **kwargs)
+    return nncf.quantize(model, ds, **nncf_quantize_kwargs(options, len(paths)))
 
 
 def validation_fn(predictor: Predictor, evalset: EvalSet) -> Callable[[Any, Any], float]:
@@ -214,6 +216,8 @@ def quantize_ov_with_accuracy_control(
         return transform(item[1])
 
     val = nncf.Dataset(items, val_transform)
+    kwargs = nncf_quantize_kwargs(options, len(paths))
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     return nncf.quantize_with_accuracy_control(
         model,
         calib,
@@ -224,7 +228,7 @@ def quantize_ov_with_accuracy_control(
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             num_ranking_workers=1, ranking_subset_size=min(len(items), 64)
         ),
-        **nncf_quantize_kwargs(options, len(paths)),
+        **kwargs,
     )
 
 

@@ -307,7 +307,6 @@ def quantize_qdq_nncf(
         ),
         len(data),
     )
-    kwargs["advanced_parameters"] = kwargs.pop("advanced_quantization_parameters")
     try:
         quantized = nncf.quantize(model, nncf.Dataset(data), **kwargs)
     except Exception as exc:  # NNCF raises many types; the message names the node
