@@ -134,11 +134,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _scoring_rows(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows (one per scoring anchor, every channel) of a source and candidate output."""
-    scores = anchor_scores(kind, a)
-    if kind in ("yolov8", "yolo11"):  # (B, C, N): anchors on the last axis
-        sel = np.nonzero(scores >= SCORING_MIN)
-        return a.transpose(0, 2, 1)[sel], b.transpose(0, 2, 1)[sel]
-    sel = np.nonzero(scores >= SCORING_MIN)  # (B, N, C)
+    sel = np.nonzero(anchor_scores(kind, a) >= SCORING_MIN)  # (batch, anchor) indices
+    if kind in ("yolov8", "yolo11"):  # (B, C, N): put the anchors before the channels
+        a, b = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
     return a[sel], b[sel]
 
 
