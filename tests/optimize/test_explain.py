@@ -83,3 +83,59 @@ def test_ultralytics_dynamic_int8_is_explained(realworld: Path, tmp_path: Path) 
     assert exp.artifact == "onnx-int8-dynamic" and exp.source is None
     assert exp.ops["graph"].get("ConvInteger", 0) > 10
     assert "dynamic-quantization" in {f.code for f in exp.findings}
+
+
+def _conv_silu_qdq(path: Path, *, quantize_conv_output: bool) -> Path:
+    """x -> Q/DQ -> Conv (DQ int8 weight) -> [Q/DQ] -> SiLU (Sigmoid x Mul) -> y."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "wq"),
+        numpy_helper.from_array(np.full((4,), 0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros((4,), np.int8), "wz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+        helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+    ]
+    act = "c"
+    if quantize_conv_output:
+        nodes += [
+            helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+            helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"]),
+        ]
+        act = "cd"
+    nodes += [
+        helper.make_node("Sigmoid", [act], ["sg"]),
+        helper.make_node("Mul", [act, "sg"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("quantized_output", [False, True])
+def test_conv_output_left_in_float_is_diagnosed(tmp_path: Path, quantized_output: bool) -> None:
+    """NNCF's placement (Q/DQ after the SiLU) leaves no QLinearConv for ONNX Runtime."""
+    ops = onnx_op_stats(_conv_silu_qdq(tmp_path / "m.onnx", quantize_conv_output=quantized_output))
+    assert ops["quantized_input_float_output"] == (0 if quantized_output else 1)
+    assert (ops["optimized"].get("QLinearConv", 0) == 1) is quantized_output
+    cpu = {"model": "test cpu", "flags": ["avx512_vnni"], "arch": "x86_64"}
+    codes = {f.code: f for f in explain_mod._findings(cpu, ops, {}, 0.5)}
+    assert ("output-not-quantized" in codes) is not quantized_output
+    if not quantized_output:
+        assert "Sigmoid" in codes["output-not-quantized"].message
+        assert "output-not-quantized" in codes["unfused-qdq"].fix

@@ -10,6 +10,8 @@ diagnosis looks at:
 - the share of convolutions/MatMuls left in float;
 - Q/DQ pairs ONNX Runtime did not fuse into integer kernels (read from the optimized model
   ONNX Runtime writes with ``SessionOptions.optimized_model_filepath``);
+- convolutions whose input is dequantized but whose output is not quantized (the Q/DQ placed
+  after a SiLU), which ONNX Runtime cannot fuse into ``QLinearConv``;
 - dynamic quantization (``ConvInteger`` + ``DynamicQuantizeLinear``), which is slow on CPU;
 - pre- and postprocessing time, which INT8 does not shorten.
 """
@@ -148,6 +150,7 @@ def onnx_op_stats(model_path: Path, *, threads: int | None = None) -> dict[str, 
     dynamic = sum(c for op, c in after.items() if op in _DYNAMIC)
     int_compute = fused + after.get("ConvInteger", 0) + after.get("MatMulInteger", 0)
     total_compute = float_compute + int_compute
+    unq, consumers = _outputs_not_quantized(model)
     return {
         "format": "onnx",
         "graph": dict(sorted(before.items())),
@@ -159,7 +162,41 @@ def onnx_op_stats(model_path: Path, *, threads: int | None = None) -> dict[str, 
         "compute_ops": total_compute,
         "float_compute_ops": float_compute,
         "float_share": float_compute / total_compute if total_compute else 0.0,
+        "quantized_input_float_output": unq,
+        "float_output_consumers": consumers,
     }
+
+
+def _outputs_not_quantized(model: Any) -> tuple[int, dict[str, int]]:
+    """Compute nodes with a dequantized input whose output is not quantized again.
+
+    ONNX Runtime runs a convolution in INT8 only as ``DequantizeLinear -> Conv ->
+    QuantizeLinear`` (fused into ``QLinearConv``). A quantizer that puts the output's Q/DQ
+    after a following activation instead (NNCF does so for Conv + SiLU, for accuracy)
+    leaves that Conv in float between Dequantize nodes.
+
+    Returns:
+        The number of such nodes and the op types that consume their outputs.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    count = 0
+    ops: Counter[str] = Counter()
+    for n in model.graph.node:
+        if n.op_type not in _COMPUTE or not n.input or not n.output:
+            continue
+        src = producer.get(n.input[0])
+        if src is None or src.op_type != "DequantizeLinear":
+            continue
+        users = consumers.get(n.output[0], [])
+        if users and all(u.op_type == "QuantizeLinear" for u in users):
+            continue
+        count += 1
+        ops.update(u.op_type for u in users if u.op_type != "QuantizeLinear")
+    return count, dict(ops.most_common())
 
 
 def openvino_op_stats(
@@ -227,6 +264,23 @@ def _findings(
                 "`--backend openvino`",
             )
         )
+    unq = int(ops.get("quantized_input_float_output", 0))
+    if unq and ops.get("format") == "onnx":
+        after = ", ".join(list(ops.get("float_output_consumers") or {})[:3]) or "graph outputs"
+        out.append(
+            Finding(
+                "output-not-quantized",
+                f"{unq} convolution(s)/MatMul(s) take a dequantized input but their output is "
+                f"not quantized (it feeds {after} in float): ONNX Runtime fuses only "
+                "DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv, so these run "
+                "in float with the Q/DQ conversions added on top. Quantizers put the Q/DQ "
+                "after a non-ReLU activation such as SiLU (Sigmoid x Mul) for accuracy",
+                "on ONNX Runtime, `--engine ort` (quantize_static) quantizes every conv output "
+                "and fuses all of them, but a per-tensor scale before SiLU can cost a lot of "
+                "mAP (check it with --eval-data/--max-drop); `--backend openvino` runs the "
+                "activation inside its INT8 convolution and keeps this placement fast",
+            )
+        )
     left = ops.get("qdq_left_after_optimization", 0)
     if left and ops.get("qdq_nodes"):
         out.append(
@@ -235,7 +289,9 @@ def _findings(
                 f"{left} QuantizeLinear/DequantizeLinear node(s) remain after ONNX Runtime's "
                 f"optimizations ({ops.get('fused_int8_ops', 0)} fused INT8 op(s)): each "
                 "unfused pair converts tensors between float and INT8 in the hot path",
-                "leave fewer nodes in float (fewer --keep-float patterns, a looser "
+                "see output-not-quantized: its convolutions are where these come from"
+                if unq
+                else "leave fewer nodes in float (fewer --keep-float patterns, a looser "
                 "--max-drop), keep opset >= 13 and the default Q/DQ op set, so that "
                 "DQ->op->Q groups fuse into QLinear kernels",
             )
