@@ -47,6 +47,8 @@ bench: venv
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/e2e_vs_naive.py
 	$(PY) benchmarks/quantize.py $(BENCH_QUANTIZE_ARGS)
+	$(PY) benchmarks/quantize.py --model zoo $(BENCH_QUANTIZE_ARGS)
+	$(PY) benchmarks/ort_placement.py
 	$(PY) benchmarks/update_readme.py
 
 # Only the README table, from the JSON results already there (nothing is timed).

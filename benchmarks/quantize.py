@@ -18,10 +18,15 @@ when detections agree (see the report's gate figures).
 Writes ``benchmarks/results/quantize.json``. Skips with a message (exit 0) when
 ``../shared/realworld`` (or ``$CVDEPLOY_REALWORLD``) is absent.
 
+``--model zoo`` runs the same plans and budgets on the shipped zoo detector (``detector-n``,
+its FP32 ONNX export) instead: calibrated on 300 images of the seed-0 synthetic train split
+and evaluated on its 200-image val split (no overlap, no ``--force``), writing
+``benchmarks/results/quantize_zoo.json``. It needs no ``../shared``.
+
 Usage::
 
-    python benchmarks/quantize.py [--threads N] [--skip-budget] [--budget-backends onnxruntime]
-        [--only openvino,onnxruntime,onnxruntime_nncf]
+    python benchmarks/quantize.py [--model yolox|zoo] [--threads N] [--skip-budget]
+        [--budget-backends onnxruntime] [--only openvino,onnxruntime,onnxruntime_nncf]
 
 ``--budget-backends`` picks which ``--max-drop 0.005`` runs to do (NNCF's accuracy control
 on OpenVINO takes about 12 minutes here); a budget run not done this time is carried over
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -59,16 +65,35 @@ def _import(rw: Path, out: Path) -> Path:
     return out
 
 
-def _run(bundle: Path, data: Path, backend: str, **kw: Any) -> dict[str, Any]:
+ZOO_MODEL = "detector-n"
+ZOO_CALIB, ZOO_VAL, ZOO_SEED = 300, 200, 0
+
+
+def _zoo_data(out: Path) -> Path:
+    """The seed-0 synthetic split: 300 train images to calibrate on, 200 val to evaluate on."""
+    from cvdeploy.data.synthetic import make_detection_dataset
+
+    return make_detection_dataset(out, n_train=ZOO_CALIB, n_val=ZOO_VAL, seed=ZOO_SEED)
+
+
+def _zoo_bundle(data: Path, out: Path) -> Path:
+    """The shipped zoo detector exported to FP32 ONNX (through the parity gate)."""
+    from cvdeploy.export.run import ExportOptions, export_model
+
+    export_model(ZOO_MODEL, formats=["onnx"], out=out, data=data, options=ExportOptions())
+    return out
+
+
+def _run(bundle: Path, data: Path, backend: str, *, zoo: bool = False, **kw: Any) -> dict[str, Any]:
     from cvdeploy.errors import CheckFailed
     from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 
     opts = QuantizeOptions(
         backend=backend,
-        calib_size=128,
-        force=True,
+        calib_size=ZOO_CALIB if zoo else 128,
+        force=not zoo,
         eval_data=data,
-        gate_cosine=GATE_COSINE,
+        gate_cosine=None if zoo else GATE_COSINE,
         progress=False,
         **kw,
     )
@@ -136,28 +161,46 @@ def main() -> int:
         help="run only these plans (comma-separated); the others are carried over from the "
         "previous results file and labelled with its start time",
     )
+    ap.add_argument(
+        "--model",
+        choices=["yolox", "zoo"],
+        default="yolox",
+        help="YOLOX-Nano on coco128 (realworld), or the zoo detector on synthetic data",
+    )
     args = ap.parse_args()
-    out_path = ROOT / "benchmarks" / "results" / "quantize.json"
+    zoo = args.model == "zoo"
+    out_path = ROOT / "benchmarks" / "results" / ("quantize_zoo.json" if zoo else "quantize.json")
     previous = _previous(out_path)
     rw = realworld_root()
-    if not rw.is_dir():
+    if not zoo and not rw.is_dir():
         print(f"skipped: {rw} is absent (real-world models and data)")
         return 0
     from cvdeploy.diagnose.environment import fingerprint
 
-    data = rw / "datasets" / "coco128" / "coco128.yaml"
+    tmp_root = Path(tempfile.mkdtemp(prefix="cvdeploy-bench-quant-"))
+    if zoo:
+        data = _zoo_data(tmp_root / "data")
+        model_desc = f"{ZOO_MODEL} (zoo, shipped weights, FP32 ONNX export)"
+        data_desc = (
+            f"synthetic seed {ZOO_SEED} (calibration: {ZOO_CALIB} train images; evaluation: "
+            f"{ZOO_VAL} val images, no overlap)"
+        )
+    else:
+        data = rw / "datasets" / "coco128" / "coco128.yaml"
+        model_desc = "yolox_nano.onnx (--preset yolox)"
+        data_desc = "coco128 (calibration: 128 images, --force; evaluation: the same 128)"
     results: dict[str, Any] = {
-        "model": "yolox_nano.onnx (--preset yolox)",
-        "data": "coco128 (calibration: 128 images, --force; evaluation: the same 128)",
-        "gate_cosine": GATE_COSINE,
+        "model": model_desc,
+        "data": data_desc,
+        "gate_cosine": None if zoo else GATE_COSINE,
         "threads": args.threads,
         "environment": fingerprint(),
         "loadavg_before": os.getloadavg()[0],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": {},
     }
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-bench-quant-") as tmp:
-        t = Path(tmp)
+    try:
+        t = tmp_root
         plans: list[tuple[str, str, dict[str, Any]]] = [
             ("openvino", "openvino", {}),
             ("onnxruntime", "onnxruntime", {}),
@@ -181,13 +224,15 @@ def main() -> int:
             results["carried_over"] = carried
         for name, backend, kw in plans:
             print(f"== {name}", flush=True)
-            bundle = _import(rw, t / name)
-            res = _run(bundle, data, backend, threads=args.threads, **kw)
+            bundle = _zoo_bundle(data, t / name) if zoo else _import(rw, t / name)
+            res = _run(bundle, data, backend, zoo=zoo, threads=args.threads, **kw)
             results["runs"][name] = res
             print(f"   {res['status']} in {res['seconds']:.0f} s", flush=True)
-            _write(results)  # after every run: a long budget search can be stopped
+            _write(results, out_path)  # after every run: a long budget search can be stopped
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
     results["loadavg_after"] = os.getloadavg()[0]
-    out = _write(results)
+    out = _write(results, out_path)
     print(json.dumps(results["summary"], indent=2, default=str))
     print(f"wrote {out}")
     return 0
@@ -201,7 +246,7 @@ def _previous(path: Path) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
-def _write(results: dict[str, Any]) -> Path:
+def _write(results: dict[str, Any], out: Path) -> Path:
     carried = results.get("carried_over") or {}
     runs = {**carried, **results["runs"]}
     summary: dict[str, Any] = {}
@@ -227,7 +272,6 @@ def _write(results: dict[str, Any]) -> Path:
                 "map_drop": r.get("map_drop"),
             }
     results["summary"] = summary
-    out = ROOT / "benchmarks" / "results" / "quantize.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     return out

@@ -2,7 +2,8 @@
 
 The table sits between the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in
 README.md; everything outside them is left as it is. Each row quotes one benchmark's JSON
-(``e2e_vs_naive.json``, ``pipeline_overhead.json``, ``quantize.json``) against the target
+(``e2e_vs_naive.json``, ``pipeline_overhead.json``, ``quantize.json``,
+``quantize_zoo.json``) against the target
 it measures; a missing file or field gives a "not run" row rather than an error, so the
 table always says what was measured and what was not. Nothing is timed here.
 
@@ -109,25 +110,25 @@ def _overhead_rows(r: Results) -> list[Row]:
     return rows
 
 
-def _quantize_rows(r: Results) -> list[Row]:
-    s = _get(r.get("quantize"), "summary")
+def _int8_rows(s: Any, model: str) -> list[Row]:
+    """The INT8 rows of one quantize benchmark summary (``model`` names the model)."""
     rows: list[Row] = []
     ov = _get(s, "openvino")
     drop = _num(_get(ov, "map_drop"))
-    what = "YOLOX-Nano OpenVINO INT8 (NNCF): mAP50-95 drop vs FP32"
+    what = f"{model} OpenVINO INT8 (NNCF): mAP50-95 drop vs FP32"
     if drop is None:
         rows.append((what, "not run", "<= 0.01", "n/a"))
     else:
         rows.append((what, f"{drop:.4f}", "<= 0.01", _met(drop <= 0.01)))
     ratio = _num(_get(ov, "inference_ratio"))
-    what = "YOLOX-Nano OpenVINO INT8: inference p50 vs FP32"
+    what = f"{model} OpenVINO INT8: inference p50 vs FP32"
     if ratio is None:
         rows.append((what, "not run", "<= 0.6x", "n/a"))
     else:
         rows.append((what, f"{ratio:.2f}x", "<= 0.6x", _met(ratio <= 0.6)))
     for key, engine in (("onnxruntime", "quantize_static"), ("onnxruntime_nncf", "NNCF")):
         ort = _get(s, key)
-        what = f"YOLOX-Nano ONNX Runtime Q/DQ INT8 ({engine}): mAP50-95 drop vs FP32"
+        what = f"{model} ONNX Runtime Q/DQ INT8 ({engine}): mAP50-95 drop vs FP32"
         drop = _num(_get(ort, "map_drop"))
         if drop is not None:
             rows.append((what, f"{drop:.4f}", "<= 0.015", _met(drop <= 0.015)))
@@ -135,7 +136,7 @@ def _quantize_rows(r: Results) -> list[Row]:
             if ratio is not None:
                 rows.append(
                     (
-                        f"YOLOX-Nano ONNX Runtime Q/DQ INT8 ({engine}): inference p50 vs FP32",
+                        f"{model} ONNX Runtime Q/DQ INT8 ({engine}): inference p50 vs FP32",
                         f"{ratio:.2f}x",
                         "< 1x",
                         _met(ratio < 1.0),
@@ -155,7 +156,7 @@ def _quantize_rows(r: Results) -> list[Row]:
             got = "stopped: could not meet the budget, nothing saved"
         rows.append(
             (
-                f"YOLOX-Nano {backend} INT8 `--max-drop 0.005`",
+                f"{model} {backend} INT8 `--max-drop 0.005`",
                 got,
                 "meets it, or stops saying so",
                 _met(bool(b.get("met")) or not b.get("saved_artifact_on_refusal")),
@@ -164,9 +165,24 @@ def _quantize_rows(r: Results) -> list[Row]:
     return rows
 
 
-SECTIONS: list[Callable[[Results], list[Row]]] = [_e2e_rows, _overhead_rows, _quantize_rows]
+def _quantize_rows(r: Results) -> list[Row]:
+    return _int8_rows(_get(r.get("quantize"), "summary"), "YOLOX-Nano")
+
+
+def _quantize_zoo_rows(r: Results) -> list[Row]:
+    if "quantize_zoo" not in r:
+        return []
+    return _int8_rows(_get(r.get("quantize_zoo"), "summary"), "zoo detector-n")
+
+
+SECTIONS: list[Callable[[Results], list[Row]]] = [
+    _e2e_rows,
+    _overhead_rows,
+    _quantize_rows,
+    _quantize_zoo_rows,
+]
 """Row builders, one per benchmark, in table order."""
-SOURCES = ("e2e_vs_naive", "pipeline_overhead", "quantize")
+SOURCES = ("e2e_vs_naive", "pipeline_overhead", "quantize", "quantize_zoo")
 """The result files the rows quote."""
 
 

@@ -85,3 +85,23 @@ def test_missing_markers(ur: ModuleType, tmp_path: Path) -> None:
     assert readme.read_text() == "# no markers\n"
     with pytest.raises(ValueError):
         ur.replace_block("<!-- bench:end -->\n<!-- bench:begin -->\n", "x")
+
+
+def test_zoo_quantize_rows(ur: ModuleType, tmp_path: Path) -> None:
+    d = _fake_results(tmp_path / "r")
+    summary = {
+        "openvino": {"map_drop": 0.004, "inference_ratio": 0.7},
+        "onnxruntime": {"status": "refused", "message": "gate"},
+        "onnxruntime_max_drop_0.005": {"met": False, "saved_artifact_on_refusal": False},
+    }
+    (d / "quantize_zoo.json").write_text(json.dumps({"summary": summary}))
+    table = ur.render_table(ur.load_results(d))
+    assert "| zoo detector-n OpenVINO INT8 (NNCF): mAP50-95 drop vs FP32 | 0.0040 |" in table
+    assert "| zoo detector-n OpenVINO INT8: inference p50 vs FP32 | 0.70x | <= 0.6x | **no** |" in (
+        table
+    )
+    assert "zoo detector-n ONNX Runtime Q/DQ INT8 (quantize_static)" in table
+    assert "| zoo detector-n onnxruntime INT8 `--max-drop 0.005` | stopped" in table
+    assert "`quantize_zoo.json`" in table
+    without = ur.render_table(ur.load_results(_fake_results(tmp_path / "r2")))
+    assert "zoo detector-n" not in without  # no rows for a benchmark never run
