@@ -100,6 +100,7 @@ def main() -> int:
 
     data = rw / "datasets" / "coco128" / "coco128.yaml"
     env = fingerprint()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="cvdeploy-ort-placement-") as tmp_s:
         tmp = Path(tmp_s)
         b, _ = import_model(
@@ -188,6 +189,8 @@ def main() -> int:
         "reduce_range": rr,
         "head_float": list(head),
         "environment": env,
+        "started": started,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg": os.getloadavg()[0],
         "variants": out,
     }

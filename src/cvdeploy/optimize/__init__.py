@@ -10,7 +10,13 @@ Heavy imports (onnxruntime.quantization, openvino, nncf) happen inside the backe
 """
 
 from cvdeploy.optimize.calibration import CalibrationSet, build_calibration_set
-from cvdeploy.optimize.explain import Explanation, Finding, explain_artifact, measure_latency
+from cvdeploy.optimize.explain import (
+    Explanation,
+    Finding,
+    explain_artifact,
+    measure_latency,
+    measure_side_by_side,
+)
 from cvdeploy.optimize.quantize import (
     BACKENDS,
     QuantizeOptions,
@@ -28,5 +34,6 @@ __all__ = [
     "build_calibration_set",
     "explain_artifact",
     "measure_latency",
+    "measure_side_by_side",
     "quantize_bundle",
 ]

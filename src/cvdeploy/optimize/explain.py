@@ -61,6 +61,7 @@ class Latency:
     pre_post_p50_ms: float
     images: int
     warmup: int
+    rounds: int = 1
 
 
 @dataclass(slots=True)
@@ -124,6 +125,62 @@ def measure_latency(
         images=len(images),
         warmup=warmup,
     )
+
+
+SIDE_BY_SIDE_ROUNDS = 3
+"""Alternating rounds of :func:`measure_side_by_side` (A B, B A, A B)."""
+
+
+def measure_side_by_side(
+    bundle: Bundle,
+    artifacts: dict[str, str],
+    images: Sequence[Path],
+    *,
+    rounds: int = SIDE_BY_SIDE_ROUNDS,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, Latency]:
+    """Time several artifacts in alternating rounds and keep the median of each one's rounds.
+
+    Timed one after the other, two artifacts see different moments of the machine (on a
+    shared VM the same run drifts by 10-30% within minutes); alternating the order (A B,
+    B A, A B, ...) and taking the median of the per-round medians puts both under the
+    same conditions, as the benchmarks do.
+
+    Args:
+        bundle: The bundle.
+        artifacts: ``{key: artifact id}``, e.g. ``{"fp32": "onnx-fp32", "int8": "onnx-int8"}``.
+        images: Image files (the same ones for every artifact and round).
+        rounds: Alternating rounds (at least 1).
+        warmup: Untimed requests at the start of every round.
+        threads: Runtime threads (``None``: the backend's default).
+
+    Returns:
+        ``{key: Latency}`` with the medians over the rounds.
+    """
+    runs: dict[str, list[Latency]] = {k: [] for k in artifacts}
+    keys = list(artifacts)
+    for r in range(max(1, rounds)):
+        for k in keys if r % 2 == 0 else reversed(keys):
+            runs[k].append(
+                measure_latency(bundle, artifacts[k], images, warmup=warmup, threads=threads)
+            )
+
+    def med(xs: list[Latency], attr: str) -> float:
+        return float(np.median([getattr(x, attr) for x in xs]))
+
+    return {
+        k: Latency(
+            artifact=artifacts[k],
+            p50_ms=med(v, "p50_ms"),
+            inference_p50_ms=med(v, "inference_p50_ms"),
+            pre_post_p50_ms=med(v, "pre_post_p50_ms"),
+            images=len(images),
+            warmup=warmup,
+            rounds=len(v),
+        )
+        for k, v in runs.items()
+    }
 
 
 def onnx_op_stats(model_path: Path, *, threads: int | None = None) -> dict[str, Any]:
@@ -413,10 +470,12 @@ def _explain(
     notes: list[str],
 ) -> Explanation:
     lat = dict(latency or {})
-    if "int8" not in lat:
-        lat["int8"] = measure_latency(bundle, art.id, imgs, threads=threads)
-    if src is not None and "fp32" not in lat:
-        lat["fp32"] = measure_latency(bundle, src.id, imgs, threads=threads)
+    todo = {k: a.id for k, a in (("fp32", src), ("int8", art)) if a is not None and k not in lat}
+    if len(todo) == 2:
+        lat.update(measure_side_by_side(bundle, todo, imgs, threads=threads))
+    elif todo:
+        ((k, aid),) = todo.items()
+        lat[k] = measure_latency(bundle, aid, imgs, threads=threads)
     speedup = lat["fp32"].p50_ms / lat["int8"].p50_ms if "fp32" in lat else None
     path = bundle.model_file(art)
     if art.format == "onnx":

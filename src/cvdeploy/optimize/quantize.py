@@ -35,7 +35,13 @@ from cvdeploy.optimize.calibration import (
     build_calibration_set,
     predictor_map,
 )
-from cvdeploy.optimize.explain import Explanation, Latency, explain_artifact, measure_latency
+from cvdeploy.optimize.explain import (
+    SIDE_BY_SIDE_ROUNDS,
+    Explanation,
+    Latency,
+    explain_artifact,
+    measure_side_by_side,
+)
 from cvdeploy.pipeline.predictor import Predictor, Thresholds
 from cvdeploy.runtime import create_runner
 from cvdeploy.spec import IOSpec
@@ -444,9 +450,13 @@ def _finish(
             else list(cal.paths)
         )[:LATENCY_IMAGES]
         images = pool
-        say(f"timing {source.id} and {art_id} on {len(images)} images (warm-up + median)")
-        lat["fp32"] = measure_latency(b, source.id, images, threads=opts.threads)
-        lat["int8"] = measure_latency(b, art_id, images, threads=opts.threads)
+        say(
+            f"timing {source.id} and {art_id} on {len(images)} images, alternating in "
+            f"{SIDE_BY_SIDE_ROUNDS} rounds (warm-up + median)"
+        )
+        lat = measure_side_by_side(
+            b, {"fp32": source.id, "int8": art_id}, images, threads=opts.threads
+        )
         speedup = lat["fp32"].p50_ms / lat["int8"].p50_ms
         explanation = explain_artifact(
             b, art_id, images=images, source_id=source.id, latency=lat, threads=opts.threads
