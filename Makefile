@@ -49,6 +49,7 @@ bench: venv
 	$(PY) benchmarks/quantize.py $(BENCH_QUANTIZE_ARGS)
 	$(PY) benchmarks/quantize.py --model zoo $(BENCH_QUANTIZE_ARGS)
 	$(PY) benchmarks/ort_placement.py
+	$(PY) benchmarks/bench_repeat.py
 	$(PY) benchmarks/update_readme.py
 
 # Only the README table, from the JSON results already there (nothing is timed).

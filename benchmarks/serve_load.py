@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/serve_load.py                      # the tiny test detector (dynamic batch)
     python benchmarks/serve_load.py --model yolox        # YOLOX-Nano from ../shared/realworld
+    python benchmarks/serve_load.py --model zoo          # the shipped detector-n, dynamic batch
     python benchmarks/serve_load.py --bundle DIR [--image IMG] [--requests 200]
     python benchmarks/serve_load.py --full-decode --skip-plain   # cvdeploy only, full decode
 """
@@ -221,6 +222,14 @@ def _prepare(args: Any, tmp: Path) -> tuple[Path, bytes, str]:
         bundle, _ = import_model(src, out=tmp / "bundle", overrides=ImportOverrides(preset="yolox"))
         bundle = bundle.path
         desc = "YOLOX-Nano FP32 ONNX (realworld, fixed batch 1)"
+    elif args.model == "zoo":
+        from cvdeploy.export.run import ExportOptions, export_model
+
+        bundle = tmp / "bundle"
+        export_model(
+            "detector-n", formats=["onnx"], out=bundle, options=ExportOptions(dynamic=True)
+        )
+        desc = "zoo detector-n FP32 ONNX (dynamic batch, 256x256)"
     else:
         sys.path.insert(0, str(ROOT))
         from tests.tiny_models import NC, tiny_detector_onnx
@@ -247,7 +256,7 @@ def _prepare(args: Any, tmp: Path) -> tuple[Path, bytes, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundle", help="bundle to serve (default: built per --model)")
-    ap.add_argument("--model", choices=["tiny", "yolox"], default="tiny")
+    ap.add_argument("--model", choices=["tiny", "yolox", "zoo"], default="tiny")
     ap.add_argument("--image", help="image to send (default: realworld bus.jpg)")
     ap.add_argument("--requests", type=int, default=200, help="requests per level (min 4x level)")
     ap.add_argument("--warmup", type=int, default=16)

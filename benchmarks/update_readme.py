@@ -3,7 +3,7 @@
 The table sits between the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in
 README.md; everything outside them is left as it is. Each row quotes one benchmark's JSON
 (``e2e_vs_naive.json``, ``pipeline_overhead.json``, ``quantize.json``,
-``quantize_zoo.json``) against the target
+``quantize_zoo.json``, ``bench_repeat.json``, ``serve_load.json``) against the target
 it measures; a missing file or field gives a "not run" row rather than an error, so the
 table always says what was measured and what was not. Nothing is timed here.
 
@@ -175,14 +175,80 @@ def _quantize_zoo_rows(r: Results) -> list[Row]:
     return _int8_rows(_get(r.get("quantize_zoo"), "summary"), "zoo detector-n")
 
 
+def _repeat_rows(r: Results) -> list[Row]:
+    by = _get(r.get("bench_repeat"), "by_threads")
+    if not isinstance(by, dict) or not by:
+        return []
+    rows: list[Row] = []
+    for t, v in sorted(by.items()):
+        spread = _num(_get(v, "spread"))
+        if spread is None:
+            continue
+        p50 = ", ".join(f"{x:.1f}" for x in v.get("p50_ms", []))
+        rows.append(
+            (
+                f"Repeated `cvdeploy bench` runs (YOLOX-Nano onnx-fp32, {t} "
+                f"thread{'' if t == '1' else 's'}): p50 spread",
+                f"{spread:.1%} ({p50} ms)",
+                "<= 10%",
+                _met(spread <= 0.10),
+            )
+        )
+    return rows
+
+
+_SERVE_MODELS = {"tiny": "tiny detector", "yolox": "YOLOX-Nano", "zoo": "zoo detector-n"}
+
+
+def _serve_rows(r: Results) -> list[Row]:
+    data = r.get("serve_load")
+    if not isinstance(data, dict):
+        return []
+    rows: list[Row] = []
+    for key, label in _SERVE_MODELS.items():
+        t = _get(data, key, "targets")
+        x = _num(_get(t, "throughput_x_at_16"))
+        if x is None:
+            continue
+        rows.append(
+            (
+                f"`cvdeploy serve` vs plain FastAPI, {label}, 16 in flight: throughput",
+                f"{x:.2f}x",
+                ">= 2x",
+                _met(x >= 2.0),
+            )
+        )
+        ratio = _num(_get(t, "p99_over_p50_at_16"))
+        fails = _get(t, "cvdeploy_failures")
+        if ratio is not None:
+            rows.append(
+                (
+                    f"`cvdeploy serve`, {label}, 16 in flight: p99 / p50, failed requests",
+                    f"{ratio:.1f}x, {fails}",
+                    "<= 3x, 0",
+                    _met(ratio <= 3.0 and fails == 0),
+                )
+            )
+    return rows
+
+
 SECTIONS: list[Callable[[Results], list[Row]]] = [
     _e2e_rows,
     _overhead_rows,
     _quantize_rows,
     _quantize_zoo_rows,
+    _repeat_rows,
+    _serve_rows,
 ]
 """Row builders, one per benchmark, in table order."""
-SOURCES = ("e2e_vs_naive", "pipeline_overhead", "quantize", "quantize_zoo")
+SOURCES = (
+    "e2e_vs_naive",
+    "pipeline_overhead",
+    "quantize",
+    "quantize_zoo",
+    "bench_repeat",
+    "serve_load",
+)
 """The result files the rows quote."""
 
 

@@ -105,3 +105,25 @@ def test_zoo_quantize_rows(ur: ModuleType, tmp_path: Path) -> None:
     assert "`quantize_zoo.json`" in table
     without = ur.render_table(ur.load_results(_fake_results(tmp_path / "r2")))
     assert "zoo detector-n" not in without  # no rows for a benchmark never run
+
+
+def test_repeat_and_serve_rows(ur: ModuleType, tmp_path: Path) -> None:
+    d = _fake_results(tmp_path / "r")
+    (d / "bench_repeat.json").write_text(
+        json.dumps(
+            {
+                "by_threads": {
+                    "1": {"p50_ms": [30.0, 31.5], "spread": 0.05},
+                    "2": {"p50_ms": [20.0, 28.0], "spread": 0.4},
+                }
+            }
+        )
+    )
+    targets = {"throughput_x_at_16": 2.5, "p99_over_p50_at_16": 3.5, "cvdeploy_failures": 0}
+    (d / "serve_load.json").write_text(json.dumps({"tiny": {"targets": targets}}))
+    table = ur.render_table(ur.load_results(d))
+    assert "1 thread): p50 spread | 5.0% (30.0, 31.5 ms) | <= 10% | yes |" in table
+    assert "2 threads): p50 spread | 40.0% (20.0, 28.0 ms) | <= 10% | **no** |" in table
+    assert "tiny detector, 16 in flight: throughput | 2.50x | >= 2x | yes |" in table
+    assert "p99 / p50, failed requests | 3.5x, 0 | <= 3x, 0 | **no** |" in table
+    assert "YOLOX-Nano, 16 in flight" not in table  # a model not in the file has no row
