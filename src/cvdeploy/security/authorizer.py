@@ -7,17 +7,25 @@ in :class:`AuditMiddleware`, which writes (and fsyncs) one audit entry per reque
 the response starts.
 
 Credentials: ``Authorization: Bearer <access token | API key>`` or ``X-API-Key: <API key>``.
+Browsers, which cannot add a header to a page load, log in at ``/login`` (password + one-time
+code, ``POST /v1/auth/session``) and get an access token in an ``HttpOnly``, ``SameSite=Strict``
+cookie (``Secure`` over HTTPS). The cookie is accepted only for ``GET``/``HEAD`` requests that
+need a read-only permission (:data:`COOKIE_PERMISSIONS`: the docs, the dashboard and the data
+they load), never for predictions or administration, so a forged cross-site request can neither
+send it (``SameSite``) nor do anything with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +43,14 @@ __all__ = ["AuditMiddleware", "SecurityLayer", "install_security"]
 
 _ACTOR = "cvdeploy_actor"
 _NOTE = "cvdeploy_audit"
-_QUIET = frozenset({"read", "metrics", "docs", "whoami"})
+_QUIET = frozenset({"read", "metrics", "docs", "whoami", "login-page"})
+SESSION_COOKIE = "cvdeploy_session"
+"""The browser session cookie (an access token, ``HttpOnly``, ``SameSite=Strict``)."""
+COOKIE_PERMISSIONS = frozenset({"read", "metrics", "docs", "whoami"})
+"""The only permissions a session cookie can exercise, and only on ``GET``/``HEAD``."""
+PAGES = frozenset({"/dashboard", "/docs"})
+"""Pages a browser without a session is sent to ``/login`` from (``303``)."""
+_SAFE_NEXT = re.compile(r"^/(?![/\\])[A-Za-z0-9_./-]{0,200}$")
 _ACTIONS = {"predict": "predict", "reload": "model.reload", "login": "auth.token"}
 
 
@@ -124,12 +139,14 @@ class SecurityLayer:
             except UsageError as exc:
                 raise ApiError(400, "invalid_model_name", exc.message) from None
         client = request.client.host if request.client else "unknown"
+        if permission == "login-page":
+            return
         if permission == "login":
             self._limit(self.auth_ip, client, "too many login attempts from this address")
             return
         if permission == "predict":
             self._limit(self.per_ip, client, "too many requests from this address")
-        principal = await self.authenticate(request)
+        principal = await self.authenticate(request, permission)
         request.state.cvdeploy_actor = principal.label
         if not is_allowed(principal, permission, None if name is None else str(name)):
             raise ApiError(
@@ -146,18 +163,41 @@ class SecurityLayer:
         if wait > 0:
             raise _too_many(message, wait)
 
-    async def authenticate(self, request: Request) -> Principal:
-        """The caller, from an API key or an access token.
+    async def authenticate(self, request: Request, permission: str | None = None) -> Principal:
+        """The caller, from an API key or an access token (header, or session cookie).
+
+        Args:
+            request: The request.
+            permission: What the request needs: the session cookie counts only for
+                :data:`COOKIE_PERMISSIONS` on ``GET``/``HEAD``.
 
         Raises:
-            ApiError: 401 (the reason goes to the audit log, not to the client).
+            ApiError: 401 (the reason goes to the audit log, not to the client), or 303 to
+                ``/login`` for a browser loading a page without a valid session.
         """
         cred = request.headers.get("x-api-key")
         if cred is None:
             scheme, _, value = request.headers.get("authorization", "").partition(" ")
             cred = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        from_cookie = False
+        if (
+            cred is None
+            and permission in COOKIE_PERMISSIONS
+            and request.method in ("GET", "HEAD")
+            and request.cookies.get(SESSION_COOKIE)
+        ):
+            cred, from_cookie = request.cookies[SESSION_COOKIE], True
         if cred is None:
+            self._to_login(request)
             raise _unauthorized("credentials required: Authorization: Bearer <token or API key>")
+        if from_cookie:  # only access tokens issued by /v1/auth/session live in the cookie
+            try:
+                subject = self.tokens.verify(cred)
+            except TokenError as exc:
+                self._note(request, reason=f"session cookie: {exc}")
+                self._to_login(request)
+                raise _unauthorized(f"session refused: {exc}; log in again at /login") from None
+            return await self._user(request, subject)
         if cred.startswith(KEY_PREFIX + "_"):
             principal, reason = await asyncio.to_thread(
                 self.store.check_key, cred, now=self.clock()
@@ -171,11 +211,27 @@ class SecurityLayer:
         except TokenError as exc:
             self._note(request, reason=str(exc))
             raise _unauthorized(f"access token refused: {exc}") from None
+        return await self._user(request, subject)
+
+    async def _user(self, request: Request, subject: str) -> Principal:
         user = await asyncio.to_thread(self.store.principal_for_user, subject)
         if user is None:
             self._note(request, reason="token user removed")
             raise _unauthorized("access token refused: unknown user")
         return user
+
+    @staticmethod
+    def _to_login(request: Request) -> None:
+        """Send a browser loading a page (``Accept: text/html``) to the login page."""
+        path = request.url.path
+        accept = request.headers.get("accept", "")
+        if request.method == "GET" and path in PAGES and "text/html" in accept:
+            raise ApiError(
+                303,
+                "login_required",
+                "log in first: this page needs a session (or an API key header)",
+                headers={"Location": f"/login?next={path}"},
+            )
 
     @staticmethod
     def _note(request: Request, **detail: Any) -> None:
@@ -309,7 +365,7 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
         return await layer.login(request, body)
 
     async def whoami(request: Request) -> dict[str, Any]:
-        principal = await layer.authenticate(request)
+        principal = await layer.authenticate(request, "whoami")
         return {
             "id": principal.label,
             "role": principal.role,
@@ -348,12 +404,66 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
             raise ApiError(404, "unknown_key", exc.message) from None
         return {"info": info.to_dict(layer.clock())}
 
+    async def session(request: Request, body: TokenRequest) -> Response:
+        out = await layer.login(request, body)
+        resp = JSONResponse({"session": "cookie", "expires_in": out["expires_in"]})
+        resp.set_cookie(
+            SESSION_COOKIE,
+            out["access_token"],
+            max_age=int(out["expires_in"]),
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return resp
+
+    async def logout(request: Request) -> Response:
+        resp = JSONResponse({"session": None})
+        resp.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return resp
+
+    async def login_page(request: Request, next: str = "/dashboard") -> HTMLResponse:
+        return HTMLResponse(login_html(next))
+
     add_route(app, "/v1/auth/token", token, methods=["POST"], permission="login")
+    add_route(app, "/v1/auth/session", session, methods=["POST"], permission="login")
+    add_route(app, "/v1/auth/logout", logout, methods=["POST"], permission="login")
+    add_route(
+        app,
+        "/login",
+        login_page,
+        methods=["GET"],
+        permission="login-page",
+        include_in_schema=False,
+    )
     add_route(app, "/v1/auth/whoami", whoami, methods=["GET"], permission="whoami")
     add_route(app, "/v1/admin/users", list_users, methods=["GET"], permission="users")
     add_route(app, "/v1/admin/keys", list_keys, methods=["GET"], permission="users")
     add_route(app, "/v1/admin/keys", create_key, methods=["POST"], permission="users")
     add_route(app, "/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"], permission="users")
+
+
+def safe_next(target: str) -> str:
+    """Where the login page goes afterwards: a local path, else ``/dashboard``.
+
+    Only ``/`` followed by letters, digits and ``_ . / -`` is kept (no scheme, no ``//host``,
+    no backslash, no query), so the page can never send the browser to another site.
+    """
+    return target if _SAFE_NEXT.fullmatch(target) else "/dashboard"
+
+
+def login_html(target: str) -> str:
+    """The login page: one self-contained form (no external resource)."""
+    from cvdeploy.security.login_page import LOGIN_HTML
+
+    return LOGIN_HTML.replace("__NEXT__", safe_next(target))
 
 
 def _user(u: Any) -> dict[str, Any]:
