@@ -216,9 +216,13 @@ def test_cli_server_with_tls_auth_and_audit(
             assert r.status_code == 200, r.text
             viewer = {"Authorization": f"Bearer {keys['viewer']}"}
             assert c.get("/metrics", headers=viewer).status_code == 403
+            r = c.get("/dashboard", headers={"accept": "text/html"}, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/login?next=/dashboard"
+            assert c.get("/login").status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+    assert "browsers log in at /login" in " ".join(log.read_text().split())  # rich wraps
     entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert [(e["action"], e["outcome"]) for e in entries if e["action"] != "jwt.rotate"] == [
         ("predict", "denied"),

@@ -213,9 +213,10 @@ def serve_cmd(
         print_json({"host": host, "port": port, "config": cfg.model_dump(mode="json")})
     else:
         scheme = "https" if cfg.tls is not None else "http"
-        err_console().print(
-            f"serving {cfg.source} on {scheme}://{host}:{port} (dashboard: /dashboard, docs: /docs)"
-        )
+        pages = "dashboard: /dashboard, docs: /docs"
+        if cfg.security is not None:
+            pages += "; browsers log in at /login"
+        err_console().print(f"serving {cfg.source} on {scheme}://{host}:{port} ({pages})")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **ssl_options)
 
 
