@@ -176,3 +176,25 @@ def test_cookie_is_secure_over_https(srv: Secured) -> None:
     )
     assert r.status_code == 200
     assert "; secure" in _set_cookie(r).lower()
+
+
+def test_openapi_declares_the_bearer_scheme_for_guarded_operations(srv: Secured) -> None:
+    """Swagger UI's Authorize button: every guarded operation requires the bearer scheme."""
+    schema = srv.client.get("/openapi.json", headers=srv.auth("viewer")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    ops = {(m.upper(), p): op for p, d in schema["paths"].items() for m, op in d.items()}
+    assert ops[("POST", "/v1/models/{name}/predict")]["security"] == [{"bearer": []}]
+    assert ops[("GET", "/v1/admin/users")]["security"] == [{"bearer": []}]
+    assert "security" not in ops[("POST", "/v1/auth/token")]
+    assert "security" not in ops[("POST", "/v1/auth/session")]
+
+
+def test_openapi_without_security_has_no_scheme(tiny_bundle: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cvdeploy.serve.app import create_app
+    from cvdeploy.serve.config import ServeConfig
+
+    with TestClient(create_app(ServeConfig(source=tiny_bundle, warmup_runs=0))) as client:
+        schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})

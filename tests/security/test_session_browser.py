@@ -63,6 +63,7 @@ def test_login_then_dashboard_and_docs(
         assert "cvdeploy_session" not in page.evaluate("document.cookie")  # HttpOnly
         page.goto(f"{base}/docs")
         page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        assert page.locator(".btn.authorize").count() == 1  # the bearer scheme is declared
         page.screenshot(path=str(tmp_path / "docs-after-login.png"), full_page=True)
         assert not problems, problems
         page.close()

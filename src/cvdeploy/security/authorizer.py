@@ -356,8 +356,39 @@ def install_security(app: FastAPI, config: SecurityConfig) -> SecurityLayer:
     app.state.cvdeploy.authorize = layer.authorize
     app.state.cvdeploy_security = layer
     _add_routes(app, layer)
+    _secure_openapi(app)
     app.add_middleware(AuditMiddleware, layer=layer)
     return layer
+
+
+_OPEN = frozenset({"login", "login-page"})
+
+
+def _secure_openapi(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI schema, required by every guarded operation.
+
+    Swagger UI (``/docs``) then shows its *Authorize* button: paste an API key or an access
+    token there and *Try it out* sends it as ``Authorization: Bearer``.
+    """
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = base()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (cvd_<id>_<secret>) or an access token from "
+            "POST /v1/auth/token",
+        }
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                perm = op.get("x-permission") if isinstance(op, dict) else None
+                if perm and perm not in _OPEN:
+                    op["security"] = [{"bearer": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
