@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, realworld_root
+
 TARGET_SPREAD = 0.10
-
-
-def realworld_root() -> Path:
-    """``$CVDEPLOY_REALWORLD`` or ``../shared/realworld`` beside the repository."""
-    env = os.environ.get("CVDEPLOY_REALWORLD")
-    return Path(env) if env else ROOT.parent / "shared" / "realworld"
 
 
 def _bench(bundle: Path, images: Path, threads: int, iters: int) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from _common import ROOT, realworld_root
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF, IOU, SIZE = 0.25, 0.65, (416, 416)
 
 
@@ -248,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/e2e_vs_naive.json")
     args = ap.parse_args(argv)
-    env_root = os.environ.get("CVDEPLOY_REALWORLD")
-    rw = Path(env_root) if env_root else ROOT.parent / "shared" / "realworld"
+    rw = realworld_root()
     model = rw / "models" / "yolox_nano.onnx"
     data_yaml = rw / "datasets" / "coco128" / "coco128.yaml"
     data = rw / "datasets" / "coco128" / "images"

@@ -38,15 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ROOT, realworld_root
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGES_PER_ROUND = 8
-
-
-def realworld_root() -> Path:
-    """``$CVDEPLOY_REALWORLD`` or ``../shared/realworld`` beside the repository."""
-    env = os.environ.get("CVDEPLOY_REALWORLD")
-    return Path(env) if env else ROOT.parent / "shared" / "realworld"
 
 
 def _session(path: Path) -> Any:

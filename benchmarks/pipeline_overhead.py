@@ -22,20 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, realworld_root
+
 TARGET = 0.25
-
-
-def realworld_root() -> Path:
-    """``$CVDEPLOY_REALWORLD`` or ``../shared/realworld`` beside the repository."""
-    env = os.environ.get("CVDEPLOY_REALWORLD")
-    return Path(env) if env else ROOT.parent / "shared" / "realworld"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,14 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, realworld_root
+
 GATE_COSINE = 0.95
-
-
-def realworld_root() -> Path:
-    """``$CVDEPLOY_REALWORLD`` or ``../shared/realworld`` beside the repository."""
-    env = os.environ.get("CVDEPLOY_REALWORLD")
-    return Path(env) if env else ROOT.parent / "shared" / "realworld"
 
 
 def _import(rw: Path, out: Path) -> Path:

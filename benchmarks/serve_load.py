@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import ROOT, realworld_root
 from fastapi import FastAPI, File, UploadFile
 
-ROOT = Path(__file__).resolve().parents[1]
-REALWORLD = Path(os.environ.get("CVDEPLOY_REALWORLD", ROOT.parent / "shared" / "realworld"))
+REALWORLD = realworld_root()
 LEVELS = (1, 4, 16)
 
 
