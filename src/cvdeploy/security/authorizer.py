@@ -50,6 +50,8 @@ COOKIE_PERMISSIONS = frozenset({"read", "metrics", "docs", "whoami"})
 """The only permissions a session cookie can exercise, and only on ``GET``/``HEAD``."""
 PAGES = frozenset({"/dashboard", "/docs"})
 """Pages a browser without a session is sent to ``/login`` from (``303``)."""
+ANONYMOUS = frozenset({"login", "login-page"})
+"""Permissions that need no credentials (``login`` is rate-limited per address)."""
 _SAFE_NEXT = re.compile(r"^/(?![/\\])[A-Za-z0-9_./-]{0,200}$")
 _ACTIONS = {"predict": "predict", "reload": "model.reload", "login": "auth.token"}
 
@@ -139,10 +141,9 @@ class SecurityLayer:
             except UsageError as exc:
                 raise ApiError(400, "invalid_model_name", exc.message) from None
         client = request.client.host if request.client else "unknown"
-        if permission == "login-page":
-            return
-        if permission == "login":
-            self._limit(self.auth_ip, client, "too many login attempts from this address")
+        if permission in ANONYMOUS:
+            if permission == "login":
+                self._limit(self.auth_ip, client, "too many login attempts from this address")
             return
         if permission == "predict":
             self._limit(self.per_ip, client, "too many requests from this address")
@@ -361,9 +362,6 @@ def install_security(app: FastAPI, config: SecurityConfig) -> SecurityLayer:
     return layer
 
 
-_OPEN = frozenset({"login", "login-page"})
-
-
 def _secure_openapi(app: FastAPI) -> None:
     """Declare the bearer scheme in the OpenAPI schema, required by every guarded operation.
 
@@ -384,7 +382,7 @@ def _secure_openapi(app: FastAPI) -> None:
         for ops in schema.get("paths", {}).values():
             for op in ops.values():
                 perm = op.get("x-permission") if isinstance(op, dict) else None
-                if perm and perm not in _OPEN:
+                if perm and perm not in ANONYMOUS:
                     op["security"] = [{"bearer": []}]
         return schema
 
@@ -442,22 +440,13 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
             SESSION_COOKIE,
             out["access_token"],
             max_age=int(out["expires_in"]),
-            path="/",
-            secure=request.url.scheme == "https",
-            httponly=True,
-            samesite="strict",
+            **_cookie_attributes(request),
         )
         return resp
 
     async def logout(request: Request) -> Response:
         resp = JSONResponse({"session": None})
-        resp.delete_cookie(
-            SESSION_COOKIE,
-            path="/",
-            secure=request.url.scheme == "https",
-            httponly=True,
-            samesite="strict",
-        )
+        resp.delete_cookie(SESSION_COOKIE, **_cookie_attributes(request))
         return resp
 
     async def login_page(request: Request, next: str = "/dashboard") -> HTMLResponse:
@@ -479,6 +468,16 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
     add_route(app, "/v1/admin/keys", list_keys, methods=["GET"], permission="users")
     add_route(app, "/v1/admin/keys", create_key, methods=["POST"], permission="users")
     add_route(app, "/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"], permission="users")
+
+
+def _cookie_attributes(request: Request) -> dict[str, Any]:
+    """The session cookie's attributes, the same when it is set and when it is cleared."""
+    return {
+        "path": "/",
+        "secure": request.url.scheme == "https",
+        "httponly": True,
+        "samesite": "strict",
+    }
 
 
 def safe_next(target: str) -> str:
