@@ -471,11 +471,9 @@ def _explain(
 ) -> Explanation:
     lat = dict(latency or {})
     todo = {k: a.id for k, a in (("fp32", src), ("int8", art)) if a is not None and k not in lat}
-    if len(todo) == 2:
-        lat.update(measure_side_by_side(bundle, todo, imgs, threads=threads))
-    elif todo:
-        ((k, aid),) = todo.items()
-        lat[k] = measure_latency(bundle, aid, imgs, threads=threads)
+    if todo:  # one artifact alone needs no alternation: one round
+        rounds = SIDE_BY_SIDE_ROUNDS if len(todo) > 1 else 1
+        lat.update(measure_side_by_side(bundle, todo, imgs, rounds=rounds, threads=threads))
     speedup = lat["fp32"].p50_ms / lat["int8"].p50_ms if "fp32" in lat else None
     path = bundle.model_file(art)
     if art.format == "onnx":
