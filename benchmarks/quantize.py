@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -172,16 +171,14 @@ def main() -> int:
         return 0
     from cvdeploy.diagnose.environment import fingerprint
 
-    tmp_root = Path(tempfile.mkdtemp(prefix="cvdeploy-bench-quant-"))
+    data = rw / "datasets" / "coco128" / "coco128.yaml"  # the zoo's is made below
     if zoo:
-        data = _zoo_data(tmp_root / "data")
         model_desc = f"{ZOO_MODEL} (zoo, shipped weights, FP32 ONNX export)"
         data_desc = (
             f"synthetic seed {ZOO_SEED} (calibration: {ZOO_CALIB} train images; evaluation: "
             f"{ZOO_VAL} val images, no overlap)"
         )
     else:
-        data = rw / "datasets" / "coco128" / "coco128.yaml"
         model_desc = "yolox_nano.onnx (--preset yolox)"
         data_desc = "coco128 (calibration: 128 images, --force; evaluation: the same 128)"
     results: dict[str, Any] = {
@@ -194,8 +191,10 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": {},
     }
-    try:
-        t = tmp_root
+    with tempfile.TemporaryDirectory(prefix="cvdeploy-bench-quant-") as tmp:
+        t = Path(tmp)
+        if zoo:
+            data = _zoo_data(t / "data")
         plans: list[tuple[str, str, dict[str, Any]]] = [
             ("openvino", "openvino", {}),
             ("onnxruntime", "onnxruntime", {}),
@@ -224,8 +223,6 @@ def main() -> int:
             results["runs"][name] = res
             print(f"   {res['status']} in {res['seconds']:.0f} s", flush=True)
             _write(results, out_path)  # after every run: a long budget search can be stopped
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
     results["loadavg_after"] = os.getloadavg()[0]
     out = _write(results, out_path)
     print(json.dumps(results["summary"], indent=2, default=str))
