@@ -4,11 +4,7 @@ security flag in a real process (HTTPS + API keys + audit log)."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -149,12 +145,6 @@ def test_registry_promote_and_rollback_are_audited(tmp_path: Path) -> None:
     assert code == 2 and "go together" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_server_with_tls_auth_and_audit(
     tmp_path: Path,
     tiny_bundle: Path,
@@ -164,64 +154,39 @@ def test_cli_server_with_tls_auth_and_audit(
     import shutil
 
     from cvdeploy.security.tls import write_self_signed
+    from tests.serve.test_uvicorn import cli_server
 
     db, keys, _ = auth_db_template
     shutil.copy(db, tmp_path / "auth.db")
     cert, key = write_self_signed(tmp_path)
     key_file = write_key(tmp_path / "audit.key")
-    port = _free_port()
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cvdeploy.cli.main",
-                "serve",
-                str(tiny_bundle),
-                "--port",
-                str(port),
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-                "--auth-db",
-                str(tmp_path / "auth.db"),
-                "--audit-log",
-                str(tmp_path / "audit.log"),
-                "--audit-key-file",
-                str(key_file),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    args = [
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--auth-db",
+        str(tmp_path / "auth.db"),
+        "--audit-log",
+        str(tmp_path / "audit.log"),
+        "--audit-key-file",
+        str(key_file),
+    ]
     ctx = ssl.create_default_context(cafile=str(cert))
-    try:
-        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=30) as c:
-            end = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < end, log.read_text()
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            with pytest.raises(httpx.TransportError):
-                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
-            assert c.post("/v1/models/tiny/predict", content=jpeg, headers=RAW).status_code == 401
-            auth = {"Authorization": f"Bearer {keys['legit']}", **RAW}
-            r = c.post("/v1/models/tiny/predict", content=jpeg, headers=auth)
-            assert r.status_code == 200, r.text
-            viewer = {"Authorization": f"Bearer {keys['viewer']}"}
-            assert c.get("/metrics", headers=viewer).status_code == 403
-            r = c.get("/dashboard", headers={"accept": "text/html"}, follow_redirects=False)
-            assert r.status_code == 303 and r.headers["location"] == "/login?next=/dashboard"
-            assert c.get("/login").status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with cli_server(tiny_bundle, tmp_path, args=args, tls=ctx) as c:
+        port = c.base_url.port
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert c.post("/v1/models/tiny/predict", content=jpeg, headers=RAW).status_code == 401
+        auth = {"Authorization": f"Bearer {keys['legit']}", **RAW}
+        r = c.post("/v1/models/tiny/predict", content=jpeg, headers=auth)
+        assert r.status_code == 200, r.text
+        viewer = {"Authorization": f"Bearer {keys['viewer']}"}
+        assert c.get("/metrics", headers=viewer).status_code == 403
+        r = c.get("/dashboard", headers={"accept": "text/html"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=/dashboard"
+        assert c.get("/login").status_code == 200
     assert "browsers log in at /login" in " ".join(log.read_text().split())  # rich wraps
     entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert [(e["action"], e["outcome"]) for e in entries if e["action"] != "jwt.rotate"] == [

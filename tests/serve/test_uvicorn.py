@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,8 +54,23 @@ def _wait_ready(
 
 
 @contextmanager
-def cli_server(source: Path, tmp: Path, **cfg: Any) -> Iterator[httpx.Client]:
-    """`cvdeploy serve` in a subprocess on a free port; always terminated."""
+def cli_server(
+    source: Path,
+    tmp: Path,
+    *,
+    args: Sequence[str] = (),
+    tls: ssl.SSLContext | None = None,
+    **cfg: Any,
+) -> Iterator[httpx.Client]:
+    """`cvdeploy serve` in a subprocess on a free port; always terminated.
+
+    Args:
+        source: Bundle or registry.
+        tmp: Where ``serve.yaml`` (from ``cfg``) and ``server.log`` go.
+        args: Extra command-line options (``--tls-cert``, ``--auth-db``, ...).
+        tls: The client's SSL context: the server is reached over HTTPS with it.
+        cfg: ``serve.yaml`` entries.
+    """
     port = _free_port()
     conf = tmp / "serve.yaml"
     conf.write_text("".join(f"{k}: {v}\n" for k, v in cfg.items()))
@@ -69,16 +85,19 @@ def cli_server(source: Path, tmp: Path, **cfg: Any) -> Iterator[httpx.Client]:
                 str(source),
                 "--port",
                 str(port),
-                "--config",
-                str(conf),
+                *(["--config", str(conf)] if cfg else []),
                 "--max-wait-ms",
                 "2",
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    scheme = "http" if tls is None else "https"
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(
+            base_url=f"{scheme}://127.0.0.1:{port}", timeout=30, verify=tls or True
+        ) as client:
             _wait_ready(client, proc, log)
             yield client
     finally:
