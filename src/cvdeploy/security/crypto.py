@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretBytes
 
 from cvdeploy.errors import BackendUnavailable, InputError, IntegrityError, UsageError
+from cvdeploy.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Manifest
@@ -134,19 +135,7 @@ def write_key_file(path: Path, key: ModelKey, *, overwrite: bool = False) -> Pat
         raise UsageError(
             f"{p} already exists", hint="choose another path; replacing a key loses the models"
         )
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(encode_key(key) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p
+    return write_atomic(p, (encode_key(key) + "\n").encode("ascii"), mode=0o600)
 
 
 def load_key(*, key_file: Path | None = None, key_env: str | None = None) -> ModelKey:

@@ -14,13 +14,13 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvdeploy.bundle import MANIFEST, Bundle, now, sha256_file
 from cvdeploy.errors import BundleError, CheckFailed, InputError, UsageError
+from cvdeploy.fsutil import write_atomic
 from cvdeploy.security.crypto import require_cryptography
 
 __all__ = [
@@ -80,8 +80,8 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
     pem_pub = priv.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomic(Path(private_path), pem_priv, mode=0o600)
-    _write_atomic(Path(public_path), pem_pub, mode=0o644)
+    write_atomic(Path(private_path), pem_priv, mode=0o600)
+    write_atomic(Path(public_path), pem_pub, mode=0o644)
     return key_id(priv.public_key())
 
 
@@ -172,7 +172,7 @@ def sign_bundle(bundle_dir: Path, private_key_path: Path) -> Path:
         "signature": base64.b64encode(priv.sign(_DOMAIN + payload)).decode("ascii"),
     }
     out = bundle.path / SIGNATURE_FILE
-    _write_atomic(out, (json.dumps(sig, indent=2) + "\n").encode(), mode=0o644)
+    write_atomic(out, (json.dumps(sig, indent=2) + "\n").encode(), mode=0o644)
     return out
 
 
@@ -303,18 +303,3 @@ def require_signed(bundle_dir: Path, public_key: Any) -> None:
             hint="sign it with `cvdeploy sign BUNDLE --key PRIVATE.pem` using the trusted key's "
             "private half, or restore the original files",
         )
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -26,6 +26,7 @@ from typing import Any
 
 from cvdeploy.bundle import Bundle, now
 from cvdeploy.errors import BundleError, InputError, UsageError
+from cvdeploy.fsutil import write_atomic
 
 __all__ = [
     "STAGES",
@@ -88,17 +89,8 @@ class ModelRegistry:
         return data
 
     def _write(self, state: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        text = json.dumps(state, indent=2, sort_keys=True)
+        write_atomic(self.state_path, text.encode("utf-8"), mode=0o600)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
