@@ -64,13 +64,21 @@ class Secured:
 
         return str(pyotp.TOTP(self.seeds[user]).at(self.wall()))
 
-    def login(self, user: str, *, password: str = PASSWORD, code: str | None = None) -> Any:
-        """POST /v1/auth/token (the fake clock moves to the next TOTP step first)."""
+    def login(
+        self,
+        user: str,
+        *,
+        password: str = PASSWORD,
+        code: str | None = None,
+        endpoint: str = "/v1/auth/token",
+    ) -> Any:
+        """POST ``endpoint`` (``/v1/auth/token``, or ``/v1/auth/session`` for the browser
+        cookie); the fake clock moves to the next TOTP step first."""
         if code is None:
             self.wall.advance(30)
             code = self.totp(user)
         return self.client.post(
-            "/v1/auth/token", json={"username": user, "password": password, "totp": code}
+            endpoint, json={"username": user, "password": password, "totp": code}
         )
 
     def entries(self) -> list[dict[str, Any]]:

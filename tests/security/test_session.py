@@ -33,11 +33,7 @@ def srv(tmp_path: Path, tiny_bundle: Path, auth_db_template: Any) -> Any:
 
 
 def _session(s: Secured, user: str, *, password: str = PASSWORD) -> Any:
-    s.wall.advance(30)
-    return s.client.post(
-        "/v1/auth/session",
-        json={"username": user, "password": password, "totp": s.totp(user)},
-    )
+    return s.login(user, password=password, endpoint="/v1/auth/session")
 
 
 def _get_with(s: Secured, value: str, path: str, **kw: Any) -> Any:
