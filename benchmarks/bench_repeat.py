@@ -73,7 +73,7 @@ def main() -> int:
     if not rw.is_dir():
         print(f"skipped: {rw} is absent (real-world models and data)")
         return 0
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
     from cvdeploy.export.importer import ImportOverrides, import_model
 
     settings = [int(t) for t in args.threads.split(",")]

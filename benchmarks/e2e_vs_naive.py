@@ -9,7 +9,8 @@ options on the FP32 ONNX file, the demo's grid decoding and its numpy NMS (a Pyt
 
 The *cvdeploy* side imports the same file with ``--preset yolox`` and runs ``cvdeploy tune``
 on it (``tune_bundle``: ``--data coco128 --max-drop 0.01``, formats onnx and openvino,
-precisions fp32 and int8 by default, INT8 calibrated on coco128's 128 images with
+precisions fp32, fp16, bf16, int8 and int8-bf16 by default (the reduced compute precisions
+only where this CPU has them natively), INT8 calibrated on coco128's 128 images with
 ``--force``), then runs the bundle's recommended configuration (artifact + runtime
 settings) through the predictor, as ``predict``/``serve`` would. The tuned bundle is kept in
 ``--work`` (default ``~/.cache/cvdeploy-bench/yolox-tuned``, outside the repository: the
@@ -20,7 +21,8 @@ Both run on the same coco128 images, alternating in blocks of ``--block`` images
 image by image would let ONNX Runtime's spinning worker threads slow down whatever runs
 right after it on 2 cores), each timed from the file path to the final detections, with
 per-stage times (file read + decode, preprocess, inference, decoding + NMS). Writes
-``benchmarks/results/e2e_vs_naive.json`` with both distributions, their ratio, the tuned
+``benchmarks/results/e2e_vs_naive_<cpu kind>.json`` (``bf16`` or ``avx2``, so both kinds'
+figures are kept) with both distributions, their ratio, the tuned
 configuration, its mAP50-95 against FP32 and every tune candidate. Skips with a message
 (exit 0) when ``../shared/realworld`` is absent.
 
@@ -42,7 +44,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from _common import ROOT, realworld_root
+from _common import ROOT, cpu_kind, realworld_root
 
 CONF, IOU, SIZE = 0.25, 0.65, (416, 416)
 
@@ -241,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse the bundle tuned in --work")
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--formats", default="onnx,openvino")
-    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,int8-bf16")
     ap.add_argument("--threads", default=None, help="threads tune tries (default: 1,2)")
     ap.add_argument("--gate-cosine", type=float, default=0.95, help="INT8 gate (see quantize)")
     ap.add_argument("--tune-iters", type=int, default=30)
     ap.add_argument("--tune-warmup", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/e2e_vs_naive.json")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / f"benchmarks/results/e2e_vs_naive_{cpu_kind()}.json"
+    )
     args = ap.parse_args(argv)
     rw = realworld_root()
     model = rw / "models" / "yolox_nano.onnx"
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cvdeploy.data.folder import list_images
     from cvdeploy.data.io import read_image
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
     from cvdeploy.pipeline.predictor import Predictor
     from cvdeploy.pipeline.results import Detections
 

@@ -78,7 +78,7 @@ def main() -> int:
         print(f"skipped: {rw} is absent (real-world models and data)")
         return 0
     from cvdeploy.bundle import Bundle
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
     from cvdeploy.export.importer import ImportOverrides, import_model
     from cvdeploy.optimize.calibration import EvalSet, build_calibration_set, preprocessed
     from cvdeploy.optimize.explain import onnx_op_stats

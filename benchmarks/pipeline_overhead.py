@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cvdeploy.bench import BenchConfig, bench_artifact
     from cvdeploy.data.folder import list_images
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
     from cvdeploy.export.importer import import_model
     from cvdeploy.pipeline.predictor import Thresholds
 

@@ -169,7 +169,7 @@ def main() -> int:
     if not zoo and not rw.is_dir():
         print(f"skipped: {rw} is absent (real-world models and data)")
         return 0
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
 
     data = rw / "datasets" / "coco128" / "coco128.yaml"  # the zoo's is made below
     if zoo:

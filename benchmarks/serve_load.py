@@ -1,12 +1,15 @@
-"""Serving under load: `cvdeploy serve` against a plain FastAPI server, same artifact, loopback.
+"""Serving under load: `cvdeploy serve` against a plain FastAPI server, same model, loopback.
 
 The *plain* server is what a FastAPI tutorial gives, written plainly: one endpoint taking
 a multipart upload, a synchronous handler (FastAPI runs it in its thread pool) that decodes
-the image and runs the same bundle artifact through the same :class:`Predictor`, one
-request at a time, one image per inference call. The *cvdeploy* server is ``cvdeploy serve``
-at its defaults (dynamic batching, inference off the event loop, bounded queue, one
-single-threaded runner per core, a JPEG larger than the model needs decoded at 1/2-1/8
-scale; ``--full-decode`` turns that last one off).
+the image and runs the bundle's FP32 ONNX model (the file a tutorial starts from) with
+ONNX Runtime through the same :class:`Predictor`, one request at a time, one image per
+inference call; ``--plain-artifact`` names another artifact. The *cvdeploy* server is
+``cvdeploy serve`` at its defaults: the bundle's recommended configuration when
+``cvdeploy tune`` recorded one (``--model yolox-tuned`` serves the bundle that
+``benchmarks/e2e_vs_naive.py`` tuned), dynamic batching, inference off the event loop, a
+bounded queue, one single-threaded runner per core, a JPEG larger than the model needs
+decoded at 1/2-1/8 scale (``--full-decode`` turns that last one off).
 
 Both run as separate uvicorn processes on 127.0.0.1, one after the other, and receive the
 same multipart requests (same image) from an asyncio httpx client keeping 1, 4 and 16
@@ -17,6 +20,7 @@ Usage::
 
     python benchmarks/serve_load.py                      # the tiny test detector (dynamic batch)
     python benchmarks/serve_load.py --model yolox        # YOLOX-Nano from ../shared/realworld
+    python benchmarks/serve_load.py --model yolox-tuned  # ... as tuned by e2e_vs_naive.py
     python benchmarks/serve_load.py --model zoo          # the shipped detector-n, dynamic batch
     python benchmarks/serve_load.py --bundle DIR [--image IMG] [--requests 200]
     python benchmarks/serve_load.py --full-decode --skip-plain   # cvdeploy only, full decode
@@ -46,14 +50,16 @@ LEVELS = (1, 4, 16)
 
 
 # the plain server ---------------------------------------------------------------------------
-def plain_app(bundle_dir: str) -> Any:
-    """The tutorial server: sync handler, one image per inference call."""
+def plain_app(bundle_dir: str, artifact: str | None = None) -> Any:
+    """The tutorial server: sync handler, one image per inference call, FP32 ONNX Runtime."""
     from cvdeploy.bundle import Bundle
     from cvdeploy.data.io import decode_image_bytes
     from cvdeploy.pipeline.predictor import Predictor
 
     bundle = Bundle.load(bundle_dir)
-    predictor = Predictor.from_bundle(bundle, batch=1)
+    if artifact is None and any(a.id == "onnx-fp32" for a in bundle.manifest.artifacts):
+        artifact = "onnx-fp32"
+    predictor = Predictor.from_bundle(bundle, artifact, batch=1)
     predictor.runner.load()
     names = bundle.spec.names
     app = FastAPI()
@@ -222,6 +228,15 @@ def _prepare(args: Any, tmp: Path) -> tuple[Path, bytes, str]:
         bundle, _ = import_model(src, out=tmp / "bundle", overrides=ImportOverrides(preset="yolox"))
         bundle = bundle.path
         desc = "YOLOX-Nano FP32 ONNX (realworld, fixed batch 1)"
+    elif args.model == "yolox-tuned":
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        bundle = cache / "cvdeploy-bench" / "yolox-tuned"
+        if not (bundle / "bundle.json").is_file():
+            raise SystemExit(f"skipped: no tuned bundle in {bundle}: run e2e_vs_naive.py first")
+        from cvdeploy.bundle import Bundle
+
+        rec = Bundle.load(bundle).manifest.recommended or {}
+        desc = f"YOLOX-Nano tuned by e2e_vs_naive.py (recommended {rec.get('artifact')})"
     elif args.model == "zoo":
         from cvdeploy.export.run import ExportOptions, export_model
 
@@ -256,7 +271,8 @@ def _prepare(args: Any, tmp: Path) -> tuple[Path, bytes, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundle", help="bundle to serve (default: built per --model)")
-    ap.add_argument("--model", choices=["tiny", "yolox", "zoo"], default="tiny")
+    ap.add_argument("--model", choices=["tiny", "yolox", "yolox-tuned", "zoo"], default="tiny")
+    ap.add_argument("--plain-artifact", help="artifact the plain server runs (default: onnx-fp32)")
     ap.add_argument("--image", help="image to send (default: realworld bus.jpg)")
     ap.add_argument("--requests", type=int, default=200, help="requests per level (min 4x level)")
     ap.add_argument("--warmup", type=int, default=16)
@@ -277,7 +293,10 @@ def main() -> None:
         import uvicorn
 
         uvicorn.run(
-            plain_app(args.plain_server), host="127.0.0.1", port=args.port, log_level="warning"
+            plain_app(args.plain_server, args.plain_artifact),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
         )
         return
     load_before = os.getloadavg()[0]
@@ -290,7 +309,15 @@ def main() -> None:
         if not args.skip_plain:
             plain = _run_server(
                 "plain",
-                [sys.executable, __file__, "--plain-server", str(bundle), "--port", str(port)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--plain-server",
+                    str(bundle),
+                    "--port",
+                    str(port),
+                    *(["--plain-artifact", args.plain_artifact] if args.plain_artifact else []),
+                ],
                 port,
                 "/predict",
                 image,
@@ -347,6 +374,7 @@ def main() -> None:
     }
     result = {
         "model": desc,
+        "environment": _environment(),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -355,6 +383,7 @@ def main() -> None:
             "load_avg_1min_after": round(os.getloadavg()[0], 2),
         },
         "settings": {
+            "plain_artifact": args.plain_artifact or "onnx-fp32 (when the bundle has it)",
             "max_batch": args.max_batch,
             "workers": args.workers,
             "threads": args.threads,
@@ -374,6 +403,12 @@ def main() -> None:
     out.write_text(json.dumps(existing, indent=2))
     print(json.dumps(targets, indent=2))
     print(f"wrote {out}")
+
+
+def _environment() -> dict[str, Any]:
+    from cvdeploy.environment import fingerprint
+
+    return fingerprint()
 
 
 def _bundle_name(path: Path) -> str:

@@ -9,8 +9,22 @@ from typer.testing import CliRunner
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.main import app
+from cvdeploy.export.run import EXPORTERS
+from tests.cpu import native
 
 pytestmark = pytest.mark.slow
+
+
+def _announced() -> set[str]:
+    """Every artifact the demo announces on this machine."""
+    ids = {"torch-fp32", "onnx-fp32"}
+    if EXPORTERS.availability("openvino").available:
+        ids |= {"openvino-fp32", "openvino-int8"}
+        if "bf16" in native():
+            ids.add("openvino-bf16")
+    if EXPORTERS.availability("tflite").available:
+        ids.add("tflite-fp32")
+    return ids
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -24,16 +38,45 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         a.id: a.latest("metrics", "synthetic-val").data["metrics"]["map50_95"]  # type: ignore[union-attr]
         for a in b.manifest.artifacts
     }
-    assert {"torch-fp32", "onnx-fp32"} <= set(maps)
-    assert maps["onnx-fp32"] == pytest.approx(maps["torch-fp32"], abs=0.002)
+    assert set(maps) == _announced()  # every announced artifact, with its mAP
+    for aid in maps:
+        if aid.endswith("-fp32"):  # FP32 is FP32 on every CPU
+            assert maps[aid] == pytest.approx(maps["torch-fp32"], abs=0.002), aid
     assert maps["torch-fp32"] > 0.6  # the shipped detector (0.75 on its own val split)
-    assert b.artifact("onnx-fp32").latest("parity").passed  # type: ignore[union-attr]
+    for aid in set(maps) - {"torch-fp32"}:
+        assert b.artifact(aid).latest("parity").passed, aid  # type: ignore[union-attr]
     text = report.read_text()
-    assert "onnx-fp32" in text and f"{maps['onnx-fp32']:.4f}" in text
+    for aid in maps:
+        assert aid in text and f"{maps[aid]:.4f}" in text
+    assert 'class="refused"' not in text and "announced artifact(s) refused" not in text
     assert len(list((out / "predictions").glob("*.jpg"))) == 4
     # a second run replaces the first demo
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--val-images", "40"])
     assert res.exit_code == 0, res.output
+
+
+def test_demo_shows_a_refusal_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An announced artifact refused by the gate is a red row, and the demo exits 1 naming it."""
+    import cvdeploy.export.run as run
+
+    real = run.check_parity
+
+    def openvino_diverges(source, candidate, images, **kw):  # type: ignore[no-untyped-def]
+        res = real(source, candidate, images, **kw)
+        if candidate.runner.format == "openvino":
+            res.passed, res.failures = False, ["output 'output0' diverged (planted)"]
+        return res
+
+    monkeypatch.setattr(run, "check_parity", openvino_diverges)
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--val-images", "12"])
+    assert res.exit_code == 1, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("demo failed:") and "openvino-fp32" in last and "openvino-int8" in last
+    assert "REFUSED" in res.output and "diverged (planted)" in res.output
+    text = (out / "report.html").read_text()
+    assert 'class="refused"' in text and "diverged (planted)" in text
+    assert "announced artifact(s) refused" in text
 
 
 def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:

@@ -23,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvdeploy import __version__
 from cvdeploy.errors import BundleError, IntegrityError, UsageError
+from cvdeploy.precision import (
+    InferencePrecision,
+    inference_precision_for,
+    legacy_inference_precision,
+)
 from cvdeploy.spec import IOSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -103,6 +108,16 @@ class Artifact(_Frozen):
     created: _dt.datetime = Field(default_factory=now)
     encryption: Encryption | None = None
     """Set when the files are encrypted (``cvdeploy encrypt``); they end in ``.enc``."""
+    inference_precision: InferencePrecision | None = None
+    """What the float parts compute in at run time (see :mod:`cvdeploy.precision`); ``None``
+    in bundles written before it was recorded (see :attr:`runtime_precision`)."""
+
+    @property
+    def runtime_precision(self) -> str:
+        """The inference precision every runner executes this artifact at."""
+        if self.inference_precision is not None:
+            return self.inference_precision
+        return legacy_inference_precision(self.format, self.precision)
 
     def latest(self, kind: str, name: str | None = None) -> Check | None:
         """The most recent check of a kind (and name), or ``None``."""
@@ -463,6 +478,7 @@ class BundleEdit:
         environment: Mapping[str, Any] | None = None,
         checks: Sequence[Check] = (),
         main_file: str | None = None,
+        inference_precision: str | None = None,
     ) -> Artifact:
         """Register the files written under ``artifact_dir(artifact_id)`` as an artifact.
 
@@ -475,6 +491,9 @@ class BundleEdit:
             environment: Environment fingerprint.
             checks: Checks made before adding (e.g. parity).
             main_file: Name of the main model file (listed first); default: the first file.
+            inference_precision: What the artifact computes in (``f32``, ``bf16``, ``f16``);
+                default: the one its format and precision imply
+                (:func:`cvdeploy.precision.inference_precision_for`).
 
         Returns:
             The registered artifact (replacing one with the same id).
@@ -506,6 +525,7 @@ class BundleEdit:
             produced_by=produced_by,
             environment=dict(environment or {}),
             checks=tuple(checks),
+            inference_precision=inference_precision or inference_precision_for(format, precision),
         )
         others = tuple(a for a in self.manifest.artifacts if a.id != artifact_id)
         self.manifest = self.manifest.model_copy(update={"artifacts": (*others, art)})
@@ -579,8 +599,9 @@ class BundleEdit:
                 raise BundleError(f"bundle file {ref} is listed but was not written")
         data = self.manifest.model_dump(mode="json")
         for art in data["artifacts"]:
-            if art.get("encryption", 0) is None:
-                del art["encryption"]  # plain bundles stay readable by older versions
+            for key in ("encryption", "inference_precision"):
+                if art.get(key, 0) is None:
+                    del art[key]  # optional fields left out: readable by older versions
         mf = self.staging / MANIFEST
         if mf.exists():
             mf.unlink()

@@ -27,11 +27,14 @@ from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
 from cvdeploy.pipeline.draw import draw
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Detections
+from cvdeploy.precision import cpu_flags, native_precisions
 from cvdeploy.report.html import artifact_row, write_report
 from cvdeploy.verify.evaluate import evaluate_bundle
 
 DEMO_MODEL = "detector-n"
 DEMO_FORMATS = ("onnx", "openvino", "tflite")
+NATIVE_EXTRAS = {"bf16": "openvino:bf16"}
+"""Reduced-precision artifacts the demo adds where this CPU computes in them natively."""
 VAL_IMAGES = 120
 VAL_SEED = 20261129  # a fresh set: not the seed the shipped weights were validated on
 
@@ -45,6 +48,8 @@ class DemoResult:
     report: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped_formats: dict[str, str] = field(default_factory=dict)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """Announced artifacts that were not added, with the reason (the demo then fails)."""
     seconds: float = 0.0
     next_steps: list[str] = field(default_factory=list)
     """The command that serves the bundle and a ``curl`` line that calls it (said last)."""
@@ -68,7 +73,8 @@ def run_demo(
         say: Where step messages go.
         progress: Show progress bars.
         val_images: Size of the freshly generated synthetic val set.
-        formats: Export formats to try (those unavailable here are skipped and said so).
+        formats: Export formats to try (those unavailable here are skipped and said so); the
+            reduced precisions of :data:`NATIVE_EXTRAS` this CPU has natively are added.
         quantize: Add an OpenVINO INT8 artifact (needs at least 100 val images).
         bench_iters: Measured requests per artifact in the benchmark step.
         model: The zoo model (or a checkpoint of `cvdeploy zoo train`) to deploy.
@@ -90,6 +96,10 @@ def run_demo(
             fmts.append(f)
         else:
             skipped[f] = str(av.reason)
+    if "openvino" in fmts:
+        here = native_precisions(cpu_flags())
+        fmts.extend(t for p, t in NATIVE_EXTRAS.items() if p in here)
+    refused: list[tuple[str, str]] = []
     steps = 3 + len(fmts) + int(quantize) + 3
 
     def step(i: int, text: str) -> None:
@@ -119,6 +129,8 @@ def run_demo(
     )
     for o in report.outcomes:
         say(f"      {o.artifact_id}: {o.status} {o.message}")
+        if o.status != "added":
+            refused.append((o.artifact_id, f"{o.status}: {o.message}"))
     bundle = Bundle.load(bundle_dir)
     label = "synthetic-val"
     for i, art in enumerate(bundle.manifest.artifacts):
@@ -152,8 +164,9 @@ def run_demo(
                 bundle, data_yaml, artifact=q.artifact, progress=progress, dataset_label=label
             )
             say(f"      {q.artifact}: mAP50-95 {rep.metrics['map50_95']:.4f}")
-        except CvdeployError as exc:  # reported, never fatal for the demo
+        except CvdeployError as exc:  # reported in the table and the report; the demo fails
             say(f"      INT8 not added: {exc}")
+            refused.append(("openvino-int8", exc.message.splitlines()[0]))
     step(n, "benchmarking every artifact (warm-up excluded)")
     n += 1
     bundle = Bundle.load(bundle_dir)
@@ -184,6 +197,7 @@ def run_demo(
         images=drawn,
         title=f"cvdeploy demo: {model}",
         sections=sections,
+        refused=refused,
     )
     rows = [artifact_row(a, label) for a in bundle.manifest.artifacts]
     return DemoResult(
@@ -192,6 +206,7 @@ def run_demo(
         report=html_file,
         rows=rows,
         skipped_formats=skipped,
+        refused=refused,
         seconds=time.perf_counter() - t0,
         next_steps=serve_instructions(bundle_dir, bundle.name, val_imgs[0]),
     )

@@ -20,6 +20,7 @@ from cvdeploy.bench.tune_space import Settings, plan_artifacts, settings_grid
 from cvdeploy.bundle import Bundle, BundleEdit
 from cvdeploy.errors import UsageError
 from cvdeploy.pipeline.predictor import Predictor
+from tests.cpu import native
 from tests.tiny_models import write_image
 
 CANDIDATE_KEYS = {
@@ -85,6 +86,33 @@ class Fakes:
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "ds")
+
+
+@pytest.fixture
+def made(tiny_bundle: Bundle) -> str:
+    """The artifact tune must make (a real OpenVINO export through its gate) on this CPU:
+    ``openvino-fp16`` where the CPU computes FP16 natively; elsewhere FP16 compute is not
+    tried, so ``openvino-fp32`` is taken out of the bundle first and tune makes that."""
+    if "f16" in native():
+        return "openvino-fp16"
+    with tiny_bundle.edit(action="test-setup") as edit:
+        edit.remove_artifact("openvino-fp32")
+    return "openvino-fp32"
+
+
+@pytest.fixture
+def fp16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cvdeploy sees a CPU with native FP16 (for tests whose export is a fake)."""
+    import cvdeploy.environment as environment
+
+    real = environment.cpu_info
+
+    def cpu_info(*a: Any, **k: Any) -> dict[str, Any]:
+        info = dict(real(*a, **k))
+        info["flags"] = sorted({*info["flags"], "avx512_fp16"})
+        return info
+
+    monkeypatch.setattr(environment, "cpu_info", cpu_info)
 
 
 def _opts(**kw: Any) -> TuneOptions:
@@ -166,7 +194,7 @@ def test_throughput_target(tiny_bundle: Bundle, data: Path) -> None:
 
 
 def test_failing_candidates_are_skipped(
-    tiny_bundle: Bundle, data: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Bundle, data: Path, monkeypatch: pytest.MonkeyPatch, fp16_cpu: None
 ) -> None:
     import cvdeploy.export.run as export_run
 
@@ -279,24 +307,41 @@ def test_options_and_grids() -> None:
     assert {s.threads for s in onnx} == {1, 2}
     ov = settings_grid("openvino", threads=[1], cpu_flags=["avx512_bf16"])
     assert {s.extra["PERFORMANCE_HINT"] for s in ov} == {"LATENCY", "THROUGHPUT"}
-    assert {s.extra["INFERENCE_PRECISION_HINT"] for s in ov} == {"f32", "bf16"}
-    assert {s.accuracy_key() for s in ov} == {
-        (("INFERENCE_PRECISION_HINT", "f32"),),
-        (("INFERENCE_PRECISION_HINT", "bf16"),),
-    }
+    # precision is the artifact's (the runner pins it): no setting changes it
+    assert not any("INFERENCE_PRECISION_HINT" in s.extra for s in ov)
+    assert {s.accuracy_key() for s in ov} == {()}
+    explicit = Settings(1, {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert explicit.accuracy_key() == (("INFERENCE_PRECISION_HINT", "bf16"),)
     assert settings_grid("tflite", threads=[1, 2]) == [Settings(1), Settings(2)]
 
 
 def test_plan(tiny_bundle: Bundle) -> None:
     plans, notes = plan_artifacts(
-        tiny_bundle, formats=("onnx", "openvino"), precisions=("fp32", "fp16", "int8")
+        tiny_bundle,
+        formats=("onnx", "openvino"),
+        precisions=("int8-bf16", "fp32", "fp16", "bf16", "int8"),
+        cpu_flags=["avx2", "avx512_bf16", "avx512_fp16"],
     )
-    got = {(p.format, p.precision, p.artifact_id, p.make) for p in plans}
+    got = [(p.format, p.precision, p.artifact_id, p.make) for p in plans]
     assert ("onnx", "fp32", "onnx-fp32", None) in got
     assert ("onnx", "int8", None, "quantize") in got
     assert ("openvino", "fp16", None, "export") in got
+    assert ("openvino", "bf16", None, "export") in got
     assert ("openvino", "int8", None, "quantize") in got
+    # the bf16 variant of INT8 is derived from the INT8 artifact: planned after it
+    ov = [g[1] for g in got if g[0] == "openvino"]
+    assert ov.index("int8") < ov.index("int8-bf16")
     assert any(n.startswith("onnx:fp16") for n in notes)
+    # a CPU without native bf16/FP16: those are notes with the reason, never plans
+    plans, notes = plan_artifacts(
+        tiny_bundle,
+        formats=("openvino",),
+        precisions=("fp32", "fp16", "bf16", "int8", "int8-bf16"),
+        cpu_flags=["avx2", "fma"],
+    )
+    assert {p.precision for p in plans} == {"fp32", "int8"}
+    for prec in ("fp16", "bf16", "int8-bf16"):
+        assert any(n.startswith(f"openvino:{prec}: not tried") and "native" in n for n in notes)
     with pytest.raises(UsageError):
         plan_artifacts(tiny_bundle, formats=("nope",), precisions=("fp32",))
 
@@ -323,9 +368,9 @@ def test_real_measurement_and_evaluation(tiny_bundle: Bundle, data: Path) -> Non
     assert checks and checks[-1].data["by"] == "tune"
 
 
-def test_made_artifact_is_added_atomically(tiny_bundle: Bundle, data: Path) -> None:
+def test_made_artifact_is_added_atomically(tiny_bundle: Bundle, data: Path, made: str) -> None:
     """A missing candidate is exported (real OpenVINO export + gate) and kept when chosen."""
-    fakes = Fakes({"onnx-fp32": 0.5, "openvino-fp32": 0.3, "openvino-fp16": 0.5})
+    fakes = Fakes({"onnx-fp32": 0.5, "openvino-fp32": 0.3, made: 0.5})
     rep = tune_bundle(
         tiny_bundle,
         data,
@@ -333,33 +378,41 @@ def test_made_artifact_is_added_atomically(tiny_bundle: Bundle, data: Path) -> N
         measure=fakes.measure,
         evaluate=fakes.evaluate,
     )
-    assert rep.created == ["openvino-fp16"]
-    assert rep.recommended is not None and rep.recommended.artifact == "openvino-fp16"
-    assert rep.kept == ["openvino-fp16"]
+    assert rep.created == [made]
+    assert rep.recommended is not None and rep.recommended.artifact == made
+    assert rep.kept == [made]
     b = Bundle.load(tiny_bundle.path)  # verifies every file's sha256
-    art = b.artifact("openvino-fp16")
-    assert art.precision == "fp16" and art.latest("parity") is not None
+    art = b.artifact(made)
+    assert art.precision == made.split("-")[1] and art.latest("parity") is not None
     assert b.manifest.recommended is not None
-    assert b.manifest.recommended["artifact"] == "openvino-fp16"
+    assert b.manifest.recommended["artifact"] == made
     assert [h.action for h in b.manifest.history][-1] == "tune"  # one edit, no export entry
     assert _leftovers(tiny_bundle) == []
+    if made == "openvino-fp32":  # FP16 compute was not tried here, and the table says why
+        assert any(n.startswith("openvino:fp16: not tried") for n in rep.notes)
 
 
-def test_keep_recommended_drops_unused_new_artifacts(tiny_bundle: Bundle, data: Path) -> None:
-    fakes = Fakes({"onnx-fp32": 0.5, "openvino-fp32": 0.5, "openvino-fp16": 0.1})
+def test_keep_recommended_drops_unused_new_artifacts(
+    tiny_bundle: Bundle, data: Path, made: str
+) -> None:
+    fakes = Fakes({"onnx-fp32": 0.5, "openvino-fp32": 0.5, made: 0.1})
     rep = tune_bundle(
         tiny_bundle,
         data,
         options=_opts(
-            formats=("openvino",), precisions=("fp32", "fp16"), threads=(1,), keep="recommended"
+            formats=("onnx", "openvino"),
+            precisions=("fp32", "fp16"),
+            threads=(1,),
+            keep="recommended",
         ),
         measure=fakes.measure,
         evaluate=fakes.evaluate,
     )
-    assert rep.created == ["openvino-fp16"] and rep.kept == []
-    assert rep.recommended is not None and rep.recommended.artifact == "openvino-fp32"
+    assert rep.created == [made] and rep.kept == []
+    best = "openvino-fp32" if made != "openvino-fp32" else "onnx-fp32"
+    assert rep.recommended is not None and rep.recommended.artifact == best
     ids = {a.id for a in Bundle.load(tiny_bundle.path).manifest.artifacts}
-    assert "openvino-fp16" not in ids
+    assert made not in ids
 
 
 class Drifting(Fakes):

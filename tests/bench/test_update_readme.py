@@ -127,3 +127,50 @@ def test_repeat_and_serve_rows(ur: ModuleType, tmp_path: Path) -> None:
     assert "tiny detector, 16 in flight: throughput | 2.50x | >= 2x | yes |" in table
     assert "p99 / p50, failed requests | 3.5x, 0 | <= 3x, 0 | **no** |" in table
     assert "YOLOX-Nano, 16 in flight" not in table  # a model not in the file has no row
+
+
+def test_e2e_rows_per_cpu_kind_and_precision_table(ur: ModuleType, tmp_path: Path) -> None:
+    d = tmp_path / "r"
+    d.mkdir()
+    e2e = {
+        "naive": {"e2e_ms": {"p50": 20.0}},
+        "cvdeploy": {"artifact": "openvino-int8-bf16", "e2e_ms": {"p50": 14.0}},
+        "environment": {"cpu": {"model": "Xeon", "logical_cores": 2}},
+    }
+    (d / "e2e_vs_naive_bf16.json").write_text(json.dumps(e2e))
+    e2e["cvdeploy"] = {"artifact": "openvino-int8", "e2e_ms": {"p50": 17.0}}
+    (d / "e2e_vs_naive_avx2.json").write_text(json.dumps(e2e))
+    row = {
+        "artifact": "openvino-bf16",
+        "inference_precision": "bf16",
+        "map50_95": 0.33,
+        "map_drop_vs_onnx_fp32": 0.004,
+        "inference_p50_ms": 6.4,
+        "inference_vs_onnx_fp32": 0.57,
+        "e2e_p50_ms": 11.0,
+    }
+    (d / "precision.json").write_text(
+        json.dumps(
+            {
+                "rows": [row],
+                "started": "2026-12-06 02:00 UTC",
+                "conditions": {"threads": 2, "rounds": 30, "images_per_round": 16},
+                "cpu": {"model": "Xeon", "logical_cores": 2},
+                "native_text": "native bf16 (amx_bf16)",
+            }
+        )
+    )
+    res = ur.load_results(d)
+    table = ur.render_table(res)
+    assert "batch 1, CPU with native bf16: cvdeploy p50 / tutorial pipeline p50 | 0.70x" in table
+    assert "| <= 0.75x | yes |" in table
+    assert "batch 1, AVX2-only CPU: cvdeploy p50 / tutorial pipeline p50 | 0.85x" in table
+    assert "| <= 0.5x | **no** |" in table
+    prec = ur.render_precision(res)
+    assert "| `openvino-bf16` | bf16 | 0.3300 (+0.0040) | 6.40 ms | 0.57 | 11.00 ms |" in prec
+    assert "native bf16 (amx_bf16)" in prec
+    readme = tmp_path / "README.md"
+    readme.write_text(README + "\n<!-- precision:begin -->\nold\n<!-- precision:end -->\n")
+    assert ur.main(["--results", str(d), "--readme", str(readme)]) == 0
+    assert "`openvino-bf16` | bf16" in readme.read_text()
+    assert ur.main(["--results", str(d), "--readme", str(readme), "--check"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -110,3 +111,60 @@ def test_names_file_formats(tmp_path: Path) -> None:
     (tmp_path / "e.txt").write_text("\n")
     with pytest.raises(InputError, match="empty"):
         read_names_file(tmp_path / "e.txt")
+
+
+def _caffe_style_classifier(path: Path, *, softmax: bool, nc: int = 4) -> tuple[Path, np.ndarray]:
+    """Conv 1x1 -> GlobalAveragePool: output [B, nc, 1, 1], optionally through a Softmax."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(2).normal(size=(nc, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["data", "w"], ["c"]),
+        helper.make_node("GlobalAveragePool", ["c"], ["pool" if softmax else "prob"]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["pool"], ["prob"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "cls",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, nc, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path, w
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("softmax", [True, False])
+def test_caffe_style_classifier_outputs(tmp_path: Path, fmt: str, softmax: bool) -> None:
+    """[B, nc, 1, 1] outputs are classifier scores; a final Softmax means probabilities."""
+    from cvdeploy.pipeline.predictor import Predictor
+
+    src, w = _caffe_style_classifier(tmp_path / "cls.onnx", softmax=softmax)
+    if fmt == "openvino":
+        ov = pytest.importorskip("openvino")
+        ov.save_model(ov.convert_model(str(src)), str(tmp_path / "cls.xml"))
+        src = tmp_path / "cls.xml"
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\nc\nd\n")
+    b, notes = import_model(
+        src, out=tmp_path / "b", overrides=ImportOverrides(names=read_names_file(names))
+    )
+    assert b.spec.task == "classify" and b.spec.decoder.kind == "logits"
+    assert b.spec.decoder.softmax is (not softmax)
+    art = b.manifest.artifacts[0]
+    assert art.produced_by.options["classifier_output"] == (
+        "probabilities" if softmax else "logits"
+    )
+    assert any("trailing 1x1" in n for n in notes)
+    assert any("probabilities" in n for n in notes) is softmax
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[..., 2] = 255  # red (BGR): the stretch/RGB/255 input is (1, 0, 0) everywhere
+    with Predictor.from_bundle(b) as p:
+        (res,), _ = p.predict([img])
+    logits = w[:, 0, 0, 0]
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(res.probs, want, rtol=1e-4, atol=1e-5)  # type: ignore[union-attr]

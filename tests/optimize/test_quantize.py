@@ -74,6 +74,28 @@ def test_openvino_nncf_through_the_gate(tiny_bundle: Path, calib_120: Path) -> N
     assert art.produced_by.options["converted_from_onnx"] is False
     assert rep.rows[0].p50_ms is not None and rep.rows[1].p50_ms is not None
     assert rep.speedup is not None
+    # INT8 computes its float parts in f32 on every CPU (pinned, recorded)
+    assert art.inference_precision == "f32"
+    assert art.latest("parity").data["inference_precision"] == "f32"  # type: ignore[union-attr]
+    # INT8 with bf16 float parts is an artifact of its own, gated against the FP32 source
+    from cvdeploy.errors import BackendUnavailable
+    from cvdeploy.export.run import export_model
+    from tests.cpu import native
+
+    if "bf16" not in native():
+        with pytest.raises(BackendUnavailable, match="no native bf16"):
+            export_model(tiny_bundle, formats=["openvino:int8-bf16"])
+        return
+    out = export_model(tiny_bundle, formats=["openvino:int8-bf16"])
+    assert out.ok, [o.message for o in out.outcomes]
+    mixed = Bundle.load(tiny_bundle).artifact("openvino-int8-bf16")
+    assert (mixed.precision, mixed.inference_precision) == ("int8-bf16", "bf16")
+    assert mixed.produced_by.source == "openvino-int8"
+    assert [f.sha256 for f in mixed.files] == [f.sha256 for f in art.files]  # the same IR
+    par = mixed.latest("parity")
+    assert par is not None and par.passed and par.name == "openvino-fp32"
+    assert par.data["inference_precision"] == "bf16"
+    assert par.data["tolerance"]["cosine_min"] == 0.98  # the INT8 tolerance
 
 
 def test_refusals_change_nothing(tiny_bundle: Path, calib_120: Path, tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ def reference_map(
     if model.suffix == ".xml":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU")
+        # pinned to f32: OpenVINO would compute in bf16 by default on a CPU with native bf16
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
         def run(x: np.ndarray) -> np.ndarray:
             return np.asarray(compiled(x)[0])

@@ -40,6 +40,7 @@ from cvdeploy.bundle import Artifact, Bundle
 from cvdeploy.data.io import read_image
 from cvdeploy.errors import BackendUnavailable, UsageError
 from cvdeploy.pipeline.predictor import Predictor, Thresholds
+from cvdeploy.precision import inference_precision_for
 from cvdeploy.runtime import RunnerOptions
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
@@ -126,6 +127,8 @@ class BenchResult:
     accuracy: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    inference_precision: str = "f32"
+    """What the artifact computed in (as its runtime reported it)."""
 
     @property
     def key(self) -> str:
@@ -151,6 +154,7 @@ class BenchResult:
             "artifact": self.artifact,
             "format": self.format,
             "precision": self.precision,
+            "inference_precision": self.inference_precision,
             "batch": self.batch,
             "imgsz": list(self.imgsz),
             "threads": self.threads,
@@ -182,8 +186,12 @@ def conditions_key(cond: dict[str, Any]) -> str:
     hw = cond.get("hardware", {}).get("cpu", "cpu")
     h, w = cond["imgsz"]
     threads = cond.get("threads") or "default"
+    prec = cond["precision"]
+    computes = cond.get("inference_precision")
+    if computes and computes != inference_precision_for(cond.get("format", ""), prec):
+        prec = f"{prec} computed in {computes}"  # an explicit precision option
     return (
-        f"{hw} | {cond['precision']} | batch {cond['batch']} | {h}x{w} | "
+        f"{hw} | {prec} | batch {cond['batch']} | {h}x{w} | "
         f"threads {threads} | concurrency {cond['concurrency']}"
     )
 
@@ -361,7 +369,7 @@ def bench_artifact(
             :func:`cvdeploy.bench.profile.profile_artifact`), so that profiling overhead
             never enters the latency statistics.
         profile_runs: Inferences in the profiling pass.
-        environment: A :func:`~cvdeploy.diagnose.environment.fingerprint` to record
+        environment: A :func:`~cvdeploy.environment.fingerprint` to record
             (computed when ``None``).
 
     Returns:
@@ -381,7 +389,7 @@ def bench_artifact(
     if options is None and cfg.threads is not None:
         options = RunnerOptions(threads=cfg.threads)
     if environment is None:
-        from cvdeploy.diagnose.environment import fingerprint
+        from cvdeploy.environment import fingerprint
 
         environment = fingerprint()
     notes: list[str] = []
@@ -487,6 +495,7 @@ def bench_artifact(
         },
         "format": art.format,
         "precision": art.precision,
+        "inference_precision": runtime["inference_precision"],
         "batch": cfg.batch,
         "imgsz": list(imgsz),
         "threads": runner.options.threads,
@@ -520,4 +529,5 @@ def bench_artifact(
         accuracy=accuracy_of(art, (int(imgsz[0]), int(imgsz[1]))),
         profile=prof,
         notes=notes,
+        inference_precision=str(runtime["inference_precision"]),
     )

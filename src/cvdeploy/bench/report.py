@@ -52,8 +52,8 @@ def results_table(report: SweepReport) -> Table:
         collapse_padding=True,
     )
     cols = (
-        "b", "size", "thr", "conc", "cold", "p50", "p90", "p99", "dec", "pre", "inf", "post",
-        "pp%", "img/s", "rssMB", "MB", "accuracy",
+        "computes", "b", "size", "thr", "conc", "cold", "p50", "p90", "p99", "dec", "pre",
+        "inf", "post", "pp%", "img/s", "rssMB", "MB", "accuracy",
     )  # fmt: skip
     t.add_column("artifact", no_wrap=True)
     for name in cols:
@@ -63,6 +63,7 @@ def results_table(report: SweepReport) -> Table:
         mark = "*" if r.artifact == report.recommended else ""
         t.add_row(
             r.artifact + mark,
+            r.inference_precision,
             str(r.batch),
             _size(r.imgsz),
             str(r.threads or "-"),
@@ -82,7 +83,8 @@ def results_table(report: SweepReport) -> Table:
             _acc(r)[1],
         )
     t.caption = (
-        "ms per request of b images; size = input; thr = threads (- default); conc = in "
+        "computes = the precision the runtime computed in; ms per request of b images; "
+        "size = input; thr = threads (- default); conc = in "
         "flight; cold = load + first request; p50/p90/p99 end to end (dec + pre + inf + "
         "post); stage columns are means; pp% = (pre + post) share of mean e2e; rssMB = peak "
         "RSS; MB = file size; accuracy = latest recorded mAP50-95/top1 @ input size (* other "
@@ -182,6 +184,7 @@ def html_fragment(report: SweepReport, *, plot: bool = True) -> str:
     heads = (
         "artifact",
         "precision",
+        "computes in",
         "batch",
         "imgsz",
         "threads",
@@ -206,6 +209,7 @@ def html_fragment(report: SweepReport, *, plot: bool = True) -> str:
         cells = (
             r.artifact + (" (recommended)" if r.artifact == report.recommended else ""),
             r.precision,
+            r.inference_precision,
             r.batch,
             f"{r.imgsz[0]}x{r.imgsz[1]}",
             r.threads or "default",

@@ -180,7 +180,7 @@ def run_sweep(
     Returns:
         The report (results, skipped combinations, recommendation, environment).
     """
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
 
     paths = resolve_images(bundle, images)
     ids = resolve_artifacts(bundle, artifacts)

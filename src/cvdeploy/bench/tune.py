@@ -143,9 +143,7 @@ def _reference(bundle: Bundle) -> Artifact:
 
 
 def _reference_settings(ref: Artifact) -> Settings:
-    """Default settings, with FP32 compute forced where the runtime could pick less."""
-    if ref.format == "openvino":
-        return Settings(extra={"INFERENCE_PRECISION_HINT": "f32"})
+    """Default settings: the runner computes the FP32 reference in FP32 (pinned)."""
     return Settings()
 
 
@@ -240,12 +238,14 @@ def tune_bundle(
     deadline = t_start + opts.budget_minutes * 60 if opts.budget_minutes else None
     metric = "top1" if b.spec.task == "classify" else "map50_95"
     threads: Sequence[int | None] = opts.threads or default_threads()
-    plans, notes = plan_artifacts(b, formats=opts.formats, precisions=opts.precisions)
-    images = _dataset_images(b, data_p, opts.split, opts.images)
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
 
     env = fingerprint()
     flags = env.get("cpu", {}).get("flags", [])
+    plans, notes = plan_artifacts(
+        b, formats=opts.formats, precisions=opts.precisions, cpu_flags=flags
+    )
+    images = _dataset_images(b, data_p, opts.split, opts.images)
     tmp = Path(tempfile.mkdtemp(prefix=f".{b.path.name}.tune-", dir=b.path.resolve().parent))
     try:
         work = Bundle(tmp / "bundle", b.manifest)
@@ -517,6 +517,7 @@ def _record(
                 environment=art.environment,
                 checks=art.checks,
                 main_file=main,
+                inference_precision=art.runtime_precision,
             )
         ids = {a.id for a in edit.manifest.artifacts}
         for (aid, key), acc in cache.items():

@@ -61,7 +61,7 @@ class TuneOptions:
     max_drop: float | None = None
     target: str = "latency"
     formats: tuple[str, ...] | None = None
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "int8-bf16")
     calib: Path | None = None
     calib_force: bool = False
     gate_cosine: float | None = None

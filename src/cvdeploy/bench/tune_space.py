@@ -6,10 +6,13 @@ Settings are the runtime options a :class:`~cvdeploy.runtime.base.RunnerOptions`
 OpenVINO ``PERFORMANCE_HINT``, ``NUM_STREAMS``, ``INFERENCE_PRECISION_HINT``). Each format
 has a small grid, registered in :data:`SETTINGS_GRIDS`; formats without one get threads only.
 
-Accuracy depends on the artifact and, for OpenVINO, on the inference precision hint (bf16 or
-f16 compute changes the numbers); it does not depend on threads, streams, graph optimisation
-or execution mode. :func:`accuracy_key` names the settings that matter, so ``tune`` evaluates
-each (artifact, accuracy key) once.
+Accuracy depends on the artifact, and precision is part of the artifact: bf16 and FP16
+compute are artifacts of their own (``openvino-bf16``, ``openvino-int8-bf16``,
+``openvino-fp16``), each made through its parity gate and evaluated, and tried only on a CPU
+that computes in them natively. The settings grids never change the precision (the runner
+pins the artifact's). Accuracy does not depend on threads, streams, graph optimisation or
+execution mode; :func:`accuracy_key` names the settings that would (an explicit
+``INFERENCE_PRECISION_HINT``), so ``tune`` evaluates each (artifact, accuracy key) once.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvdeploy.bundle import Artifact, Bundle
-from cvdeploy.errors import UsageError
+from cvdeploy.errors import BackendUnavailable, UsageError
+from cvdeploy.precision import inference_precision_for, require_native
 from cvdeploy.runtime import RUNTIMES, RunnerOptions
 
 DEFAULT_FORMATS = ("onnx", "openvino")
 """Formats tried when none are given (those whose runtime is available here)."""
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-bf16")
+"""Artifact precisions ``tune`` can try (INT8 ones are made by quantize, then derived)."""
 ACCURACY_KEYS = frozenset({"INFERENCE_PRECISION_HINT"})
 """Settings that change the numbers (and so need their own accuracy evaluation)."""
 QUANTIZE_BACKENDS = {"openvino": "openvino", "onnx": "onnxruntime"}
@@ -102,30 +107,13 @@ def _onnx_grid(threads: Sequence[int | None], cpu_flags: Sequence[str]) -> list[
 
 
 def _openvino_grid(threads: Sequence[int | None], cpu_flags: Sequence[str]) -> list[Settings]:
+    # No INFERENCE_PRECISION_HINT: the runner pins each artifact's own precision.
     cores = os.cpu_count() or 1
-    flags = set(cpu_flags)
-    hints = ["f32"]  # explicit: OpenVINO defaults to bf16 on CPUs that have it
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        hints.append("bf16")
-    if "avx512_fp16" in flags:
-        hints.append("f16")
     out = []
     for t in threads:
-        for prec in hints:
-            out.append(
-                Settings(t, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": prec})
-            )
-            for streams in sorted({1, min(cores, 4)}):
-                out.append(
-                    Settings(
-                        t,
-                        {
-                            "PERFORMANCE_HINT": "THROUGHPUT",
-                            "NUM_STREAMS": streams,
-                            "INFERENCE_PRECISION_HINT": prec,
-                        },
-                    )
-                )
+        out.append(Settings(t, {"PERFORMANCE_HINT": "LATENCY"}))
+        for streams in sorted({1, min(cores, 4)}):
+            out.append(Settings(t, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}))
     return out
 
 
@@ -182,15 +170,21 @@ def runtime_available(fmt: str) -> str | None:
 
 
 def plan_artifacts(
-    bundle: Bundle, *, formats: Sequence[str] | None, precisions: Sequence[str]
+    bundle: Bundle,
+    *,
+    formats: Sequence[str] | None,
+    precisions: Sequence[str],
+    cpu_flags: Sequence[str] | None = None,
 ) -> tuple[list[ArtifactPlan], list[str]]:
     """The artifacts to try: every existing one of the formats x precisions, else how to
-    make it (export for fp32/fp16, quantize for int8), and notes on what cannot be tried.
+    make it (export for fp32/fp16/bf16 and for int8-bf16 from the INT8 artifact, quantize for
+    int8), and notes on what cannot be tried: a reduced compute precision this CPU has no
+    native arithmetic for (``cpu_flags``, default this machine's) is a note, never a plan.
 
     Raises:
         UsageError: An unknown format or precision.
     """
-    from cvdeploy.export.run import EXPORTERS
+    from cvdeploy.export.run import EXPORTERS, GPU_FORMATS
     from cvdeploy.export.run import PRECISIONS as EXPORT_PRECISIONS
 
     for p in precisions:
@@ -214,8 +208,16 @@ def plan_artifacts(
         if why is not None:
             notes.append(f"{fmt}: not tried, its runtime is {why}")
             continue
-        for prec in precisions:
+        # INT8 first: the int8-bf16 variant is derived from the INT8 artifact
+        for prec in sorted(dict.fromkeys(precisions), key=PRECISIONS.index):
             have = [a for a in arts if a.format == fmt and a.precision == prec]
+            ip = have[0].runtime_precision if have else inference_precision_for(fmt, prec)
+            try:
+                if fmt not in GPU_FORMATS:
+                    require_native(ip, what=f"{fmt}:{prec}", flags=cpu_flags)
+            except BackendUnavailable as exc:
+                notes.append(f"{fmt}:{prec}: not tried: {exc.message}")
+                continue
             if have:
                 plans.extend(ArtifactPlan(fmt, prec, artifact_id=a.id) for a in have)
             elif prec == "int8" and fmt in QUANTIZE_BACKENDS:

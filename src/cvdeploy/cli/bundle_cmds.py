@@ -108,6 +108,7 @@ def artifact_summary(a: Artifact) -> dict[str, Any]:
         "id": a.id,
         "format": a.format,
         "precision": a.precision,
+        "inference_precision": a.runtime_precision,
         "files": [f.model_dump() for f in a.files],
         "size_bytes": a.size_bytes,
         "input": a.io.input.model_dump(),
@@ -158,11 +159,16 @@ def info_cmd(
         f"  decoder: {s.decoder.kind} conf {s.decoder.conf} iou {s.decoder.iou} "
         f"max_det {s.decoder.max_det}"
     )
+    from cvdeploy.precision import cpu_flags, describe_native, native_precisions
+
+    flags = cpu_flags()
+    here = native_precisions(flags)
     t = Table(title="artifacts")
     for col in (
         "id",
         "format",
         "precision",
+        "computes in",
         "size",
         "input",
         "parity",
@@ -179,10 +185,14 @@ def info_cmd(
             md = met.data.get("metrics", {})
             v = md.get("map50_95", md.get("top1"))
             mval = f"{v:.4f} ({met.name})" if isinstance(v, float) else "-"
+        computes = a.runtime_precision
+        if computes not in here and a.format != "tensorrt":
+            computes += " (not native here: refused)"
         t.add_row(
             a.id,
             a.format,
             a.precision,
+            computes,
             f"{a.size_bytes / 1e6:.2f} MB",
             str(list(a.io.input.shape)),
             "-" if parity is None else ("pass" if parity.passed else "FAIL"),
@@ -190,6 +200,7 @@ def info_cmd(
             f"{lat.data.get('e2e_ms', {}).get('p50', float('nan')):.2f} ms" if lat else "-",
         )
     con.print(t)
+    con.print(f"  this CPU: {describe_native(flags)}; each artifact runs at the precision above")
     if m.recommended:
         con.print(f"recommended: {m.recommended}")
     con.print("history:")

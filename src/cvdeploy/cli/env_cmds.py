@@ -60,7 +60,7 @@ def env_cmd(
     Differences are those known to change numerics or speed: runtime and preprocessing
     library versions, CPU model and instruction sets (VNNI, AMX...), GPU and driver, Python.
     """
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
 
     current = fingerprint()
     comparisons = _comparisons(compare_bundle, current) if compare_bundle is not None else None
@@ -95,6 +95,7 @@ def env_cmd(
     for c in ("artifact", "record", "field", "recorded", "now", "affects"):
         d.add_column(c)
     n = 0
+    notes: dict[tuple[str, str], str] = {}
     for comp in comparisons:
         for diff in comp["differences"]:
             d.add_row(
@@ -106,8 +107,12 @@ def env_cmd(
                 diff["affects"],
             )
             n += 1
+            if diff["field"].startswith("native "):
+                notes[(comp["artifact"], diff["field"])] = diff["note"]
     if n:
         con.print(d)
+        for (aid, field), note in notes.items():  # what the runtime does here, and the pin
+            con.print(f"{aid}, {field}: {escape(note)}")
     else:
         con.print(
             f"no differences: every record of {compare_bundle} was made in an environment "
@@ -117,7 +122,7 @@ def env_cmd(
 
 def _comparisons(path: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
     from cvdeploy.bundle import Bundle
-    from cvdeploy.diagnose.environment import compare, recorded_environment
+    from cvdeploy.environment import compare, precision_differences, recorded_environment
 
     bundle = Bundle.load(path, verify=False)
     out: list[dict[str, Any]] = []
@@ -132,11 +137,15 @@ def _comparisons(path: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
         if not records:
             out.append({"artifact": art.id, "record": "-", "differences": [], "note": "no record"})
         for label, env in records:
+            diffs = precision_differences(
+                current, env, fmt=art.format, inference_precision=art.runtime_precision
+            ) + compare(current, env)
             out.append(
                 {
                     "artifact": art.id,
+                    "inference_precision": art.runtime_precision,
                     "record": label,
-                    "differences": [asdict(x) for x in compare(current, env)],
+                    "differences": [asdict(x) for x in diffs],
                 }
             )
     return out

@@ -139,8 +139,9 @@ def eval_cmd(
     m = rep.metrics
     if "map50_95" in m:
         con.print(
-            f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
-            f"mAP50-95 [bold]{m['map50_95']:.4f}[/]  mAP50 {m['map50']:.4f}"
+            f"[bold]{rep.artifact}[/] ({rep.inference_precision} compute) on {rep.dataset} "
+            f"({rep.images} images): mAP50-95 [bold]{m['map50_95']:.4f}[/]  "
+            f"mAP50 {m['map50']:.4f}"
         )
         per = m.get("per_class", {})
         if per:
@@ -152,8 +153,8 @@ def eval_cmd(
             con.print(t)
     else:
         con.print(
-            f"[bold]{rep.artifact}[/] on {rep.dataset} ({rep.images} images): "
-            f"top1 [bold]{m.get('top1', float('nan')):.4f}[/]  "
+            f"[bold]{rep.artifact}[/] ({rep.inference_precision} compute) on {rep.dataset} "
+            f"({rep.images} images): top1 [bold]{m.get('top1', float('nan')):.4f}[/]  "
             f"top5 {m.get('top5', float('nan')):.4f}"
         )
     sp = rep.speed_ms

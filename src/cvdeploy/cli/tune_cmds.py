@@ -107,7 +107,13 @@ def tune_cmd(
     formats: Annotated[
         str | None, typer.Option(help="formats to try, e.g. onnx,openvino (default: those)")
     ] = None,
-    precisions: Annotated[str, typer.Option(help="precisions to try")] = "fp32,fp16,int8",
+    precisions: Annotated[
+        str,
+        typer.Option(
+            help="artifact precisions to try; fp16/bf16/int8-bf16 compute only where this "
+            "CPU has native arithmetic for it (the others are listed as not tried)"
+        ),
+    ] = "fp32,fp16,bf16,int8,int8-bf16",
     calib: Annotated[
         Path | None, typer.Option(help="INT8 calibration images (default: --data)")
     ] = None,

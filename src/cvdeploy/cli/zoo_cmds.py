@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy.cli.common import (
@@ -163,21 +164,33 @@ def demo_cmd(
             out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
         )
     t = Table(title="demo artifacts (synthetic val set)")
-    for c in ("artifact", "size MB", "mAP50-95", "mAP50", "ms/image", "parity"):
+    for c in ("artifact", "computes", "size MB", "mAP50-95", "mAP50", "ms/image", "parity"):
         t.add_column(c)
     for r in res.rows:
         t.add_row(
             r["id"],
+            r["inference_precision"],
             f"{r['size_mb']:.2f}",
             "-" if r["map50_95"] is None else f"{r['map50_95']:.4f}",
             "-" if r["map50"] is None else f"{r['map50']:.4f}",
             "-" if r["e2e_ms"] is None else f"{r['e2e_ms']:.1f}",
             "-" if r["parity"] is None else ("pass" if r["parity"] else "FAIL"),
         )
+    for aid, _ in res.refused:
+        t.add_row(aid, "-", "-", "-", "-", "-", "REFUSED", style="bold red")
     con = out_console()
     con.print(t)
+    for aid, reason in res.refused:
+        con.print(f"[red]{aid} refused:[/] {escape(reason)}")
     con.print(f"demo finished in {res.seconds:.0f} s")
     con.print(f"bundle: {res.bundle}")
     con.print(f"report: {res.report.resolve()}")
-    for line in res.next_steps:  # last: how to serve the bundle and call it
+    for line in res.next_steps:  # how to serve the bundle and call it
         con.print(line, markup=False, highlight=False, soft_wrap=True)
+    if res.refused:  # the last line says what failed
+        ids = ", ".join(aid for aid, _ in res.refused)
+        con.print(
+            f"[bold red]demo failed: {len(res.refused)} announced artifact(s) refused: {ids} "
+            "(reasons above and in report.html)[/]"
+        )
+        raise typer.Exit(1)

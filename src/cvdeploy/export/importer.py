@@ -20,7 +20,7 @@ import yaml
 
 from cvdeploy.bundle import Bundle, Provenance
 from cvdeploy.coconames import COCO80
-from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CvdeployError, InputError, ModelLoadError, SpecError, UsageError
 from cvdeploy.spec import PRESETS, Decoder, IOSpec, ModelSpec, Preprocess, TensorSpec
 
@@ -53,6 +53,13 @@ class ModelFacts:
     metadata: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     source_kind: str = "unknown"
+    output_op: str | None = None
+    """The operator that computes the first output, looking through reshapes (``Softmax``
+    tells that a classifier already emits probabilities)."""
+
+
+_PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Identity", "Transpose", "Unsqueeze"}
+_SOFTMAX_OPS = {"Softmax", "SoftMax"}  # ONNX, OpenVINO
 
 
 def find_model_file(path: Path) -> Path:
@@ -161,6 +168,10 @@ def _onnx_facts(path: Path) -> ModelFacts:
     meta = {p.key: p.value for p in model.metadata_props}
     io = IOSpec(inputs=inputs, outputs=outputs, layout=_layout(inputs[0].shape))
     files = [path] + [path.with_name(f) for f in _external_files(model)]
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(outputs[0].name) if outputs else None
+    while node is not None and node.op_type in _PASS_THROUGH and node.input:
+        node = producer.get(node.input[0])
     return ModelFacts(
         "onnx",
         files,
@@ -168,6 +179,7 @@ def _onnx_facts(path: Path) -> ModelFacts:
         meta,
         precision,
         "ultralytics" if "ultralytics" in meta.get("author", "").lower() else "onnx",
+        node.op_type if node is not None else None,
     )
 
 
@@ -228,6 +240,9 @@ def _openvino_facts(xml: Path) -> ModelFacts:
             raise InputError(f"{meta_file} is not valid YAML: {exc}") from exc
     files = [xml, bin_file] + ([meta_file] if meta_file.is_file() else [])
     kind = "ultralytics" if "ultralytics" in str(meta.get("author", "")).lower() else "openvino"
+    node = model.outputs[0].get_node().input_value(0).get_node() if model.outputs else None
+    while node is not None and node.get_type_name() in _PASS_THROUGH and node.get_input_size():
+        node = node.input_value(0).get_node()
     return ModelFacts(
         "openvino",
         files,
@@ -235,6 +250,7 @@ def _openvino_facts(xml: Path) -> ModelFacts:
         meta,
         precision,
         kind,
+        node.get_type_name() if node is not None else None,
     )
 
 
@@ -279,7 +295,7 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
     if task is None and ov.decoder == "logits":
         task = "classify"
     if task is None and preset is None and ov.decoder is None:
-        if len(out_shape) == 2:
+        if len(class_scores_shape(out_shape)) == 2:  # [B, nc] or Caffe-style [B, nc, 1, 1]
             task = "classify"
         else:
             raise SpecError(
@@ -318,7 +334,19 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
     if ov.color == "gray" and ov.mean is None:
         pp_update.setdefault("mean", (0.0,))
         pp_update.setdefault("std", (1.0,))
-    dec_update = {"kind": ov.decoder} if ov.decoder else {}
+    dec_update: dict[str, Any] = {"kind": ov.decoder} if ov.decoder else {}
+    if task == "classify":
+        if len(out_shape) > 2 and len(class_scores_shape(out_shape)) == 2:
+            notes.append(
+                f"the classifier output {list(out_shape)} is read as [B, nc] "
+                "(trailing 1x1 dimensions dropped)"
+            )
+        if facts.output_op in _SOFTMAX_OPS:
+            dec_update["softmax"] = False
+            notes.append(
+                f"the model ends in {facts.output_op}: its outputs are probabilities, used as "
+                "they are (no second softmax)"
+            )
     try:
         pp = Preprocess.model_validate({**base_pp.model_dump(), **pp_update})
         dec = Decoder.model_validate({**base_dec.model_dump(), **dec_update})
@@ -381,13 +409,22 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
         raise SpecError(f"inconsistent spec: {exc}") from exc
 
 
+def class_scores_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A classifier output's shape without trailing 1s (``[B, nc, 1, 1]`` -> ``[B, nc]``)."""
+    out = tuple(shape)
+    while len(out) > 2 and out[-1] == 1:
+        out = out[:-1]
+    return out
+
+
 def _num_classes(kind: str, shape: tuple[int, ...]) -> int | None:
     if kind in ("yolov8",) and len(shape) == 3 and shape[1] > 4:
         return shape[1] - 4
     if kind in ("yolov5", "yolox") and len(shape) == 3 and shape[2] > 5:
         return shape[2] - 5
-    if kind == "logits" and len(shape) == 2 and shape[1] > 0:
-        return shape[1]
+    scores = class_scores_shape(shape)
+    if kind == "logits" and len(scores) == 2 and scores[1] > 0:
+        return scores[1]
     if shape and -1 not in shape:
         raise SpecError(
             f"output shape {list(shape)} does not fit decoder {kind!r}",
@@ -472,7 +509,20 @@ def import_model(
             main_file=main_name,
             produced_by=Provenance(
                 tool="import",
-                options={"source": str(main.resolve()), "source_kind": facts.source_kind},
+                options={
+                    "source": str(main.resolve()),
+                    "source_kind": facts.source_kind,
+                    **(
+                        {
+                            "classifier_output": "logits"
+                            if spec.decoder.softmax
+                            else "probabilities",
+                            "output_shape": list(facts.io.outputs[0].shape),
+                        }
+                        if spec.task == "classify"
+                        else {}
+                    ),
+                },
             ),
             environment=fingerprint(),
         )

@@ -1,13 +1,20 @@
 """OpenVINO IR target: ``openvino.convert_model`` from the ONNX source (or the torch module).
 
-The IR is saved with FP32 weights, or FP16 weights (``compress_to_fp16``) for ``fp16``;
-OpenVINO computes in the device's inference precision either way, the weights file is
-half the size. Batch and input size follow :func:`cvdeploy.export.shapes.target_input_shape`:
-OpenVINO takes a dynamic batch and, from a source whose size is dynamic, a dynamic size.
+Precisions (what the artifact computes in is recorded with it, and the runner pins it):
+
+- ``fp32``: FP32 weights, FP32 compute on every CPU.
+- ``fp16``: FP16 weights (``compress_to_fp16``), FP16 compute; needs native FP16 arithmetic.
+- ``bf16``: FP32 weights, bf16 compute; needs native bf16 (AVX512_BF16, AMX).
+- ``int8-bf16``: the bundle's OpenVINO INT8 IR (from ``cvdeploy quantize``), unchanged, with
+  its float parts computed in bf16; gated against the FP32 model it was quantized from.
+
+Batch and input size follow :func:`cvdeploy.export.shapes.target_input_shape`: OpenVINO
+takes a dynamic batch and, from a source whose size is dynamic, a dynamic size.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +45,12 @@ def export_openvino(ctx: ExportContext, out_dir: Path) -> Produced:
     from cvdeploy.export.run import Produced
     from cvdeploy.export.shapes import target_input_shape
 
-    if ctx.precision not in ("fp32", "fp16"):
-        raise UsageError(f"OpenVINO export produces fp32 or fp16, not {ctx.precision}")
+    if ctx.precision == "int8-bf16":
+        return _int8_with_bf16(ctx, out_dir)
+    if ctx.precision not in ("fp32", "fp16", "bf16"):
+        raise UsageError(
+            f"OpenVINO export produces fp32, fp16, bf16 or int8-bf16, not {ctx.precision}"
+        )
     shape = target_input_shape(ctx, "openvino", dynamic_size_ok=True)
     try:
         with warnings.catch_warnings():
@@ -82,6 +93,23 @@ def export_openvino(ctx: ExportContext, out_dir: Path) -> Produced:
         "compress_to_fp16": half,
     }
     return Produced("openvino", ctx.precision, io, "model.xml", facts)
+
+
+def _int8_with_bf16(ctx: ExportContext, out_dir: Path) -> Produced:
+    """The source INT8 IR, copied as is: only its recorded inference precision differs."""
+    from cvdeploy.export.run import Produced
+
+    if ctx.source.format != "openvino" or not ctx.source.precision.startswith("int8"):
+        raise UsageError(
+            f"openvino:int8-bf16 needs the bundle's OpenVINO INT8 artifact as its source, "
+            f"not {ctx.source.id}"
+        )
+    src_dir = ctx.source_file.parent
+    for ref in ctx.source.files:
+        name = Path(ref.path).name
+        shutil.copyfile(src_dir / name, out_dir / name)
+    facts = {"from": ctx.source.id, "float_parts": "bf16", "ir": "unchanged INT8 IR"}
+    return Produced("openvino", "int8-bf16", ctx.source.io, ctx.source_file.name, facts, "bf16")
 
 
 def _input_name(ctx: ExportContext) -> str:

@@ -20,9 +20,10 @@ import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Provenance
 from cvdeploy.data.io import is_image_file, read_image
-from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import BackendUnavailable, CheckFailed, CvdeployError, InputError, UsageError
 from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.precision import inference_precision_for, require_native
 from cvdeploy.registry import Registry
 from cvdeploy.runtime import RUNTIMES, create_runner
 from cvdeploy.runtime.tensorrt import tensorrt_unavailable
@@ -62,12 +63,16 @@ EXPORTERS.register(
     check=tensorrt_unavailable,
 )
 # Precisions each target can produce (``FORMAT:PRECISION`` in ``--format``; ``--half``: fp16).
+# OpenVINO ``fp16`` and ``bf16`` compute in that precision (native CPU support required);
+# ``int8-bf16`` is the bundle's OpenVINO INT8 model with its float parts in bf16.
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32",),
-    "openvino": ("fp32", "fp16"),
+    "openvino": ("fp32", "fp16", "bf16", "int8-bf16"),
     "tflite": ("fp32", "fp16"),
     "tensorrt": ("fp32", "fp16", "int8"),
 }
+GPU_FORMATS = frozenset({"tensorrt"})
+"""Formats that run on a GPU: their reduced precisions are not checked against the CPU."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,9 @@ class ExportContext:
     images: list[np.ndarray]
     torch_module: Any = None
     precision: str = "fp32"
+    reference: Artifact | None = None
+    """What the gate compares with (default: ``source``); an INT8-derived artifact is
+    compared with the FP32 model its INT8 source was quantized from."""
 
 
 @dataclass(slots=True)
@@ -104,6 +112,13 @@ class Produced:
     io: IOSpec
     main_file: str
     facts: dict[str, Any] = field(default_factory=dict)
+    inference_precision: str | None = None
+    """What the artifact computes in (default: :func:`inference_precision_for`)."""
+
+    @property
+    def runtime_precision(self) -> str:
+        """The inference precision the artifact is gated and recorded at."""
+        return self.inference_precision or inference_precision_for(self.format, self.precision)
 
 
 @dataclass(slots=True)
@@ -200,11 +215,16 @@ def parse_targets(formats: Sequence[str], options: ExportOptions) -> list[tuple[
 
 
 def check_available(targets: Sequence[tuple[str, str]]) -> None:
-    """Refuse, before anything is written, targets whose exporter or runtime cannot run here.
+    """Refuse, before anything is written, targets whose exporter or runtime cannot run here,
+    and reduced precisions this CPU cannot compute natively (``openvino:bf16`` without
+    AVX512_BF16/AMX, ``openvino:fp16`` without AVX512_FP16/AMX-FP16).
 
     Raises:
         BackendUnavailable: Naming the format, the reason and the install hint.
     """
+    for fmt, prec in targets:
+        if fmt not in GPU_FORMATS:
+            require_native(inference_precision_for(fmt, prec), what=f"{fmt}:{prec}")
     for fmt, _ in targets:
         av = EXPORTERS.availability(fmt)
         if not av.available:
@@ -250,6 +270,15 @@ def gate_images(
 def _source_artifact(
     manifest_artifacts: Sequence[Artifact], precision: str = "fp32", target: str = ""
 ) -> Artifact:
+    if precision == "int8-bf16":
+        for a in manifest_artifacts:
+            if a.format == target and a.precision == "int8":
+                return a
+        raise UsageError(
+            f"{target}:int8-bf16 runs the bundle's {target} INT8 model with bf16 float parts, "
+            f"and the bundle has no {target} INT8 artifact",
+            hint=f"quantize first (`cvdeploy quantize BUNDLE --calib DATA --backend {target}`)",
+        )
     if precision == "int8":
         # TensorRT takes symmetric int8 Q/DQ only: prefer the artifact quantized for it.
         int8 = [a for a in manifest_artifacts if a.format == "onnx" and a.precision == "int8"]
@@ -282,9 +311,20 @@ def _predictor(
     io: IOSpec,
     imgsz: tuple[int, int] | None,
     artifact_id: str,
+    precision: str,
 ) -> Predictor:
-    runner = create_runner(fmt, path, io)
+    runner = create_runner(fmt, path, io, inference_precision=precision)
     return Predictor(spec=spec, runner=runner, artifact_id=artifact_id, imgsz=imgsz, batch=1)
+
+
+def gate_reference(artifacts: Sequence[Artifact], source: Artifact, precision: str) -> Artifact:
+    """What an artifact made from ``source`` is gated against: ``source``, or for an INT8
+    variant of an INT8 source, the FP32 artifact that source was quantized from."""
+    if precision.startswith("int8") and source.precision.startswith("int8"):
+        for a in artifacts:
+            if a.id == source.produced_by.source and a.precision == "fp32":
+                return a
+    return source
 
 
 def _export_one(
@@ -313,11 +353,24 @@ def _export_one(
                 "cannot be verified here, so it is not added"
             )
         hw = ctx.options.imgsz if ctx.options.imgsz is not None else None
+        ref = ctx.reference or ctx.source
         src = _predictor(
-            ctx.spec, ctx.source.format, ctx.source_file, ctx.source.io, hw, ctx.source.id
+            ctx.spec,
+            ref.format,
+            edit.path_of(ref.files[0].path),
+            ref.io,
+            hw,
+            ref.id,
+            ref.runtime_precision,
         )
         cand = _predictor(
-            ctx.spec, produced.format, out_dir / produced.main_file, produced.io, hw, art_id
+            ctx.spec,
+            produced.format,
+            out_dir / produced.main_file,
+            produced.io,
+            hw,
+            art_id,
+            produced.runtime_precision,
         )
         with src, cand:
             parity = check_parity(src, cand, ctx.images, precision=produced.precision)
@@ -345,7 +398,8 @@ def _export_one(
             tool=f"export:{fmt}", source=ctx.source.id, options={**opts, **produced.facts}
         ),
         environment=fingerprint(),
-        checks=[parity.to_check(source=ctx.source.id)],
+        checks=[parity.to_check(source=ref.id)],
+        inference_precision=produced.runtime_precision,
     )
     return ExportOutcome(art_id, "added", "", parity)
 
@@ -529,6 +583,7 @@ def _export_from_torch(
                     images=images,
                     torch_module=ts.module,
                     precision=prec,
+                    reference=gate_reference(edit.manifest.artifacts, src_art, prec),
                 )
                 outcomes.append(_export_one(edit, ctx, f, overwrite=True))
             if targets and not any(o.status == "added" for o in outcomes):
@@ -609,6 +664,7 @@ def _export_from_bundle(
                 images=images,
                 torch_module=modules.get(src.id),
                 precision=prec,
+                reference=gate_reference(edit.manifest.artifacts, src, prec),
             )
             outcomes.append(_export_one(edit, ctx, f, overwrite=overwrite))
         if not any(o.status == "added" for o in outcomes):

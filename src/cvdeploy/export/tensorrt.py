@@ -128,13 +128,21 @@ def _build(
         raise ModelLoadError(f"TensorRT could not parse {ctx.source.id}: {errs}"[:800])
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    # TensorRT enables TF32 by default (10-bit mantissa convolutions on Ampere and later):
+    # an FP32 engine computes in FP32 only with the flag cleared.
+    config.clear_flag(trt.BuilderFlag.TF32)
     if ctx.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
     if ctx.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
     inp = network.get_input(0)
     net_shape = tuple(int(d) for d in inp.shape)
-    facts: dict[str, Any] = {"tensorrt": trt.__version__, "workspace_bytes": WORKSPACE_BYTES}
+    facts: dict[str, Any] = {
+        "tensorrt": trt.__version__,
+        "workspace_bytes": WORKSPACE_BYTES,
+        "tf32": False,
+        "fp16_kernels": ctx.precision in ("fp16", "int8"),
+    }
     if -1 in net_shape or -1 in shape:
         opt_hw = (int(ctx.spec.imgsz[0]), int(ctx.spec.imgsz[1]))
         mn, opt, mx = profile_ranges(shape, opt_hw, stride=ctx.spec.stride)

@@ -99,6 +99,12 @@ def export_tflite(ctx: ExportContext, out_dir: Path) -> Produced:
             )
         np.save(tmp / SAMPLE_FILE, sample_array(ctx.images))
         src_shape = ctx.source.io.input.shape if ctx.torch_module is None else shape
+        if -1 in src_shape[2:4]:
+            # onnx2tf cannot follow a dynamic height/width through the graph (a real
+            # Ultralytics export fails with "x=tf.Tensor(shape=(1, 2, None))"): convert a copy
+            # whose input has the bundle's size, so every shape in the graph is static.
+            onnx_facts["input_fixed_to"] = fix_input_shape(onnx_file, shape)
+            src_shape = (shape[0] if src_shape[0] == -1 else src_shape[0], *shape[1:])
         log = _run_onnx2tf(onnx_file, tmp, ctx.source.io.input.name, shape, src_shape)
         produced = tmp / "out" / _OUT_FILES[ctx.precision]
         if not produced.is_file():
@@ -141,6 +147,38 @@ def _torch_to_onnx(
         simplify=ctx.options.simplify,
     )
     return dst, {f"onnx_{k}": v for k, v in facts.items()}
+
+
+def fix_input_shape(onnx_file: Path, shape: tuple[int, int, int, int]) -> list[int]:
+    """Rewrite an ONNX file in place so its image input has a static height and width.
+
+    The batch stays dynamic when ``shape[0]`` is ``-1``. Intermediate and output shapes
+    recorded in the graph are dropped and the graph is constant-folded with onnxslim, so the
+    size-dependent parts (anchor grids built from ``Shape`` ops) become constants that
+    onnx2tf can convert.
+
+    Returns:
+        The input shape written (``-1`` for a dynamic batch).
+    """
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(onnx_file))
+    inits = {i.name for i in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    for d, v in zip(inp.type.tensor_type.shape.dim, shape, strict=True):
+        d.Clear()
+        if v == -1:
+            d.dim_param = "batch"
+        else:
+            d.dim_value = int(v)
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            d.Clear()
+    model = onnxslim.slim(onnx.shape_inference.infer_shapes(model))
+    onnx.save(model, str(onnx_file))
+    return [int(v) for v in shape]
 
 
 def _run_onnx2tf(

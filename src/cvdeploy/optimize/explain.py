@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle
-from cvdeploy.diagnose.environment import cpu_info
+from cvdeploy.environment import cpu_info
 from cvdeploy.errors import UsageError
 from cvdeploy.pipeline.predictor import Predictor
 

@@ -418,7 +418,7 @@ def quantize_onnxruntime(
     head = float_head_nodes(model)
     user = match_patterns(names, opts.keep_float)
     symmetric = opts.backend == "tensorrt"
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
 
     engine: str = opts.engine
     reduce_range = engine == "ort" and needs_reduce_range(

@@ -26,7 +26,7 @@ import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle, Provenance
 from cvdeploy.data.io import read_image
-from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CheckFailed, UsageError
 from cvdeploy.optimize.calibration import (
     EVAL_THRESHOLDS,

@@ -162,6 +162,7 @@ class Predictor:
             options=options,
             model_bytes=model_bytes,
             weights_bytes=weights_bytes,
+            inference_precision=art.runtime_precision,
         )
         return cls(
             spec=bundle.spec,

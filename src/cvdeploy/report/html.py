@@ -1,7 +1,9 @@
 """A self-contained ``report.html`` built from the bundle's manifest (nothing re-measured).
 
-The table shows each artifact's format, precision, size, parity verdict, accuracy and
-latency exactly as recorded by the export, eval and bench stages; images are embedded.
+The table shows each artifact's format, precision (and what it computes in), size, parity
+verdict, accuracy and latency exactly as recorded by the export, eval and bench stages;
+artifacts that were announced but refused (by the parity gate, or because this machine
+cannot run them) are red rows with the reason. Images are embedded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ccc;padding:.3rem .6rem}
 th{background:#f3f3f3;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#0a7d22;font-weight:600} .fail{color:#b00020;font-weight:600}
+tr.refused td{background:#fde8eb;color:#b00020} .refusals{color:#b00020;font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:.8rem} .grid figure{margin:0}
 .grid img{max-width:300px;border:1px solid #ddd} small{color:#666}
 """
@@ -45,6 +48,7 @@ def artifact_row(a: Artifact, dataset: str | None) -> dict[str, Any]:
         "id": a.id,
         "format": a.format,
         "precision": a.precision,
+        "inference_precision": a.runtime_precision,
         "size_mb": a.size_bytes / 1e6,
         "map50_95": m.get("map50_95", m.get("top1")),
         "map50": m.get("map50", m.get("top5")),
@@ -81,6 +85,7 @@ def render_report(
     images: Sequence[Path] = (),
     title: str | None = None,
     sections: Sequence[str] = (),
+    refused: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Render the report page as a string.
 
@@ -90,6 +95,8 @@ def render_report(
         images: Drawn prediction images to embed.
         title: Page title.
         sections: Extra HTML fragments (bench tables, plots) appended in order.
+        refused: ``(artifact id, reason)`` of announced artifacts that were not added: red
+            rows in the table, and a line above it.
     """
     rows = [artifact_row(a, dataset) for a in bundle.manifest.artifacts]
     s = bundle.spec
@@ -98,6 +105,7 @@ def render_report(
         "artifact",
         "format",
         "precision",
+        "computes in",
         "size (MB)",
         "top-1" if is_cls else "mAP50-95",
         "top-5" if is_cls else "mAP50",
@@ -122,6 +130,7 @@ def render_report(
                     f"<td>{html.escape(r['id'])}</td>",
                     f"<td>{r['format']}</td>",
                     f"<td>{r['precision']}</td>",
+                    f"<td>{r['inference_precision']}</td>",
                     f'<td class="num">{r["size_mb"]:.2f}</td>',
                     f'<td class="num">{_fmt(r["map50_95"])}</td>',
                     f'<td class="num">{_fmt(r["map50"])}</td>',
@@ -133,6 +142,12 @@ def render_report(
             )
             + "</tr>"
         )
+    for aid, reason in refused:
+        body.append(
+            f'<tr class="refused"><td>{html.escape(aid)}</td>'
+            f'<td colspan="{len(head) - 2}">refused: {html.escape(reason)}</td>'
+            '<td><span class="fail">REFUSED</span></td></tr>'
+        )
     table = (
         "<table><tr>"
         + "".join(f"<th>{h}</th>" for h in head)
@@ -140,6 +155,13 @@ def render_report(
         + "".join(body)
         + "</table>"
     )
+    if refused:
+        table = (
+            f'<p class="refusals">{len(refused)} announced artifact(s) refused: '
+            + html.escape(", ".join(aid for aid, _ in refused))
+            + " (reasons in the red rows)</p>"
+            + table
+        )
     pp = s.preprocess
     spec_line = (
         f"{s.task}, {len(s.names)} classes, input {s.imgsz[0]}x{s.imgsz[1]}, "

@@ -59,11 +59,21 @@ def create_runner(
     options: RunnerOptions | None = None,
     model_bytes: bytes | None = None,
     weights_bytes: bytes | None = None,
+    inference_precision: str = "f32",
 ) -> Runner:
-    """Create (not load) the runner registered for ``format`` (see :class:`Runner`)."""
+    """Create (not load) the runner registered for ``format`` (see :class:`Runner`).
+
+    ``inference_precision`` is what the artifact computes in (its manifest's
+    :attr:`~cvdeploy.bundle.Artifact.runtime_precision`); the default pins FP32.
+    """
     cls = RUNTIMES.get(format)
     runner: Runner = cls(
-        model_path, io, options=options, model_bytes=model_bytes, weights_bytes=weights_bytes
+        model_path,
+        io,
+        options=options,
+        model_bytes=model_bytes,
+        weights_bytes=weights_bytes,
+        inference_precision=inference_precision,
     )
     return runner
 

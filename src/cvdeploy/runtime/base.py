@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from cvdeploy.errors import ShapeError, UsageError
+from cvdeploy.precision import check_inference_precision
 from cvdeploy.spec import IOSpec
 
 _NP_DTYPES: dict[str, type[np.generic]] = {
@@ -63,10 +64,16 @@ class Runner(abc.ABC):
             where the backend supports it.
         weights_bytes: The artifact's second file in memory, for formats that keep weights
             apart (OpenVINO ``.bin``).
+        inference_precision: What the float parts must compute in (``f32``, ``bf16``,
+            ``f16``): the artifact's recorded :attr:`~cvdeploy.bundle.Artifact.runtime_precision`.
+            A backend that cannot compute in it, or a CPU without native arithmetic in it,
+            refuses at load; a backend never picks a precision on its own.
     """
 
     format: ClassVar[str] = ""
     supports_bytes: ClassVar[bool] = False
+    inference_precisions: ClassVar[frozenset[str]] = frozenset({"f32"})
+    """Inference precisions the backend can be pinned to."""
 
     def __init__(
         self,
@@ -76,21 +83,33 @@ class Runner(abc.ABC):
         options: RunnerOptions | None = None,
         model_bytes: bytes | None = None,
         weights_bytes: bytes | None = None,
+        inference_precision: str = "f32",
     ) -> None:
         self.model_path = Path(model_path)
         self.io = io
         self.options = options or RunnerOptions()
         self.model_bytes = model_bytes
         self.weights_bytes = weights_bytes
+        self.inference_precision = check_inference_precision(inference_precision)
+        self.effective_precision: str | None = None
+        """The precision the loaded model computes in, as the backend reports it."""
         self._loaded = False
         if (model_bytes is not None or weights_bytes is not None) and not self.supports_bytes:
             raise UsageError(f"the {self.format} runner cannot load a model from memory")
+        if inference_precision not in self.inference_precisions:
+            raise UsageError(
+                f"the {self.format} runner computes in "
+                f"{', '.join(sorted(self.inference_precisions))} only, not {inference_precision}",
+                hint="run this artifact with the runtime it was made for",
+            )
 
     # life cycle -------------------------------------------------------------------------
     def load(self) -> Self:
         """Load the model (idempotent)."""
         if not self._loaded:
             self._load()
+            if self.effective_precision is None:
+                self.effective_precision = self.inference_precision
             self._loaded = True
         return self
 
@@ -171,6 +190,7 @@ class Runner(abc.ABC):
             "threads": self.options.threads,
             "device": self.options.device,
             **dict(self.options.extra),
+            "inference_precision": self.effective_precision or self.inference_precision,
         }
 
 

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend."""
+"""ONNX Runtime backend (FP32 compute, pinned).
+
+ONNX Runtime's CPU provider computes FP32 models in FP32 on x86; on ARM64 its MLAS GEMMs can
+be switched to bf16 "fast math" by a session option, which the runner sets off explicitly,
+so an FP32 artifact computes in FP32 on every CPU.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ def session_options(threads: int | None, extra: dict[str, Any]) -> ort.SessionOp
         so.enable_profiling = True
         so.profile_file_prefix = str(extra["profile_dir"]) + "/ort_profile"
     so.log_severity_level = 3
+    # Explicit, although off by default: never bf16 fast-math GEMMs for an FP32 artifact.
+    so.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
     return so
 
 

@@ -157,6 +157,7 @@ class TensorRTRunner(Runner):
 
     format = "tensorrt"
     supports_bytes = True
+    inference_precisions = frozenset({"f32", "f16"})  # fixed in the engine when it is built
 
     def _load(self) -> None:
         extra = dict(self.options.extra)

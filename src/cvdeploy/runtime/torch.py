@@ -85,8 +85,31 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return module.eval(), ckpt
 
 
+def reduced_fp32_settings() -> list[str]:
+    """Process-wide torch settings that let FP32 convolutions/matmuls compute in less.
+
+    ``torch.set_float32_matmul_precision("medium")`` and the oneDNN ``fp32_precision`` knobs
+    (``bf16``/``tf32``) belong to the application; the runner does not change them, it
+    refuses to run an FP32 artifact under them.
+    """
+    found = []
+    if torch.get_float32_matmul_precision() != "highest":
+        found.append(
+            f"torch.set_float32_matmul_precision({torch.get_float32_matmul_precision()!r})"
+        )
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    for part in ("conv", "matmul"):
+        value = getattr(getattr(mkldnn, part, None), "fp32_precision", "none")
+        if value not in ("none", "ieee"):
+            found.append(f"torch.backends.mkldnn.{part}.fp32_precision={value!r}")
+    return found
+
+
 class TorchRunner(Runner):
-    """Runs a cvdeploy torch checkpoint on the CPU (or CUDA with ``device='cuda'``).
+    """Runs a cvdeploy torch checkpoint on the CPU (or CUDA with ``device='cuda'``), in FP32.
+
+    Autocast is switched off around each call (thread-local), and a process whose torch
+    settings allow reduced-precision FP32 kernels is refused (see :func:`reduced_fp32_settings`).
 
     Note: ``threads`` calls ``torch.set_num_threads``, which is process-wide in PyTorch;
     it is only called when given explicitly.
@@ -96,6 +119,14 @@ class TorchRunner(Runner):
 
     def _load(self) -> None:
         reject_unknown(self.options.extra, set(), "torch")
+        reduced = reduced_fp32_settings()
+        if reduced:
+            raise UsageError(
+                "this process lets torch compute FP32 in reduced precision "
+                f"({', '.join(reduced)}), so {self.model_path.name} would not run at the FP32 "
+                "it records",
+                hint="reset those settings before running FP32 artifacts in this process",
+            )
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         self.module, _ = load_checkpoint(self.model_path)
@@ -105,7 +136,7 @@ class TorchRunner(Runner):
         self.module.to(self.device)
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             out = self.module(torch.from_numpy(x).to(self.device))
         outs = out if isinstance(out, list | tuple) else [out]
         return [o.float().cpu().numpy() for o in outs]

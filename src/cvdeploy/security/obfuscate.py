@@ -169,7 +169,7 @@ def obfuscate_bundle(
     """
     import onnx
 
-    from cvdeploy.diagnose.environment import fingerprint
+    from cvdeploy.environment import fingerprint
     from cvdeploy.export.run import gate_images
     from cvdeploy.pipeline.predictor import Predictor
     from cvdeploy.runtime import create_runner

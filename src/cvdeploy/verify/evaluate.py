@@ -19,7 +19,7 @@ from cvdeploy.bundle import Bundle, Check
 from cvdeploy.data.base import align_to_model, load_detection_dataset
 from cvdeploy.data.folder import load_classification_dataset
 from cvdeploy.data.io import read_image
-from cvdeploy.diagnose.environment import fingerprint
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import DatasetError
 from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds
 from cvdeploy.pipeline.results import Classification, Detections
@@ -50,6 +50,8 @@ class EvalReport:
     metrics: dict[str, Any]
     speed_ms: dict[str, float]
     protocol: dict[str, Any] = field(default_factory=dict)
+    inference_precision: str | None = None
+    """What the artifact computed in during the evaluation (as its runtime reported it)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -188,6 +190,7 @@ def evaluate_bundle(
         metrics=metrics,
         speed_ms=speed,
         protocol=proto_d,
+        inference_precision=predictor.runner.effective_precision,
     )
     if record:
         with bundle.edit(
@@ -204,6 +207,7 @@ def evaluate_bundle(
                         "speed_ms": speed,
                         "images": n_images,
                         "protocol": proto_d,
+                        "inference_precision": report.inference_precision,
                         "data": str(Path(data).resolve()),
                         "environment": fingerprint(),
                     },

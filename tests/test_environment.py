@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cvdeploy.bundle import Bundle, Check
 from cvdeploy.cli.main import app
-from cvdeploy.diagnose.environment import compare, fingerprint, recorded_environment
+from cvdeploy.environment import compare, fingerprint, recorded_environment
 from cvdeploy.export.importer import import_model
 from tests.export.test_targets import _ultra_onnx
 
