@@ -44,6 +44,7 @@ test: lint typecheck unit
 BENCH_QUANTIZE_ARGS ?= --skip-budget
 
 bench: venv
+	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/e2e_vs_naive.py
 	$(PY) benchmarks/quantize.py $(BENCH_QUANTIZE_ARGS)

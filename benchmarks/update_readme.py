@@ -219,7 +219,25 @@ def _repeat_rows(r: Results) -> list[Row]:
     return rows
 
 
-_SERVE_MODELS = {"tiny": "tiny detector", "yolox": "YOLOX-Nano", "zoo": "zoo detector-n"}
+_SERVE_MODELS = {
+    "tiny": "tiny detector",
+    "yolox": "YOLOX-Nano",
+    "zoo": "zoo detector-n",
+    "yolox-tuned": "YOLOX-Nano tuned (vs plain ONNX Runtime FP32)",
+}
+
+
+def _cpu_kind(result: Any) -> str:
+    """``, CPU with native bf16`` / ``, AVX2-only CPU`` from a result's recorded flags (runs
+    from before the environment was recorded were all on the AVX2-only EPYC)."""
+    flags = _get(result, "environment", "cpu", "flags")
+    if not isinstance(flags, list):
+        return ", AVX2-only CPU"
+    return (
+        ", CPU with native bf16"
+        if {"avx512_bf16", "amx_bf16"} & set(flags)
+        else (", AVX2-only CPU")
+    )
 
 
 def _serve_rows(r: Results) -> list[Row]:
@@ -227,7 +245,8 @@ def _serve_rows(r: Results) -> list[Row]:
     if not isinstance(data, dict):
         return []
     rows: list[Row] = []
-    for key, label in _SERVE_MODELS.items():
+    for key, model in _SERVE_MODELS.items():
+        label = model + _cpu_kind(_get(data, key))
         t = _get(data, key, "targets")
         x = _num(_get(t, "throughput_x_at_16"))
         if x is None:

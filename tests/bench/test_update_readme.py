@@ -120,11 +120,16 @@ def test_repeat_and_serve_rows(ur: ModuleType, tmp_path: Path) -> None:
         )
     )
     targets = {"throughput_x_at_16": 2.5, "p99_over_p50_at_16": 3.5, "cvdeploy_failures": 0}
-    (d / "serve_load.json").write_text(json.dumps({"tiny": {"targets": targets}}))
+    bf16 = {"environment": {"cpu": {"flags": ["avx2", "amx_bf16"]}}, "targets": targets}
+    (d / "serve_load.json").write_text(
+        json.dumps({"tiny": {"targets": targets}, "yolox-tuned": bf16})
+    )
     table = ur.render_table(ur.load_results(d))
     assert "1 thread): p50 spread | 5.0% (30.0, 31.5 ms) | <= 10% | yes |" in table
     assert "2 threads): p50 spread | 40.0% (20.0, 28.0 ms) | <= 10% | **no** |" in table
-    assert "tiny detector, 16 in flight: throughput | 2.50x | >= 2x | yes |" in table
+    # runs without a recorded environment were on the AVX2-only EPYC
+    assert "tiny detector, AVX2-only CPU, 16 in flight: throughput | 2.50x | >= 2x | yes |" in table
+    assert "tuned (vs plain ONNX Runtime FP32), CPU with native bf16, 16 in flight" in table
     assert "p99 / p50, failed requests | 3.5x, 0 | <= 3x, 0 | **no** |" in table
     assert "YOLOX-Nano, 16 in flight" not in table  # a model not in the file has no row
 
