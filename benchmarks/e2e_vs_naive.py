@@ -169,10 +169,10 @@ def _tuned_bundle(
     model: Path, data_yaml: Path, work: Path, args: argparse.Namespace, notes: list[str]
 ) -> tuple[Any, dict[str, Any]]:
     """Import + ``cvdeploy tune`` into ``work`` (or reuse the bundle tuned there earlier)."""
-    from cvdeploy.bench.tune import tune_bundle
-    from cvdeploy.bench.tune_report import TuneOptions
     from cvdeploy.bundle import Bundle
     from cvdeploy.export.importer import ImportOverrides, import_model
+    from cvdeploy.workflows.tune import tune_bundle
+    from cvdeploy.workflows.tune_report import TuneOptions
 
     if args.reuse and (work / "bundle.json").is_file():
         b = Bundle.load(work)

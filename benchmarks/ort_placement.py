@@ -55,8 +55,8 @@ def _session(path: Path) -> Any:
 
 
 def _map(bundle: Any, source: Any, model: Path, tmp: Path, evalset: Any) -> float:
+    from cvdeploy.optimize import QuantizedModel, candidate_predictor
     from cvdeploy.optimize.calibration import predictor_map
-    from cvdeploy.optimize.quantize import QuantizedModel, candidate_predictor
 
     d = tmp / f"eval-{model.stem}"
     d.mkdir()

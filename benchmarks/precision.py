@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {rw} (YOLOX-Nano, coco128) is absent")
         return 0
 
+    from cvdeploy.bench import measure_side_by_side
     from cvdeploy.bundle import Bundle
     from cvdeploy.environment import fingerprint
+    from cvdeploy.export import export_model
     from cvdeploy.export.importer import ImportOverrides, import_model
-    from cvdeploy.export.run import export_model
-    from cvdeploy.optimize.explain import measure_side_by_side
-    from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
     from cvdeploy.precision import cpu_flags, describe_native, native_precisions
     from cvdeploy.verify.evaluate import evaluate_bundle
 

@@ -72,7 +72,7 @@ def _zoo_data(out: Path) -> Path:
 
 def _zoo_bundle(data: Path, out: Path) -> Path:
     """The shipped zoo detector exported to FP32 ONNX (through the parity gate)."""
-    from cvdeploy.export.run import ExportOptions, export_model
+    from cvdeploy.export import ExportOptions, export_model
 
     export_model(ZOO_MODEL, formats=["onnx"], out=out, data=data, options=ExportOptions())
     return out
@@ -110,7 +110,7 @@ def _run(bundle: Path, data: Path, backend: str, *, zoo: bool = False, **kw: Any
 
 def _has(bundle: Path, backend: str) -> bool:
     from cvdeploy.bundle import Bundle
-    from cvdeploy.optimize.quantize import ARTIFACT_IDS
+    from cvdeploy.optimize import ARTIFACT_IDS
 
     b = Bundle.load(bundle)
     return any(a.id == ARTIFACT_IDS[backend] for a in b.manifest.artifacts)

@@ -238,7 +238,7 @@ def _prepare(args: Any, tmp: Path) -> tuple[Path, bytes, str]:
         rec = Bundle.load(bundle).manifest.recommended or {}
         desc = f"YOLOX-Nano tuned by e2e_vs_naive.py (recommended {rec.get('artifact')})"
     elif args.model == "zoo":
-        from cvdeploy.export.run import ExportOptions, export_model
+        from cvdeploy.export import ExportOptions, export_model
 
         bundle = tmp / "bundle"
         export_model(

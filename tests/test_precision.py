@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from cvdeploy.bundle import Bundle
-from cvdeploy.environment import fingerprint, precision_differences
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import BackendUnavailable, UsageError
 from cvdeploy.precision import (
     inference_precision_for,
     legacy_inference_precision,
     native_precisions,
+    precision_differences,
     require_native,
 )
 from tests.cpu import native

@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cvdeploy import __version__
 from cvdeploy.errors import BundleError, IntegrityError, UsageError
 from cvdeploy.precision import (
     InferencePrecision,
@@ -29,9 +29,7 @@ from cvdeploy.precision import (
     legacy_inference_precision,
 )
 from cvdeploy.spec import IOSpec, ModelSpec
-
-if TYPE_CHECKING:
-    from cvdeploy.security.crypto import ModelKey
+from cvdeploy.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
@@ -166,17 +164,44 @@ class Manifest(_Frozen):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    """What a runner loads an artifact from: its main file's path, or the model in memory.
+
+    Attributes:
+        path: The main model file (for messages, and for loading when no bytes are given).
+        model_bytes: The main file's content (an encrypted artifact, decrypted in memory).
+        weights_bytes: The second file's content, for formats that keep weights apart
+            (OpenVINO ``.bin``).
+    """
+
+    path: Path
+    model_bytes: bytes | None = None
+    weights_bytes: bytes | None = None
+
+    def __repr__(self) -> str:  # never the content
+        held = " (in memory)" if self.model_bytes is not None else ""
+        return f"ModelFiles({str(self.path)!r}{held})"
+
+
+ArtifactLoader = Callable[["Bundle", Artifact], ModelFiles]
+"""Supplies an artifact's model files; :func:`cvdeploy.security.crypto.model_loader` gives one
+that decrypts encrypted artifacts in memory (Polygraphy's ``XFromY`` loaders are the model)."""
+
+
 class Bundle:
     """A bundle directory and its validated manifest. Load with :meth:`Bundle.load`.
 
-    ``key`` (a :class:`~cvdeploy.security.crypto.ModelKey`) opens encrypted artifacts; it is
-    kept in memory only and never shown in the repr.
+    ``loader`` supplies the model files of artifacts (see :meth:`model_files`): given by
+    whoever holds a key for encrypted artifacts (the security stage), never known here.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, *, key: ModelKey | None = None) -> None:
+    def __init__(
+        self, path: Path, manifest: Manifest, *, loader: ArtifactLoader | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
-        self.key = key
+        self.loader = loader
 
     def __repr__(self) -> str:
         return (
@@ -217,42 +242,38 @@ class Bundle:
             )
         return self.path / art.files[0].path
 
-    def decrypt_artifact(
-        self, artifact: Artifact | str, *, key: ModelKey | None = None
-    ) -> list[bytes]:
-        """An encrypted artifact's files, decrypted in memory (main file first).
-
-        Args:
-            artifact: The artifact or its id.
-            key: The key (default: the key the bundle was loaded with).
+    def model_files(self, artifact: Artifact | str) -> ModelFiles:
+        """What a runner loads the artifact from: through the bundle's loader when it has
+        one, else the plain main file.
 
         Raises:
-            UsageError: No key was given.
-            IntegrityError: Wrong key, or a file or the manifest was altered.
+            UsageError: The artifact is encrypted and the bundle was loaded without a key.
         """
-        from cvdeploy.security.crypto import decrypt_artifact_files
-
         art = self.artifact(artifact) if isinstance(artifact, str) else artifact
-        key = key or self.key
-        if key is None:
+        if self.loader is not None:
+            return self.loader(self, art)
+        if art.encryption is not None:
             raise UsageError(
                 f"artifact {art.id} is encrypted: give its key",
                 hint="pass --key-file F or --key-env VAR (serve: model_key_file / --key-file)",
             )
-        return decrypt_artifact_files(self, art, key)
+        return ModelFiles(self.model_file(art))
 
     def sample_images(self) -> list[Path]:
         """Absolute paths of the bundle's sample images."""
         return [self.path / s.path for s in self.manifest.samples]
 
     @classmethod
-    def load(cls, path: Path | str, *, verify: bool = True, key: ModelKey | None = None) -> Bundle:
+    def load(
+        cls, path: Path | str, *, verify: bool = True, loader: ArtifactLoader | None = None
+    ) -> Bundle:
         """Load and validate a bundle, checking every file's sha256.
 
         Args:
             path: The bundle directory (or its ``bundle.json``).
             verify: Check file sizes and sha256 sums (default). Only skip for listings.
-            key: Key for encrypted artifacts (kept in memory for :meth:`decrypt_artifact`).
+            loader: Supplies artifacts' model files (:meth:`model_files`), e.g. decrypting
+                them in memory; default: the plain files.
 
         Raises:
             BundleError: The directory or manifest is missing or malformed.
@@ -286,7 +307,7 @@ class Bundle:
             manifest = Manifest.model_validate(raw)
         except ValidationError as exc:
             raise BundleError(f"{mf} is not a valid manifest:\n{exc}") from exc
-        bundle = cls(p, manifest, key=key)
+        bundle = cls(p, manifest, loader=loader)
         if verify:
             bundle.verify_files()
         return bundle

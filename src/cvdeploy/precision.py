@@ -21,9 +21,10 @@ without AVX512_FP16/AMX-FP16 (x86) or FP16 arithmetic (ARM).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
+from cvdeploy.environment import Difference
 from cvdeploy.errors import BackendUnavailable, UsageError
 
 InferencePrecision = Literal["f32", "bf16", "f16"]
@@ -98,9 +99,9 @@ def native_precisions(cpu_flags: Iterable[str]) -> set[str]:
 
 def cpu_flags() -> list[str]:
     """This machine's relevant CPU flags (see :func:`cvdeploy.environment.cpu_info`)."""
-    from cvdeploy.environment import cpu_info
+    import cvdeploy.environment as environment  # looked up at call time (tests simulate CPUs)
 
-    return list(cpu_info()["flags"])
+    return list(environment.cpu_info()["flags"])
 
 
 def describe_native(cpu_flags: Iterable[str]) -> str:
@@ -147,3 +148,71 @@ def require_native(
         hint="use the fp32 (or int8) artifact here, or run this one on a CPU that has "
         f"{_NEEDS[precision]}",
     )
+
+
+_RUNTIME_PIN = {
+    "openvino": "OpenVINO would pick {p} by default on a CPU with native {p}; cvdeploy pins "
+    "INFERENCE_PRECISION_HINT={ip} (the artifact's recorded precision)",
+    "onnx": "ONNX Runtime computes FP32 models in FP32 on x86 (its ARM64 bf16 fast-math GEMM "
+    "option is set off explicitly)",
+    "tflite": "the TFLite interpreter (XNNPACK) computes in FP32, widening FP16 weights",
+    "torch": "torch runs with autocast off and refuses reduced-precision FP32 settings",
+    "tensorrt": "a TensorRT engine's precision is fixed when it is built (on a GPU)",
+}
+
+
+def precision_differences(
+    current: Mapping[str, Any],
+    recorded: Mapping[str, Any],
+    *,
+    fmt: str,
+    inference_precision: str,
+) -> list[Difference]:
+    """Where native bf16/FP16 arithmetic differs between a record's CPU and this one, what
+    the runtime will do with the artifact here, and how that was pinned.
+
+    Args:
+        current: The current :func:`fingerprint`.
+        recorded: A fingerprint recorded with the artifact or one of its measurements.
+        fmt: The artifact's format.
+        inference_precision: What the artifact computes in (its recorded precision).
+    """
+    rec_cpu: Mapping[str, Any] = recorded.get("cpu") or {}
+    if "flags" not in rec_cpu or fmt == "tensorrt":
+        return []
+    rec_flags = set(rec_cpu.get("flags") or ())
+    cur_flags = set((current.get("cpu") or {}).get("flags") or ())
+    rec, cur = native_precisions(rec_flags), native_precisions(cur_flags)
+    out: list[Difference] = []
+    for p in ("bf16", "f16"):
+        if (p in rec) == (p in cur):
+            continue
+        name = "bf16" if p == "bf16" else "FP16"
+
+        def says(flags: set[str], p: str = p) -> str:
+            have = sorted(flags & NATIVE_FLAGS[p])
+            return f"yes ({', '.join(have)})" if have else "no"
+
+        if inference_precision == p:
+            note = (
+                f"this artifact computes in {name}: it was made for a CPU with native {name} "
+                "and is refused here (no slow emulation); use its fp32 or int8 sibling"
+                if p not in cur
+                else f"this artifact computes in {name}, natively on this CPU, as recorded"
+            )
+        else:
+            pin = _RUNTIME_PIN.get(fmt, "").format(p=name, ip=inference_precision)
+            note = (
+                f"this CPU has native {name}: {pin}; the artifact still computes in "
+                f"{inference_precision} (a {name} artifact is its own choice: "
+                f"`cvdeploy export BUNDLE --format {fmt}:{'bf16' if p == 'bf16' else 'fp16'}`)"
+                if p in cur
+                else f"this CPU has no native {name}: the artifact computes in "
+                f"{inference_precision} as recorded ({name} artifacts are refused here)"
+            )
+        out.append(
+            Difference(
+                f"native {name}", says(rec_flags), says(cur_flags), "numerics and speed", note
+            )
+        )
+    return out

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cvdeploy.bench.tune as tune_mod
-from cvdeploy.bench.tune_report import Accuracy, TuneOptions
-from cvdeploy.bench.tune_space import Settings
+import cvdeploy.workflows.tune as tune_mod
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.main import app
 from cvdeploy.export.importer import ImportOverrides, import_model
-from tests.bench.test_tune import make_dataset
+from cvdeploy.workflows.tune_report import Accuracy, TuneOptions
+from cvdeploy.workflows.tune_space import Settings
+from tests.workflows.test_tune import make_dataset
 from tests.tiny_models import NC, tiny_detector_onnx
 
 

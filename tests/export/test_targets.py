@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.main import app
 from cvdeploy.errors import BackendUnavailable, UsageError
+from cvdeploy.export import EXPORTERS, ExportOptions, export_model, parse_targets
 from cvdeploy.export.importer import import_model
-from cvdeploy.export.run import EXPORTERS, ExportOptions, export_model, parse_targets
 from cvdeploy.export.tensorrt import MAX_DYNAMIC_BATCH, profile_ranges
 from cvdeploy.export.tflite import SAMPLE_COUNT, sample_array
 from cvdeploy.runtime import RUNTIMES, create_runner

@@ -10,7 +10,7 @@ import yaml
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.errors import UsageError
-from cvdeploy.export.run import ExportOptions, export_model
+from cvdeploy.export import ExportOptions, export_model
 from cvdeploy.runtime import create_runner
 from tests.tiny_models import IMGSZ, tiny_spec_dict, write_image
 

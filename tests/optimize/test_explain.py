@@ -139,27 +139,3 @@ def test_conv_output_left_in_float_is_diagnosed(tmp_path: Path, quantized_output
     if not quantized_output:
         assert "Sigmoid" in codes["output-not-quantized"].message
         assert "output-not-quantized" in codes["unfused-qdq"].fix
-
-
-def test_side_by_side_alternates_and_takes_medians(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A B, B A, A B; each artifact's figures are the medians of its rounds (no timing)."""
-    calls: list[str] = []
-    fake = {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 100.0, 6.0])}
-
-    def measure(bundle: object, aid: str, images: object, **kw: object) -> explain_mod.Latency:
-        calls.append(aid)
-        v = next(fake[aid])
-        return explain_mod.Latency(
-            artifact=aid, p50_ms=v, inference_p50_ms=v / 2, pre_post_p50_ms=1.0, images=1, warmup=0
-        )
-
-    monkeypatch.setattr(explain_mod, "measure_latency", measure)
-    out = explain_mod.measure_side_by_side(
-        object(),  # type: ignore[arg-type]
-        {"fp32": "a", "int8": "b"},
-        [Path("x.jpg")],
-        rounds=3,
-    )
-    assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert out["fp32"].p50_ms == 20.0 and out["int8"].p50_ms == 6.0
-    assert out["int8"].inference_p50_ms == 3.0 and out["int8"].rounds == 3

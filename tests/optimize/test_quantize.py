@@ -79,7 +79,7 @@ def test_openvino_nncf_through_the_gate(tiny_bundle: Path, calib_120: Path) -> N
     assert art.latest("parity").data["inference_precision"] == "f32"  # type: ignore[union-attr]
     # INT8 with bf16 float parts is an artifact of its own, gated against the FP32 source
     from cvdeploy.errors import BackendUnavailable
-    from cvdeploy.export.run import export_model
+    from cvdeploy.export import export_model
     from tests.cpu import native
 
     if "bf16" not in native():

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from cvdeploy.bundle import Bundle, Check
-from cvdeploy.export.run import ExportOptions, export_model
+from cvdeploy.export import ExportOptions, export_model
 from cvdeploy.report.html import artifact_row, write_report
 from tests.tiny_models import tiny_spec_dict, write_image
 

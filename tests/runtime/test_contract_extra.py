@@ -38,7 +38,7 @@ needs_tflite = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny detector (dynamic batch) converted by the TFLite exporter, once a session."""
-    from cvdeploy.export.run import EXPORTERS, ExportOptions, export_model
+    from cvdeploy.export import EXPORTERS, ExportOptions, export_model
     from tests.export.test_targets import _images, _ultra_onnx
 
     if not EXPORTERS.availability("tflite").available:

@@ -21,6 +21,7 @@ from cvdeploy.security.crypto import (
     encrypt_bundle,
     generate_key,
     load_key,
+    model_loader,
     parse_key,
     write_key_file,
 )
@@ -51,7 +52,7 @@ def key() -> ModelKey:
 
 def _encrypted(plain: Path, key: ModelKey, out: Path) -> Bundle:
     encrypt_bundle(Bundle.load(plain), key, out=out)
-    return Bundle.load(out, key=key)
+    return Bundle.load(out, loader=model_loader(key))
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -99,9 +100,9 @@ def test_encrypt_records_key_id_and_predicts_like_plain(plain: Path, key: ModelK
     assert weights[-4096:] not in blob
     imgs = src.sample_images()
     np.testing.assert_equal(detections(enc, "onnx-fp32", imgs), detections(src, "onnx-fp32", imgs))
-    # explicit key argument works too (bundle loaded without a key)
+    # the same bundle read again from disk with a loader made from the key
     np.testing.assert_equal(
-        detections(Bundle.load(enc.path), "onnx-fp32", imgs, key=key),
+        detections(Bundle.load(enc.path, loader=model_loader(key)), "onnx-fp32", imgs),
         detections(src, "onnx-fp32", imgs),
     )
     # plain bundles are not touched and keep no `encryption` key in their manifest
@@ -138,14 +139,16 @@ def test_in_place_encryption_and_stages_that_need_plain_files(plain: Path, key: 
 def test_wrong_key(plain: Path, key: ModelKey) -> None:
     enc = _encrypted(plain, key, plain.parent / "enc")
     with pytest.raises(IntegrityError, match="cannot decrypt artifact onnx-fp32: wrong key"):
-        Predictor.from_bundle(Bundle.load(enc.path), "onnx-fp32", key=generate_key())
+        Predictor.from_bundle(
+            Bundle.load(enc.path, loader=model_loader(generate_key())), "onnx-fp32"
+        )
     # a wrong key that claims the right key id (manifest edited to match it) still fails
     other = generate_key()
     data = read_manifest(enc.path)
     data["artifacts"][0]["encryption"]["key_id"] = other.key_id
     write_manifest(enc.path, data)
     with pytest.raises(IntegrityError, match="wrong key or the file was modified"):
-        Predictor.from_bundle(Bundle.load(enc.path), "onnx-fp32", key=other)
+        Predictor.from_bundle(Bundle.load(enc.path, loader=model_loader(other)), "onnx-fp32")
 
 
 def test_flipped_byte(plain: Path, key: ModelKey) -> None:
@@ -153,14 +156,14 @@ def test_flipped_byte(plain: Path, key: ModelKey) -> None:
     f = enc.file(enc.artifact("onnx-fp32").files[0])
     flip_byte(f)
     with pytest.raises(IntegrityError, match="was altered"):
-        Bundle.load(enc.path, key=key)  # the manifest's sha256 catches it first
+        Bundle.load(enc.path, loader=model_loader(key))  # the manifest's sha256 catches it first
     rehash(enc.path)  # an attacker who also fixes the manifest's sha256
     with pytest.raises(IntegrityError, match="wrong key or the file was modified"):
-        Predictor.from_bundle(Bundle.load(enc.path, key=key), "onnx-fp32")
+        Predictor.from_bundle(Bundle.load(enc.path, loader=model_loader(key)), "onnx-fp32")
     f.write_bytes(b"short")
     rehash(enc.path)
     with pytest.raises(IntegrityError, match="not a cvdeploy encrypted file"):
-        Predictor.from_bundle(Bundle.load(enc.path, key=key), "onnx-fp32")
+        Predictor.from_bundle(Bundle.load(enc.path, loader=model_loader(key)), "onnx-fp32")
 
 
 def test_ciphertexts_swapped_between_artifacts(plain: Path, key: ModelKey) -> None:
@@ -172,7 +175,7 @@ def test_ciphertexts_swapped_between_artifacts(plain: Path, key: ModelKey) -> No
     a.write_bytes(bb)
     b.write_bytes(ba)
     rehash(enc.path)
-    swapped = Bundle.load(enc.path, key=key)
+    swapped = Bundle.load(enc.path, loader=model_loader(key))
     for aid in ("onnx-fp32", "onnx-copy"):
         with pytest.raises(IntegrityError, match=f"cannot decrypt artifact {aid}"):
             Predictor.from_bundle(swapped, aid)
@@ -188,7 +191,7 @@ def test_ciphertext_moved_to_another_bundle(tmp_path: Path, key: ModelKey) -> No
     dst.write_bytes(src.read_bytes())
     rehash(e2.path)
     with pytest.raises(IntegrityError, match="wrong key or the file was modified"):
-        Predictor.from_bundle(Bundle.load(e2.path, key=key), "onnx-fp32")
+        Predictor.from_bundle(Bundle.load(e2.path, loader=model_loader(key)), "onnx-fp32")
 
 
 @pytest.mark.parametrize(
@@ -211,7 +214,7 @@ def test_manifest_edited_after_encryption(plain: Path, key: ModelKey, edit: str)
         art["encryption"]["salt"] = "00" * 16
     write_manifest(enc.path, data)
     with pytest.raises(IntegrityError, match="wrong key or the file was modified"):
-        Predictor.from_bundle(Bundle.load(enc.path, key=key), "onnx-fp32")
+        Predictor.from_bundle(Bundle.load(enc.path, loader=model_loader(key)), "onnx-fp32")
 
 
 def test_torch_encrypted_artifacts_are_refused_clearly(plain: Path, key: ModelKey) -> None:
@@ -251,7 +254,7 @@ def test_no_plaintext_model_is_written_while_loading(
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(os, "open", spy_os_open)
-    got = detections(Bundle.load(enc.path, key=key), "onnx-fp32", imgs)
+    got = detections(Bundle.load(enc.path, loader=model_loader(key)), "onnx-fp32", imgs)
     monkeypatch.undo()
     assert got and writes == [], writes
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -267,7 +270,7 @@ def test_no_plaintext_model_is_written_while_loading(
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed")
 def test_encrypted_openvino_predicts_like_plain(plain: Path, key: ModelKey) -> None:
-    from cvdeploy.export.run import export_model
+    from cvdeploy.export import export_model
 
     export_model(plain, formats=["openvino"])
     src = Bundle.load(plain)
@@ -281,7 +284,9 @@ def test_encrypted_openvino_predicts_like_plain(plain: Path, key: ModelKey) -> N
     assert sum(len(s) for _, s, _ in want) > 0
     np.testing.assert_equal(detections(enc, "openvino-fp32", imgs), want)
     with pytest.raises(IntegrityError, match="cannot decrypt artifact openvino-fp32"):
-        Predictor.from_bundle(Bundle.load(enc.path), "openvino-fp32", key=generate_key())
+        Predictor.from_bundle(
+            Bundle.load(enc.path, loader=model_loader(generate_key())), "openvino-fp32"
+        )
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -338,7 +343,7 @@ def test_missing_cryptography_is_a_clear_error(
 
 @pytest.mark.slow
 def test_encrypted_tflite_predicts_like_plain(plain: Path, key: ModelKey) -> None:
-    from cvdeploy.export.run import EXPORTERS, export_model
+    from cvdeploy.export import EXPORTERS, export_model
     from cvdeploy.runtime import RUNTIMES
 
     if not (

@@ -99,9 +99,9 @@ def bench_cmd(
 
     if iters is not None and seconds is not None:
         raise UsageError("--iters and --seconds exclude each other", hint="give one of them")
-    from cvdeploy.security.crypto import key_from_options
+    from cvdeploy.security.crypto import key_from_options, model_loader
 
-    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
+    b = Bundle.load(bundle, loader=model_loader(key_from_options(key_file, key_env)))
     sizes = [parse_imgsz(s) for s in imgsz] if imgsz else [None]
     batches = [n or 1 for n in _ints(batch, "--batch")]
     conc = [n or 1 for n in _ints(concurrency, "--concurrency")]

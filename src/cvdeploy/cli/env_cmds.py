@@ -122,7 +122,8 @@ def env_cmd(
 
 def _comparisons(path: Path, current: dict[str, Any]) -> list[dict[str, Any]]:
     from cvdeploy.bundle import Bundle
-    from cvdeploy.environment import compare, precision_differences, recorded_environment
+    from cvdeploy.environment import compare, recorded_environment
+    from cvdeploy.precision import precision_differences
 
     bundle = Bundle.load(path, verify=False)
     out: list[dict[str, Any]] = []

@@ -59,7 +59,7 @@ def export_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Export a model to deployment formats; every artifact must pass the parity gate."""
-    from cvdeploy.export.run import ExportOptions, export_model
+    from cvdeploy.export import ExportOptions, export_model
 
     opts = ExportOptions(
         imgsz=parse_imgsz(imgsz),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from cvdeploy import __version__
 from cvdeploy.cli import (
     bench_cmds,
     bundle_cmds,
@@ -18,6 +17,7 @@ from cvdeploy.cli import (
     tune_cmds,
     zoo_cmds,
 )
+from cvdeploy.version import __version__
 
 app = typer.Typer(
     name="cvdeploy",

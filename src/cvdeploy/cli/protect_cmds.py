@@ -175,7 +175,7 @@ def obfuscate_cmd(
     json_out: JsonOut = False,
 ) -> None:
     """Add an ONNX artifact with opaque names and no metadata, proven equal by the gate."""
-    from cvdeploy.security.obfuscate import obfuscate_bundle
+    from cvdeploy.export.obfuscate import obfuscate_bundle
 
     rep = obfuscate_bundle(bundle, artifact=artifact, out_id=out_id, data=data, overwrite=overwrite)
     if json_out:

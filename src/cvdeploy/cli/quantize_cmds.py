@@ -164,7 +164,7 @@ def quantize_cmd(
             "--calib is required to quantize",
             hint="pass --calib DATA (or --explain to diagnose an existing INT8 artifact)",
         )
-    from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 
     opts = QuantizeOptions(
         backend=backend,

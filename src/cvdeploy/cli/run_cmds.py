@@ -12,7 +12,7 @@ from cvdeploy.bundle import Bundle
 from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
 from cvdeploy.cli.protect_cmds import KeyEnv, KeyFile
 from cvdeploy.errors import UsageError
-from cvdeploy.security.crypto import key_from_options
+from cvdeploy.security.crypto import key_from_options, model_loader
 
 
 @handle_errors
@@ -39,7 +39,7 @@ def predict_cmd(
     from cvdeploy.pipeline.predictor import Predictor, Thresholds
     from cvdeploy.runtime import RunnerOptions
 
-    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
+    b = Bundle.load(bundle, loader=model_loader(key_from_options(key_file, key_env)))
     paths = list_images(images)
     opts = RunnerOptions(threads=threads) if threads else None
     pred = Predictor.from_bundle(
@@ -118,7 +118,7 @@ def eval_cmd(
     from cvdeploy.runtime import RunnerOptions
     from cvdeploy.verify.evaluate import Protocol, evaluate_bundle
 
-    b = Bundle.load(bundle, key=key_from_options(key_file, key_env))
+    b = Bundle.load(bundle, loader=model_loader(key_from_options(key_file, key_env)))
     proto = Protocol(conf=conf, iou=iou, max_det=max_det, imgsz=parse_imgsz(imgsz))
     rep = evaluate_bundle(
         b,

@@ -200,9 +200,10 @@ def serve_cmd(
         b = Bundle.load(cfg.source)
         art = select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
         if art.encryption is not None:  # a missing or wrong model key fails here, not later
-            from cvdeploy.security.crypto import key_from_options
+            from cvdeploy.security.crypto import key_from_options, model_loader
 
-            b.decrypt_artifact(art, key=key_from_options(cfg.model_key_file, cfg.model_key_env))
+            key = key_from_options(cfg.model_key_file, cfg.model_key_env)
+            Bundle.load(cfg.source, loader=model_loader(key)).model_files(art)
     ssl_options = {}
     if cfg.tls is not None:
         from cvdeploy.security.tls import uvicorn_ssl_options

@@ -41,8 +41,8 @@ def _threads(value: str | None) -> tuple[int, ...] | None:
 
 
 def tune_table(rep: object) -> Table:
-    """The candidates of a :class:`~cvdeploy.bench.tune_report.TuneReport` as a rich table."""
-    from cvdeploy.bench.tune_report import TuneReport
+    """The candidates of a :class:`~cvdeploy.workflows.tune_report.TuneReport` as a rich table."""
+    from cvdeploy.workflows.tune_report import TuneReport
 
     assert isinstance(rep, TuneReport)
     metric = "mAP50-95" if rep.metric == "map50_95" else rep.metric
@@ -150,10 +150,10 @@ def tune_cmd(
     keeps the floor as the bundle's recommended one (used by predict, eval, bench, serve).
     Exit 1 when no candidate keeps the floor (nothing is recorded then).
     """
-    from cvdeploy.bench.tune import tune_bundle
-    from cvdeploy.bench.tune_report import TuneOptions
     from cvdeploy.bundle import Bundle
     from cvdeploy.errors import CheckFailed
+    from cvdeploy.workflows.tune import tune_bundle
+    from cvdeploy.workflows.tune_report import TuneOptions
 
     opts = TuneOptions(
         min_map=min_map,

@@ -95,7 +95,7 @@ def zoo_train(
     """Train a zoo model, then evaluate the best checkpoint through the eval stage."""
     from cvdeploy.data.synthetic import make_detection_dataset
     from cvdeploy.errors import UsageError
-    from cvdeploy.export.run import create_torch_bundle
+    from cvdeploy.export import create_torch_bundle
     from cvdeploy.verify.evaluate import evaluate_bundle
     from cvdeploy.zoo.models import model_task
 
@@ -156,7 +156,7 @@ def demo_cmd(
     val_images: Annotated[int, typer.Option(help="size of the generated val set")] = 120,
 ) -> None:
     """Run the whole path on the shipped detector: bundle, export, verify, eval, report."""
-    from cvdeploy.demo import run_demo
+    from cvdeploy.workflows.demo import run_demo
 
     con = err_console()
     with third_party_output_to_stderr():

@@ -12,7 +12,6 @@ from cvdeploy.data.base import (
     DetectionDataset,
     ImageItem,
     align_to_model,
-    load_detection_dataset,
 )
 from cvdeploy.data.coco import load_coco_dataset
 from cvdeploy.data.folder import (
@@ -27,6 +26,7 @@ from cvdeploy.data.io import (
     is_image_file,
     read_image,
 )
+from cvdeploy.data.load import load_detection_dataset
 from cvdeploy.data.yolo import label_path_for, load_yolo_dataset
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Export a torch module to ONNX (TorchScript exporter) and simplify it with onnxslim.
+"""ONNX target: export a torch module (TorchScript exporter) and simplify it with onnxslim.
 
 torch 2.13's default dynamo exporter needs onnxscript and rejects a batch-1 example input
 with a dynamic batch; the TorchScript exporter (``dynamo=False``) handles both, so it is
@@ -12,14 +12,44 @@ import io
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvdeploy.errors import CheckFailed, ModelLoadError, UsageError
 from cvdeploy.spec import IOSpec, TensorSpec
 
+if TYPE_CHECKING:
+    from cvdeploy.export.base import ExportContext, Produced
+
 SIMPLIFY_ATOL = 1e-5
+
+
+def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
+    """ONNX target: from a torch source with the TorchScript exporter."""
+    from cvdeploy.export.base import Produced
+
+    if ctx.torch_module is None:
+        raise UsageError(
+            f"ONNX export needs a torch source; the source artifact is {ctx.source.format}"
+        )
+    if ctx.precision != "fp32":
+        raise UsageError(
+            f"ONNX export produces fp32 only, not {ctx.precision}",
+            hint="ask for onnx:fp32 beside openvino:fp16 / tflite:fp16 / tensorrt:fp16",
+        )
+    hw = ctx.options.imgsz or ctx.spec.imgsz
+    io, facts = torch_to_onnx(
+        ctx.torch_module,
+        out_dir / "model.onnx",
+        imgsz=hw,
+        channels=ctx.spec.preprocess.channels,
+        batch=ctx.options.batch,
+        dynamic=ctx.options.dynamic,
+        opset=ctx.options.opset,
+        simplify=ctx.options.simplify,
+    )
+    return Produced("onnx", "fp32", io, "model.onnx", facts)
 
 
 def torch_to_onnx(

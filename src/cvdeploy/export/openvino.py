@@ -23,7 +23,7 @@ from cvdeploy.errors import ModelLoadError, UsageError
 from cvdeploy.spec import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
-    from cvdeploy.export.run import ExportContext, Produced
+    from cvdeploy.export.base import ExportContext, Produced
 
 
 def export_openvino(ctx: ExportContext, out_dir: Path) -> Produced:
@@ -42,7 +42,7 @@ def export_openvino(ctx: ExportContext, out_dir: Path) -> Produced:
     """
     import openvino as ov
 
-    from cvdeploy.export.run import Produced
+    from cvdeploy.export.base import Produced
     from cvdeploy.export.shapes import target_input_shape
 
     if ctx.precision == "int8-bf16":
@@ -97,7 +97,7 @@ def export_openvino(ctx: ExportContext, out_dir: Path) -> Produced:
 
 def _int8_with_bf16(ctx: ExportContext, out_dir: Path) -> Produced:
     """The source INT8 IR, copied as is: only its recorded inference precision differs."""
-    from cvdeploy.export.run import Produced
+    from cvdeploy.export.base import Produced
 
     if ctx.source.format != "openvino" or not ctx.source.precision.startswith("int8"):
         raise UsageError(

@@ -1,8 +1,8 @@
 """The export stage: produce artifacts from a source and pass each through the parity gate.
 
-Targets are registered in :data:`EXPORTERS` by format name. Each target function writes the
-artifact's files into a staging directory and returns what it produced; this module then
-runs the integrity gate (:func:`cvdeploy.verify.parity.check_parity`) against the source
+Targets are registered in :data:`cvdeploy.export.base.EXPORTERS` by format name. Each target
+function writes the artifact's files into a staging directory and returns what it produced;
+this module then runs the integrity gate (:mod:`cvdeploy.export.gate`) against the source
 artifact on real images and adds the artifact only when it passes.
 """
 
@@ -11,260 +11,32 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle, BundleEdit, Provenance
-from cvdeploy.data.io import is_image_file, read_image
+from cvdeploy.data import read_image
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import BackendUnavailable, CheckFailed, CvdeployError, InputError, UsageError
-from cvdeploy.pipeline.predictor import Predictor
-from cvdeploy.precision import inference_precision_for, require_native
-from cvdeploy.registry import Registry
-from cvdeploy.runtime import RUNTIMES, create_runner
-from cvdeploy.runtime.tensorrt import tensorrt_unavailable
+from cvdeploy.export.base import (
+    EXPORTERS,
+    ExportContext,
+    ExportOptions,
+    ExportOutcome,
+    ExportReport,
+    TargetFn,
+    artifact_id_for,
+    check_available,
+    parse_targets,
+)
+from cvdeploy.export.gate import GATE_IMAGES, gate_images, gate_reference, run_gate
+from cvdeploy.runtime import RUNTIMES
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
-from cvdeploy.verify.parity import ParityResult, check_parity
 
-GATE_IMAGES = 16
 SAMPLES_KEPT = 8
-
-EXPORTERS = Registry("exporter")
-EXPORTERS.register(
-    "onnx",
-    "cvdeploy.export.run:export_onnx",
-    requires=("onnx", "onnxruntime"),
-    extra="onnxruntime",
-    description="ONNX (from torch: TorchScript exporter + onnxslim)",
-)
-EXPORTERS.register(
-    "openvino",
-    "cvdeploy.export.openvino:export_openvino",
-    requires=("openvino",),
-    extra="openvino",
-    description="OpenVINO IR, FP32/FP16 weights (openvino.convert_model from ONNX or torch)",
-)
-EXPORTERS.register(
-    "tflite",
-    "cvdeploy.export.tflite:export_tflite",
-    requires=("onnx2tf", "tensorflow", "ai_edge_litert"),
-    extra="tflite",
-    description="TFLite FP32/FP16, NHWC (onnx2tf from the ONNX graph)",
-)
-EXPORTERS.register(
-    "tensorrt",
-    "cvdeploy.export.tensorrt:export_tensorrt",
-    extra="tensorrt",
-    description="TensorRT engine FP32/FP16, INT8 from a Q/DQ ONNX (NVIDIA GPU)",
-    check=tensorrt_unavailable,
-)
-# Precisions each target can produce (``FORMAT:PRECISION`` in ``--format``; ``--half``: fp16).
-# OpenVINO ``fp16`` and ``bf16`` compute in that precision (native CPU support required);
-# ``int8-bf16`` is the bundle's OpenVINO INT8 model with its float parts in bf16.
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "onnx": ("fp32",),
-    "openvino": ("fp32", "fp16", "bf16", "int8-bf16"),
-    "tflite": ("fp32", "fp16"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-GPU_FORMATS = frozenset({"tensorrt"})
-"""Formats that run on a GPU: their reduced precisions are not checked against the CPU."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExportOptions:
-    """Options shared by every target."""
-
-    imgsz: tuple[int, int] | None = None
-    batch: int = 1
-    dynamic: bool = False
-    opset: int = 17
-    simplify: bool = True
-    half: bool = False
-
-
-@dataclass(slots=True)
-class ExportContext:
-    """What a target function gets: the source artifact (in staging) and the options."""
-
-    spec: ModelSpec
-    source: Artifact
-    source_file: Path
-    options: ExportOptions
-    images: list[np.ndarray]
-    torch_module: Any = None
-    precision: str = "fp32"
-    reference: Artifact | None = None
-    """What the gate compares with (default: ``source``); an INT8-derived artifact is
-    compared with the FP32 model its INT8 source was quantized from."""
-
-
-@dataclass(slots=True)
-class Produced:
-    """What a target function returns."""
-
-    format: str
-    precision: str
-    io: IOSpec
-    main_file: str
-    facts: dict[str, Any] = field(default_factory=dict)
-    inference_precision: str | None = None
-    """What the artifact computes in (default: :func:`inference_precision_for`)."""
-
-    @property
-    def runtime_precision(self) -> str:
-        """The inference precision the artifact is gated and recorded at."""
-        return self.inference_precision or inference_precision_for(self.format, self.precision)
-
-
-@dataclass(slots=True)
-class ExportOutcome:
-    """The result for one requested format."""
-
-    artifact_id: str
-    status: str  # "added" | "refused" | "failed"
-    message: str = ""
-    parity: ParityResult | None = None
-
-
-@dataclass(slots=True)
-class ExportReport:
-    """The result of one export call."""
-
-    bundle: Path
-    source: str
-    outcomes: list[ExportOutcome]
-
-    @property
-    def ok(self) -> bool:
-        """Whether every requested artifact was added."""
-        return all(o.status == "added" for o in self.outcomes)
-
-
-TargetFn = Callable[[ExportContext, Path], Produced]
-
-
-def export_onnx(ctx: ExportContext, out_dir: Path) -> Produced:
-    """ONNX target: from a torch source with the TorchScript exporter."""
-    from cvdeploy.export.onnx import torch_to_onnx
-
-    if ctx.torch_module is None:
-        raise UsageError(
-            f"ONNX export needs a torch source; the source artifact is {ctx.source.format}"
-        )
-    if ctx.precision != "fp32":
-        raise UsageError(
-            f"ONNX export produces fp32 only, not {ctx.precision}",
-            hint="ask for onnx:fp32 beside openvino:fp16 / tflite:fp16 / tensorrt:fp16",
-        )
-    hw = ctx.options.imgsz or ctx.spec.imgsz
-    io, facts = torch_to_onnx(
-        ctx.torch_module,
-        out_dir / "model.onnx",
-        imgsz=hw,
-        channels=ctx.spec.preprocess.channels,
-        batch=ctx.options.batch,
-        dynamic=ctx.options.dynamic,
-        opset=ctx.options.opset,
-        simplify=ctx.options.simplify,
-    )
-    return Produced("onnx", "fp32", io, "model.onnx", facts)
-
-
-def artifact_id_for(fmt: str, options: ExportOptions, precision: str | None = None) -> str:
-    """Default artifact id of a format with the options (``onnx-fp32``, ``openvino-fp16``)."""
-    return f"{fmt}-{precision or ('fp16' if options.half else 'fp32')}"
-
-
-def parse_targets(formats: Sequence[str], options: ExportOptions) -> list[tuple[str, str]]:
-    """Parse ``--format`` entries (``tflite``, ``openvino:fp16``) into (format, precision).
-
-    Raises:
-        UsageError: An unknown format, or a precision the format cannot produce.
-    """
-    out: list[tuple[str, str]] = []
-    for raw in formats:
-        fmt, _, prec = raw.strip().partition(":")
-        if not fmt:
-            continue
-        EXPORTERS.entry(fmt)
-        prec = prec.strip().lower() or ("fp16" if options.half else "fp32")
-        allowed = PRECISIONS.get(fmt, ("fp32",))
-        if prec not in allowed:
-            raise UsageError(
-                f"{fmt} cannot be exported as {prec}: it supports {', '.join(allowed)}"
-                + (
-                    " (INT8 needs an explicitly quantized source, and only tensorrt builds "
-                    "one from it)"
-                    if prec == "int8"
-                    else ""
-                ),
-                hint="INT8 OpenVINO/ONNX come from `cvdeploy quantize`"
-                if prec == "int8"
-                else f"use one of {', '.join(f'{fmt}:{p}' for p in allowed)}",
-            )
-        if (fmt, prec) not in out:
-            out.append((fmt, prec))
-    if not out:
-        raise UsageError("no --format given", hint=f"formats: {', '.join(EXPORTERS.names())}")
-    return out
-
-
-def check_available(targets: Sequence[tuple[str, str]]) -> None:
-    """Refuse, before anything is written, targets whose exporter or runtime cannot run here,
-    and reduced precisions this CPU cannot compute natively (``openvino:bf16`` without
-    AVX512_BF16/AMX, ``openvino:fp16`` without AVX512_FP16/AMX-FP16).
-
-    Raises:
-        BackendUnavailable: Naming the format, the reason and the install hint.
-    """
-    for fmt, prec in targets:
-        if fmt not in GPU_FORMATS:
-            require_native(inference_precision_for(fmt, prec), what=f"{fmt}:{prec}")
-    for fmt, _ in targets:
-        av = EXPORTERS.availability(fmt)
-        if not av.available:
-            raise BackendUnavailable(f"cannot export {fmt}: the exporter is {av.reason}")
-        if fmt in RUNTIMES.names():
-            rav = RUNTIMES.availability(fmt)
-            if not rav.available:
-                raise BackendUnavailable(
-                    f"cannot export {fmt}: its runtime is {rav.reason}, so the artifact "
-                    "could not pass the parity gate here"
-                )
-
-
-def gate_images(
-    data: Path | None, fallback: Sequence[Path], *, limit: int = GATE_IMAGES
-) -> list[Path]:
-    """Pick real images for the gate: from ``data`` (folder, image, dataset yaml) or fallback."""
-    paths: list[Path]
-    if data is None:
-        paths = list(fallback)
-    elif data.is_file() and is_image_file(data):
-        paths = [data]
-    elif data.suffix.lower() in (".yaml", ".yml", ".json") or (
-        data.is_dir() and any(data.glob("*.yaml"))
-    ):
-        from cvdeploy.data.base import load_detection_dataset
-
-        paths = [it.path for it in load_detection_dataset(data, split="val").items]
-    else:
-        from cvdeploy.data.folder import list_images
-
-        paths = list_images(data)
-    if not paths:
-        raise InputError(
-            "no images for the parity gate", hint="pass --data with a folder of real images"
-        )
-    if len(paths) > limit:
-        idx = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths = [paths[i] for i in idx]
-    return paths
 
 
 def _source_artifact(
@@ -304,29 +76,6 @@ def _source_artifact(
     raise UsageError("the bundle has no fp32 artifact to export from")
 
 
-def _predictor(
-    spec: ModelSpec,
-    fmt: str,
-    path: Path,
-    io: IOSpec,
-    imgsz: tuple[int, int] | None,
-    artifact_id: str,
-    precision: str,
-) -> Predictor:
-    runner = create_runner(fmt, path, io, inference_precision=precision)
-    return Predictor(spec=spec, runner=runner, artifact_id=artifact_id, imgsz=imgsz, batch=1)
-
-
-def gate_reference(artifacts: Sequence[Artifact], source: Artifact, precision: str) -> Artifact:
-    """What an artifact made from ``source`` is gated against: ``source``, or for an INT8
-    variant of an INT8 source, the FP32 artifact that source was quantized from."""
-    if precision.startswith("int8") and source.precision.startswith("int8"):
-        for a in artifacts:
-            if a.id == source.produced_by.source and a.precision == "fp32":
-                return a
-    return source
-
-
 def _export_one(
     edit: BundleEdit, ctx: ExportContext, fmt: str, *, overwrite: bool
 ) -> ExportOutcome:
@@ -352,28 +101,22 @@ def _export_one(
                 f"{RUNTIMES.availability(produced.format).reason}: the artifact "
                 "cannot be verified here, so it is not added"
             )
-        hw = ctx.options.imgsz if ctx.options.imgsz is not None else None
         ref = ctx.reference or ctx.source
-        src = _predictor(
+        parity = run_gate(
             ctx.spec,
-            ref.format,
+            ref,
             edit.path_of(ref.files[0].path),
-            ref.io,
-            hw,
-            ref.id,
-            ref.runtime_precision,
+            (
+                produced.format,
+                out_dir / produced.main_file,
+                produced.io,
+                art_id,
+                produced.runtime_precision,
+            ),
+            ctx.images,
+            imgsz=ctx.options.imgsz,
+            precision=produced.precision,
         )
-        cand = _predictor(
-            ctx.spec,
-            produced.format,
-            out_dir / produced.main_file,
-            produced.io,
-            hw,
-            art_id,
-            produced.runtime_precision,
-        )
-        with src, cand:
-            parity = check_parity(src, cand, ctx.images, precision=produced.precision)
     except (UsageError, BackendUnavailable):
         restore()
         raise

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from cvdeploy.errors import UsageError
 
 if TYPE_CHECKING:
-    from cvdeploy.export.run import ExportContext
+    from cvdeploy.export.base import ExportContext
 
 
 def target_input_shape(

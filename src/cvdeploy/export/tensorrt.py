@@ -18,7 +18,7 @@ from cvdeploy.runtime.tensorrt import tensorrt_unavailable
 from cvdeploy.spec import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
-    from cvdeploy.export.run import ExportContext, Produced
+    from cvdeploy.export.base import ExportContext, Produced
 
 MAX_DYNAMIC_BATCH = 32
 WORKSPACE_BYTES = 4 << 30
@@ -68,7 +68,7 @@ def export_tensorrt(ctx: ExportContext, out_dir: Path) -> Produced:
         UsageError: INT8 from a graph without Q/DQ nodes, or an impossible shape.
         ModelLoadError: TensorRT could not parse the graph or build the engine.
     """
-    from cvdeploy.export.run import Produced
+    from cvdeploy.export.base import Produced
     from cvdeploy.export.shapes import target_input_shape
 
     reason = tensorrt_unavailable()

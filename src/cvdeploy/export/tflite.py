@@ -26,7 +26,7 @@ from cvdeploy.errors import CheckFailed, ModelLoadError, UsageError
 from cvdeploy.spec import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
-    from cvdeploy.export.run import ExportContext, Produced
+    from cvdeploy.export.base import ExportContext, Produced
 
 # The file onnx2tf (utils/common_functions.py: download_test_image_data) reads from its
 # working directory before it tries to download it: 20 RGB images, 128x128, float32 0..1.
@@ -67,7 +67,7 @@ def export_tflite(ctx: ExportContext, out_dir: Path) -> Produced:
         UsageError: The precision or the requested shape is not possible from this source.
         ModelLoadError: onnx2tf failed.
     """
-    from cvdeploy.export.run import Produced
+    from cvdeploy.export.base import Produced
     from cvdeploy.export.shapes import target_input_shape
 
     if ctx.precision not in _OUT_FILES:

@@ -5,35 +5,38 @@ Public API:
 - :func:`quantize_bundle` with :class:`QuantizeOptions` -> :class:`QuantizeReport`
 - :func:`explain_artifact` -> :class:`Explanation` (why INT8 is not faster)
 - :func:`build_calibration_set` -> :class:`CalibrationSet` (calibration hygiene)
+- :data:`QUANTIZERS`: the backends by name (:class:`QuantizeContext` in, a
+  :class:`QuantizedModel` out; see :mod:`cvdeploy.optimize.backend`)
 
 Heavy imports (onnxruntime.quantization, openvino, nncf) happen inside the backend modules.
 """
 
-from cvdeploy.optimize.calibration import CalibrationSet, build_calibration_set
-from cvdeploy.optimize.explain import (
-    Explanation,
-    Finding,
-    explain_artifact,
-    measure_latency,
-    measure_side_by_side,
-)
-from cvdeploy.optimize.quantize import (
+from cvdeploy.optimize.backend import (
+    ARTIFACT_IDS,
     BACKENDS,
+    QUANTIZERS,
+    QuantizeContext,
+    QuantizedModel,
     QuantizeOptions,
-    QuantizeReport,
-    quantize_bundle,
+    candidate_predictor,
 )
+from cvdeploy.optimize.calibration import CalibrationSet, build_calibration_set
+from cvdeploy.optimize.explain import Explanation, Finding, explain_artifact
+from cvdeploy.optimize.quantize import QuantizeReport, quantize_bundle
 
 __all__ = [
+    "ARTIFACT_IDS",
     "BACKENDS",
+    "QUANTIZERS",
     "CalibrationSet",
     "Explanation",
     "Finding",
+    "QuantizeContext",
     "QuantizeOptions",
     "QuantizeReport",
+    "QuantizedModel",
     "build_calibration_set",
+    "candidate_predictor",
     "explain_artifact",
-    "measure_latency",
-    "measure_side_by_side",
     "quantize_bundle",
 ]

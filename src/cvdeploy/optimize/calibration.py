@@ -78,7 +78,7 @@ def list_calibration_images(data: Path | str) -> list[Path]:
     if p.is_file() and is_image_file(p):
         return [p]
     if p.suffix.lower() in (".yaml", ".yml", ".json") or (p.is_dir() and any(p.glob("*.yaml"))):
-        from cvdeploy.data.base import load_detection_dataset
+        from cvdeploy.data import load_detection_dataset
 
         errors: list[str] = []
         for split in ("train", "val"):
@@ -176,7 +176,7 @@ class EvalSet:
     @classmethod
     def load(cls, data: Path | str, names: Sequence[str], *, split: str = "val") -> EvalSet:
         """Load a detection dataset aligned to the model's class names."""
-        from cvdeploy.data.base import align_to_model, load_detection_dataset
+        from cvdeploy.data import align_to_model, load_detection_dataset
 
         ds = align_to_model(load_detection_dataset(data, split=split), list(names))
         return cls(
@@ -200,7 +200,7 @@ class EvalSet:
         A subset of the images (as NNCF's accuracy control passes for ranking) is scored
         against that subset's ground truth only.
         """
-        from cvdeploy.verify.metrics import evaluate_detections
+        from cvdeploy.verify import evaluate_detections
 
         preds = [
             (iid, r.boxes, r.scores, r.class_ids)

@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from cvdeploy.errors import BackendUnavailable, ModelLoadError, UsageError
+from cvdeploy.optimize.backend import (
+    QuantizeContext,
+    QuantizedModel,
+    candidate_predictor,
+    match_patterns,
+)
 from cvdeploy.optimize.calibration import EvalSet
 from cvdeploy.pipeline.predictor import Predictor
 
@@ -239,17 +245,7 @@ def save_ov(model: Any, xml: Path) -> Path:
     return xml
 
 
-def quantize_openvino(
-    bundle: Any,
-    source: Any,
-    cal: Any,
-    src_pred: Predictor,
-    evalset: EvalSet | None,
-    fp32_map: float | None,
-    opts: Any,
-    tmp: Path,
-    say: Callable[[str], None],
-) -> tuple[Any, dict[str, Any] | None]:
+def quantize_openvino(ctx: QuantizeContext) -> tuple[QuantizedModel, dict[str, Any] | None]:
     """The OpenVINO backend of :func:`cvdeploy.optimize.quantize.quantize_bundle`.
 
     Writes ``model.xml``/``model.bin`` to ``tmp/out``. With ``opts.max_drop`` NNCF's
@@ -259,9 +255,10 @@ def quantize_openvino(
     Raises:
         CheckFailed: The budget could not be met ("could not meet the budget; best found").
     """
+    bundle, source, cal, src_pred = ctx.bundle, ctx.source, ctx.calibration, ctx.source_predictor
+    evalset, fp32_map, opts, tmp, say = ctx.evalset, ctx.fp32_map, ctx.options, ctx.workdir, ctx.log
     from cvdeploy.errors import CheckFailed
     from cvdeploy.optimize.calibration import predictor_map
-    from cvdeploy.optimize.quantize import QuantizedModel, candidate_predictor, match_patterns
 
     converted = source.format != "openvino"
     say(

@@ -24,6 +24,12 @@ import numpy as np
 import onnx
 
 from cvdeploy.errors import BackendUnavailable, CheckFailed, ModelLoadError, UsageError
+from cvdeploy.optimize.backend import (
+    QuantizeContext,
+    QuantizedModel,
+    candidate_predictor,
+    match_patterns,
+)
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """Ops that end a head branch when walking back from the outputs (their inputs are features)."""
@@ -384,17 +390,7 @@ def _budget_failure(max_drop: float, fp32_map: float, tried: list[dict[str, Any]
     )
 
 
-def quantize_onnxruntime(
-    bundle: Any,
-    source: Any,
-    cal: Any,
-    src_pred: Any,
-    evalset: Any,
-    fp32_map: float | None,
-    opts: Any,
-    tmp: Path,
-    say: Any,
-) -> tuple[Any, dict[str, Any] | None]:
+def quantize_onnxruntime(ctx: QuantizeContext) -> tuple[QuantizedModel, dict[str, Any] | None]:
     """The ONNX Runtime / TensorRT backend of :func:`cvdeploy.optimize.quantize.quantize_bundle`.
 
     Writes ``model.onnx`` (Q/DQ) to ``tmp/out``. With ``opts.max_drop``: quantizes, and
@@ -407,8 +403,9 @@ def quantize_onnxruntime(
     Raises:
         CheckFailed: The budget could not be met ("could not meet the budget; best found").
     """
+    bundle, source, cal, src_pred = ctx.bundle, ctx.source, ctx.calibration, ctx.source_predictor
+    evalset, fp32_map, opts, tmp, say = ctx.evalset, ctx.fp32_map, ctx.options, ctx.workdir, ctx.log
     from cvdeploy.optimize.calibration import predictor_map, preprocessed
-    from cvdeploy.optimize.quantize import QuantizedModel, candidate_predictor, match_patterns
     from cvdeploy.progress import track
 
     prepared = tmp / "prepared.onnx"

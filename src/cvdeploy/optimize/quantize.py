@@ -14,20 +14,29 @@ not at least 1.3x faster, :func:`cvdeploy.optimize.explain.explain_artifact` say
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cvdeploy.bench import SIDE_BY_SIDE_ROUNDS, Latency, measure_side_by_side
 from cvdeploy.bundle import Artifact, Bundle, Provenance
 from cvdeploy.data.io import read_image
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CheckFailed, UsageError
+from cvdeploy.optimize.backend import (
+    ARTIFACT_IDS,
+    QUANTIZERS,
+    Log,
+    QuantizeBackend,
+    QuantizeContext,
+    QuantizedModel,
+    QuantizeOptions,
+    candidate_predictor,
+)
 from cvdeploy.optimize.calibration import (
     EVAL_THRESHOLDS,
     CalibrationSet,
@@ -35,72 +44,12 @@ from cvdeploy.optimize.calibration import (
     build_calibration_set,
     predictor_map,
 )
-from cvdeploy.optimize.explain import (
-    SIDE_BY_SIDE_ROUNDS,
-    Explanation,
-    Latency,
-    explain_artifact,
-    measure_side_by_side,
-)
+from cvdeploy.optimize.explain import Explanation, explain_artifact
 from cvdeploy.pipeline.predictor import Predictor, Thresholds
-from cvdeploy.runtime import create_runner
-from cvdeploy.spec import IOSpec
-from cvdeploy.verify.parity import ParityResult, check_parity, tolerance_for
+from cvdeploy.verify import ParityResult, check_parity, evaluate_bundle, tolerance_for
 
-BACKENDS = ("openvino", "onnxruntime", "tensorrt")
-ENGINES = ("ort", "nncf")
-ARTIFACT_IDS = {
-    "openvino": "openvino-int8",
-    "onnxruntime": "onnx-int8",
-    "tensorrt": "onnx-int8-qdq",
-}
 GATE_IMAGES = 16
 LATENCY_IMAGES = 20
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class QuantizeOptions:
-    """Options of :func:`quantize_bundle`.
-
-    Attributes:
-        backend: ``openvino`` (NNCF), ``onnxruntime`` (Q/DQ) or ``tensorrt`` (symmetric
-            Q/DQ ONNX from which ``cvdeploy export --format tensorrt:int8`` builds the engine).
-        calib_size: Largest number of calibration images.
-        method: ``minmax``, ``entropy`` or ``percentile``.
-        per_channel: Per-channel weight scales.
-        max_drop: Largest acceptable absolute mAP50-95 drop (needs ``eval_data``).
-        eval_data: Labelled dataset for mAP (recorded for FP32 and INT8).
-        keep_float: Glob patterns of node names kept in float, besides the head.
-        force: Accept fewer than 100 calibration images.
-        engine: Who writes the ``onnxruntime`` backend's Q/DQ graph: ``ort`` (ONNX Runtime's
-            ``quantize_static``) or ``nncf`` (NNCF's ONNX backend: per-channel weights, bias
-            correction; on YOLOX-Nano it keeps far more accuracy than ``quantize_static``).
-            Either graph runs on ONNX Runtime. Ignored by the other backends.
-        source: FP32 artifact id to quantize (default: chosen per backend).
-        overwrite: Replace an existing INT8 artifact with the same id.
-        gate_cosine: Override the INT8 gate's minimum cosine similarity of raw outputs
-            (recorded with the parity check); ``None`` keeps the INT8 tolerance.
-        measure: Time FP32 and INT8 and diagnose a small speedup.
-        threads: Runtime threads for the latency measurement.
-        progress: Show progress bars.
-    """
-
-    backend: str = "openvino"
-    calib_size: int = 300
-    method: str = "minmax"
-    per_channel: bool = True
-    max_drop: float | None = None
-    eval_data: Path | None = None
-    keep_float: tuple[str, ...] = ()
-    force: bool = False
-    engine: str = "ort"
-    source: str | None = None
-    overwrite: bool = False
-    gate_cosine: float | None = None
-    measure: bool = True
-    threads: int | None = None
-    progress: bool = True
 
 
 @dataclass(slots=True)
@@ -139,19 +88,6 @@ class QuantizeReport:
         return asdict(self)
 
 
-@dataclass(slots=True)
-class QuantizedModel:
-    """A quantized model written to a temporary directory by a backend."""
-
-    directory: Path
-    main_file: str
-    format: str
-    io: IOSpec
-    kept_float: list[str]
-    facts: dict[str, Any]
-    map50_95: float | None = None
-
-
 def choose_source(bundle: Bundle, backend: str, source: str | None) -> Artifact:
     """The FP32 artifact to quantize for a backend.
 
@@ -177,33 +113,8 @@ def choose_source(bundle: Bundle, backend: str, source: str | None) -> Artifact:
     )
 
 
-def match_patterns(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """Node names matching any of the glob ``patterns``; a pattern matching none is an error."""
-    out: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            preview = ", ".join(list(names)[:8])
-            raise UsageError(
-                f"--keep-float {pat!r} matches no node of the model",
-                hint=f"node names look like: {preview} ...",
-            )
-        out.extend(h for h in hits if h not in out)
-    return out
-
-
 def _source_predictor(bundle: Bundle, source: Artifact) -> Predictor:
     return Predictor.from_bundle(bundle, source.id, thresholds=EVAL_THRESHOLDS, batch=1)
-
-
-def candidate_predictor(
-    bundle: Bundle, cand: QuantizedModel, art_id: str, *, thresholds: Thresholds = EVAL_THRESHOLDS
-) -> Predictor:
-    """A predictor over a candidate not yet in the bundle (evaluation thresholds by default)."""
-    runner = create_runner(cand.format, cand.directory / cand.main_file, cand.io)
-    return Predictor(
-        spec=bundle.spec, runner=runner, artifact_id=art_id, thresholds=thresholds, batch=1
-    )
 
 
 def quantize_bundle(
@@ -232,24 +143,6 @@ def quantize_bundle(
     opts = options or QuantizeOptions()
     say: Log = log or (lambda _msg: None)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    if opts.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {opts.backend!r}", hint=f"use one of {BACKENDS}")
-    if opts.engine not in ENGINES:
-        raise UsageError(f"unknown engine {opts.engine!r}", hint=f"use one of {ENGINES}")
-    if opts.engine != "ort" and opts.backend != "onnxruntime":
-        raise UsageError(
-            f"--engine {opts.engine} applies to --backend onnxruntime only",
-            hint="the openvino backend always uses NNCF; tensorrt uses quantize_static",
-        )
-    if opts.max_drop is not None and opts.eval_data is None:
-        raise UsageError(
-            "--max-drop needs --eval-data: the drop is measured as mAP50-95 on a labelled set",
-            hint="add --eval-data DATA.yaml",
-        )
-    if opts.max_drop is not None and not 0 < opts.max_drop < 1:
-        raise UsageError(f"--max-drop must be in (0, 1), got {opts.max_drop}")
-    if opts.gate_cosine is not None and not 0 < opts.gate_cosine <= 1:
-        raise UsageError(f"--gate-cosine must be in (0, 1], got {opts.gate_cosine}")
     if b.spec.task != "detect" and opts.eval_data is not None:
         raise UsageError("--eval-data/--max-drop support detectors only for now")
     art_id = ARTIFACT_IDS[opts.backend]
@@ -270,18 +163,20 @@ def quantize_bundle(
             if evalset is not None and opts.max_drop is not None:
                 say(f"evaluating {source.id} on {evalset.data} ({len(evalset.paths)} images)")
                 fp32_map = predictor_map(src_pred, evalset)
-            if opts.backend == "openvino":
-                from cvdeploy.optimize.nncf_quant import quantize_openvino
-
-                cand, budget = quantize_openvino(
-                    b, source, cal, src_pred, evalset, fp32_map, opts, tmp, say
+            backend: QuantizeBackend = QUANTIZERS.get(opts.backend)
+            cand, budget = backend(
+                QuantizeContext(
+                    bundle=b,
+                    source=source,
+                    calibration=cal,
+                    source_predictor=src_pred,
+                    evalset=evalset,
+                    fp32_map=fp32_map,
+                    options=opts,
+                    workdir=tmp,
+                    log=say,
                 )
-            else:
-                from cvdeploy.optimize.ort_quant import quantize_onnxruntime
-
-                cand, budget = quantize_onnxruntime(
-                    b, source, cal, src_pred, evalset, fp32_map, opts, tmp, say
-                )
+            )
             parity = _gate(b, source, cand, art_id, cal, opts, say)
         _save(b, source, cand, art_id, cal, parity, budget, opts)
     say(f"added {art_id} to {b.path}")
@@ -303,7 +198,7 @@ def _ensure_openvino_fp32(b: Bundle, data: Path, say: Log) -> Bundle:
     """
     if any(a.format == "openvino" and a.precision == "fp32" for a in b.manifest.artifacts):
         return b
-    from cvdeploy.export.run import EXPORTERS, export_model
+    from cvdeploy.export import EXPORTERS, export_model
 
     if "openvino" not in EXPORTERS.names() or not EXPORTERS.availability("openvino").available:
         say("no OpenVINO exporter here: converting the ONNX FP32 model inside the quantization")
@@ -428,7 +323,6 @@ def _finish(
     opts: QuantizeOptions,
     say: Log,
 ) -> QuantizeReport:
-    from cvdeploy.verify.evaluate import evaluate_bundle
 
     maps: dict[str, float | None] = {"fp32": None, "int8": None}
     if opts.eval_data is not None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cvdeploy.bundle import Artifact, Bundle
+from cvdeploy.bundle import Artifact, Bundle, ModelFiles
 from cvdeploy.errors import BackendUnavailable, SpecError, UsageError
 from cvdeploy.pipeline.decode import decode_logits, get_decoder
 from cvdeploy.pipeline.preprocess import ResizeMeta, resize_image, scale_boxes, to_tensor
@@ -21,9 +21,6 @@ from cvdeploy.pipeline.results import Classification, Detections
 from cvdeploy.runtime import RUNTIMES, Runner, RunnerOptions, create_runner
 from cvdeploy.runtime.base import numpy_dtype
 from cvdeploy.spec import IOSpec, ModelSpec
-
-if TYPE_CHECKING:
-    from cvdeploy.security.crypto import ModelKey
 
 Result = Detections | Classification
 STAGES = ("preprocess", "inference", "postprocess")
@@ -128,7 +125,6 @@ class Predictor:
         imgsz: tuple[int, int] | None = None,
         batch: int = 8,
         model_bytes: bytes | None = None,
-        key: ModelKey | None = None,
     ) -> Predictor:
         """Create a predictor for an artifact of a bundle (not loaded until first use).
 
@@ -141,9 +137,9 @@ class Predictor:
             thresholds: Post-processing overrides.
             imgsz: Input size override (dynamic-size artifacts only).
             batch: Largest batch per inference call.
-            model_bytes: Model content in memory (decrypted artifacts).
-            key: Key of an encrypted artifact (default: the key the bundle was loaded
-                with); the files are decrypted in memory, never written to disk.
+            model_bytes: Model content in memory; default: what the bundle's loader gives
+                (:meth:`~cvdeploy.bundle.Bundle.model_files`: an encrypted artifact decrypted
+                in memory when the bundle was loaded with its key, never written to disk).
         """
         art = select_artifact(bundle, artifact)
         rec = bundle.manifest.recommended or {}
@@ -152,16 +148,18 @@ class Predictor:
             options = RunnerOptions(
                 threads=ro.get("threads"), device=ro.get("device", "cpu"), extra=ro.get("extra", {})
             )
-        weights_bytes = None
-        if art.encryption is not None and model_bytes is None:
-            model_bytes, weights_bytes = _decrypted(bundle, art, key)
+        files = (
+            bundle.model_files(art)
+            if model_bytes is None
+            else ModelFiles(bundle.model_file(art, encrypted_ok=True), model_bytes)
+        )
         runner = create_runner(
             art.format,
-            bundle.model_file(art, encrypted_ok=True),
+            files.path,
             art.io,
             options=options,
-            model_bytes=model_bytes,
-            weights_bytes=weights_bytes,
+            model_bytes=files.model_bytes,
+            weights_bytes=files.weights_bytes,
             inference_precision=art.runtime_precision,
         )
         return cls(
@@ -280,20 +278,6 @@ class Predictor:
                 buf = []
         if buf:
             yield self.predict_batch(buf)
-
-
-def _decrypted(bundle: Bundle, art: Artifact, key: ModelKey | None) -> tuple[bytes, bytes | None]:
-    """The decrypted main file (and OpenVINO weights) of an encrypted artifact."""
-    from cvdeploy.security.crypto import LOADABLE_FORMATS
-
-    if art.format not in LOADABLE_FORMATS:
-        raise UsageError(
-            f"artifact {art.id} is encrypted, and encrypted artifacts are supported for "
-            f"{', '.join(LOADABLE_FORMATS)} only (not {art.format})",
-            hint="serve one of those formats, or `cvdeploy decrypt` a copy on a trusted host",
-        )
-    files = bundle.decrypt_artifact(art, key=key)
-    return files[0], (files[1] if len(files) > 1 else None)
 
 
 def _static_hw(io: IOSpec) -> tuple[int, int] | None:

@@ -16,9 +16,20 @@ import numpy as np
 import torch
 
 from cvdeploy.errors import ModelLoadError, UsageError
+from cvdeploy.registry import Registry
 from cvdeploy.runtime.base import Runner, reject_unknown
 
 CHECKPOINT_FORMAT = "cvdeploy-torch"
+BUILDERS = Registry("torch model builder")
+"""Builders named by a checkpoint's ``builder`` prefix (``zoo:NAME``); registered by name, so
+the runtime layer never imports the packages above it (the zoo)."""
+BUILDERS.register(
+    "zoo",
+    "cvdeploy.zoo.models:build_model",
+    requires=("torch",),
+    extra="torch",
+    description="the bundled zoo architectures",
+)
 
 
 def save_checkpoint(
@@ -39,10 +50,9 @@ def save_checkpoint(
 def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
     """Instantiate the module a builder string names (weights not loaded)."""
     kind, _, rest = builder.partition(":")
-    if kind == "zoo":
-        from cvdeploy.zoo.models import build_model
-
-        return build_model(rest, num_classes=num_classes)
+    if kind in BUILDERS.names():
+        module: torch.nn.Module = BUILDERS.get(kind)(rest, num_classes=num_classes)
+        return module
     if kind == "factory":
         mod_name, _, fn_name = rest.partition(":")
         try:

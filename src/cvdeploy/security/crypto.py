@@ -9,7 +9,8 @@ bundle, or editing any of those manifest fields, makes decryption fail; the mani
 sha256 of the ``.enc`` file still lets :meth:`Bundle.load` check the file before any key
 is needed. The manifest records the key's fingerprint (``key_id``), never the key.
 
-Runtimes get the plaintext in memory (see :meth:`cvdeploy.bundle.Bundle.decrypt_artifact`);
+Runtimes get the plaintext in memory through :func:`model_loader` (a bundle loaded with it
+hands runners the decrypted bytes, :meth:`cvdeploy.bundle.Bundle.model_files`);
 nothing decrypted is written to disk, except by the explicit :func:`decrypt_bundle`.
 """
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretBytes
 
+from cvdeploy.bundle import ArtifactLoader, ModelFiles
 from cvdeploy.errors import BackendUnavailable, InputError, IntegrityError, UsageError
 from cvdeploy.fsutil import write_atomic
 
@@ -45,6 +47,7 @@ __all__ = [
     "generate_key",
     "key_from_options",
     "load_key",
+    "model_loader",
     "write_key_file",
 ]
 
@@ -283,6 +286,33 @@ def decrypt_artifact_files(bundle: Bundle, artifact: Artifact, key: ModelKey) ->
         aad = associated_data(bundle.manifest, artifact, name, enc.key_id, enc.salt)
         out.append(unseal(key, blob, aad, what=f"artifact {artifact.id} ({name})"))
     return out
+
+
+def model_loader(key: ModelKey | None) -> ArtifactLoader | None:
+    """The artifact loader for bundles read with ``key``: encrypted artifacts are decrypted in
+    memory (never written to disk), plain ones load from their files. ``None`` without a key.
+
+    Raises (from the loader):
+        UsageError: The artifact's format cannot be loaded from memory.
+        IntegrityError: Wrong key, or an altered file or manifest.
+    """
+    if key is None:
+        return None
+
+    def load(bundle: Bundle, artifact: Artifact) -> ModelFiles:
+        path = bundle.model_file(artifact, encrypted_ok=True)
+        if artifact.encryption is None:
+            return ModelFiles(path)
+        if artifact.format not in LOADABLE_FORMATS:
+            raise UsageError(
+                f"artifact {artifact.id} is encrypted, and encrypted artifacts are supported "
+                f"for {', '.join(LOADABLE_FORMATS)} only (not {artifact.format})",
+                hint="serve one of those formats, or `cvdeploy decrypt` a copy on a trusted host",
+            )
+        files = decrypt_artifact_files(bundle, artifact, key)
+        return ModelFiles(path, files[0], files[1] if len(files) > 1 else None)
+
+    return load
 
 
 def _plain_name(artifact: Artifact, path: str) -> str:

@@ -31,7 +31,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvdeploy import __version__
 from cvdeploy.errors import CvdeployError, ImageDecodeError, UsageError
 from cvdeploy.pipeline.predictor import StageTimes
 from cvdeploy.serve.batching import DeadlineExceeded, Draining, Overloaded
@@ -42,6 +41,7 @@ from cvdeploy.serve.models import ModelManager, PredictorFactory
 from cvdeploy.serve.monitoring import LiveStats, ServeMetrics
 from cvdeploy.serve.routes import add_routes
 from cvdeploy.serve.state import PUBLIC_ROUTES, ServeState, require
+from cvdeploy.version import __version__
 
 __all__ = ["PUBLIC_ROUTES", "ServeState", "create_app", "require"]
 

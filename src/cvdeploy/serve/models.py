@@ -25,7 +25,7 @@ from cvdeploy.bundle import Bundle
 from cvdeploy.errors import CvdeployError, UsageError
 from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds, select_artifact
 from cvdeploy.runtime import RunnerOptions
-from cvdeploy.security.crypto import key_from_options
+from cvdeploy.security.crypto import key_from_options, model_loader
 from cvdeploy.security.signing import require_signed
 from cvdeploy.serve.batching import Batcher
 from cvdeploy.serve.config import ServeConfig
@@ -235,7 +235,9 @@ class ModelManager:
         cfg = self.config
         if cfg.trusted_public_key is not None:
             require_signed(path, cfg.trusted_public_key)  # unsigned or altered: refused
-        bundle = Bundle.load(path, key=key_from_options(cfg.model_key_file, cfg.model_key_env))
+        bundle = Bundle.load(
+            path, loader=model_loader(key_from_options(cfg.model_key_file, cfg.model_key_env))
+        )
         if bundle.name != name:
             raise UsageError(f"bundle at {path} is named {bundle.name!r}, expected {name!r}")
         predictors = self.factory(bundle, self.config)

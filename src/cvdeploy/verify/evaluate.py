@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cvdeploy.bundle import Bundle, Check
-from cvdeploy.data.base import align_to_model, load_detection_dataset
+from cvdeploy.data import align_to_model, load_detection_dataset
 from cvdeploy.data.folder import load_classification_dataset
 from cvdeploy.data.io import read_image
 from cvdeploy.environment import fingerprint

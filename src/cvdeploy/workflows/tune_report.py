@@ -1,4 +1,4 @@
-"""Options and results of ``cvdeploy tune`` (see :mod:`cvdeploy.bench.tune`).
+"""Options and results of ``cvdeploy tune`` (see :mod:`cvdeploy.workflows.tune`).
 
 :class:`Recommendation` is what is recorded as the bundle manifest's ``recommended`` entry;
 its ``options`` (threads, device, extra) are what
@@ -17,9 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvdeploy.bench.stats import Stats
-from cvdeploy.bench.tune_space import Settings
 from cvdeploy.bundle import Bundle
 from cvdeploy.errors import UsageError
+from cvdeploy.workflows.tune_space import Settings
 
 DEFAULT_MAX_DROP = 0.01
 Status = Literal["ok", "too-inaccurate", "failed", "skipped"]

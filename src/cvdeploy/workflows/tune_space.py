@@ -184,8 +184,8 @@ def plan_artifacts(
     Raises:
         UsageError: An unknown format or precision.
     """
-    from cvdeploy.export.run import EXPORTERS, GPU_FORMATS
-    from cvdeploy.export.run import PRECISIONS as EXPORT_PRECISIONS
+    from cvdeploy.export import EXPORTERS, GPU_FORMATS
+    from cvdeploy.export import PRECISIONS as EXPORT_PRECISIONS
 
     for p in precisions:
         if p not in PRECISIONS:

@@ -4,8 +4,9 @@ Node names become ``n<i>``, tensor and initializer names ``t<i>`` (the graph's r
 and outputs keep their names, which the spec and the runtimes use), doc strings and
 ``value_info`` are dropped, and the producer, domain, version and metadata entries are
 cleared (except ``cvdeploy*`` keys; the spec stays in the manifest). The weights and the
-computation are untouched: the new artifact must pass the integrity gate
-(:func:`cvdeploy.verify.parity.check_parity`) against its source before it is added.
+computation are untouched: an artifact transform of the export stage, the new artifact must
+pass the export gate (:func:`cvdeploy.export.gate.run_gate`) against its source before it is
+added.
 
 Obfuscation raises the cost of reading a model's architecture from the file; it does not
 protect the weights (encrypt for that) and does not stop a determined reverse engineer.
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cvdeploy.bundle import Bundle, Provenance
+from cvdeploy.data import read_image
+from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CheckFailed, InputError, UsageError
+from cvdeploy.export.gate import gate_images, run_gate
 
 __all__ = ["ObfuscateReport", "obfuscate_bundle", "obfuscate_model"]
 
@@ -169,19 +173,11 @@ def obfuscate_bundle(
     """
     import onnx
 
-    from cvdeploy.environment import fingerprint
-    from cvdeploy.export.run import gate_images
-    from cvdeploy.pipeline.predictor import Predictor
-    from cvdeploy.runtime import create_runner
-    from cvdeploy.verify.parity import check_parity
-
     bundle = Bundle.load(bundle_path)
     src = _source(bundle, artifact)
     new_id = out_id or f"{src.id}-obf"
     src_file = bundle.model_file(src)  # refuses an encrypted source
     paths = gate_images(data, bundle.sample_images())
-    from cvdeploy.data.io import read_image
-
     images = [read_image(p) for p in paths]
     try:
         model = onnx.load(str(src_file))
@@ -196,16 +192,15 @@ def obfuscate_bundle(
         onnx.save(model, str(dst), save_as_external_data=big, location="model.onnx.data")
         del model
         onnx.checker.check_model(str(dst))
-        ref = Predictor.from_bundle(bundle, src.id, batch=1)
-        cand = Predictor(
-            spec=bundle.spec,
-            runner=create_runner("onnx", dst, src.io),
-            artifact_id=new_id,
-            imgsz=ref.imgsz,
-            batch=1,
+        parity = run_gate(
+            bundle.spec,
+            src,
+            src_file,
+            ("onnx", dst, src.io, new_id, src.runtime_precision),
+            images,
+            imgsz=None,
+            precision=src.precision,
         )
-        with ref, cand:
-            parity = check_parity(ref, cand, images, precision=src.precision)
         if not parity.passed:
             raise CheckFailed(
                 f"the obfuscated model's outputs differ from {src.id}: "
@@ -222,6 +217,7 @@ def obfuscate_bundle(
             produced_by=Provenance(tool="obfuscate", source=src.id, options={"renamed": counts}),
             environment=fingerprint(),
             checks=[parity.to_check(source=src.id)],
+            inference_precision=src.runtime_precision,
         )
     check = parity.to_check(source=src.id)
     return ObfuscateReport(new_id, src.id, counts, dict(check.data))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.cli.main import app
-from cvdeploy.export.run import EXPORTERS
+from cvdeploy.export import EXPORTERS
 from tests.cpu import native
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 def test_demo_shows_a_refusal_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An announced artifact refused by the gate is a red row, and the demo exits 1 naming it."""
-    import cvdeploy.export.run as run
+    import cvdeploy.export.gate as gate
 
-    real = run.check_parity
+    real = gate.check_parity
 
     def openvino_diverges(source, candidate, images, **kw):  # type: ignore[no-untyped-def]
         res = real(source, candidate, images, **kw)
@@ -67,7 +67,7 @@ def test_demo_shows_a_refusal_and_fails(tmp_path: Path, monkeypatch: pytest.Monk
             res.passed, res.failures = False, ["output 'output0' diverged (planted)"]
         return res
 
-    monkeypatch.setattr(run, "check_parity", openvino_diverges)
+    monkeypatch.setattr(gate, "check_parity", openvino_diverges)
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--val-images", "12"])
     assert res.exit_code == 1, res.output

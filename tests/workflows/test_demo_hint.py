@@ -12,16 +12,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cvdeploy.demo import serve_instructions
+from cvdeploy.workflows.demo import serve_instructions
+from tests.serve.conftest import make_bundle
 from tests.serve.test_uvicorn import _free_port, _wait_ready
 from tests.tiny_models import write_image
 
 
 def test_serve_and_curl_lines_work_as_printed(
-    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
+    tiny_bundle = make_bundle(tmp_path / "serve-bundle")  # the serve tests' tiny bundle
     image = write_image(tmp_path / "val 0.jpg", h=48, w=80)  # a space: quoting matters
     port = _free_port()
     monkeypatch.chdir(tmp_path)

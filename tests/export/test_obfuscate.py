@@ -11,8 +11,8 @@ import pytest
 
 from cvdeploy.bundle import Bundle
 from cvdeploy.errors import CheckFailed, UsageError
+from cvdeploy.export.obfuscate import obfuscate_bundle, obfuscate_model
 from cvdeploy.security.crypto import encrypt_bundle, generate_key
-from cvdeploy.security.obfuscate import obfuscate_bundle, obfuscate_model
 from tests.security.protect_helpers import cli, detections, make_bundle
 
 
@@ -126,7 +126,7 @@ def test_subgraphs_are_renamed_consistently() -> None:
 
 
 def test_a_changed_computation_is_refused(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cvdeploy.security.obfuscate as mod
+    import cvdeploy.export.obfuscate as mod
 
     real = mod.obfuscate_model
 

@@ -22,8 +22,8 @@ from cvdeploy.bundle import Bundle
 from cvdeploy.data.io import read_image
 from cvdeploy.data.synthetic import make_detection_dataset
 from cvdeploy.errors import CvdeployError, UsageError
-from cvdeploy.export.run import EXPORTERS, ExportOptions, export_model
-from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+from cvdeploy.export import EXPORTERS, ExportOptions, export_model
+from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 from cvdeploy.pipeline.draw import draw
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Detections

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from cvdeploy.bench.stats import Stats
-from cvdeploy.bench.tune import tune_bundle
-from cvdeploy.bench.tune_report import Accuracy, Measurement, TuneOptions
-from cvdeploy.bench.tune_space import Settings, plan_artifacts, settings_grid
 from cvdeploy.bundle import Bundle, BundleEdit
 from cvdeploy.errors import UsageError
 from cvdeploy.pipeline.predictor import Predictor
+from cvdeploy.workflows.tune import tune_bundle
+from cvdeploy.workflows.tune_report import Accuracy, Measurement, TuneOptions
+from cvdeploy.workflows.tune_space import Settings, plan_artifacts, settings_grid
 from tests.cpu import native
 from tests.tiny_models import write_image
 
@@ -196,12 +196,12 @@ def test_throughput_target(tiny_bundle: Bundle, data: Path) -> None:
 def test_failing_candidates_are_skipped(
     tiny_bundle: Bundle, data: Path, monkeypatch: pytest.MonkeyPatch, fp16_cpu: None
 ) -> None:
-    import cvdeploy.export.run as export_run
+    import cvdeploy.export as export_stage
 
     def broken_export(*a: Any, **k: Any) -> Any:
         raise RuntimeError("simulated exporter crash")
 
-    monkeypatch.setattr(export_run, "export_model", broken_export)
+    monkeypatch.setattr(export_stage, "export_model", broken_export)
     fakes = Fakes({"onnx-fp32": 0.5, "onnx-b1": 0.5, "openvino-fp32": 0.5}, fail=["onnx-fp32"])
     rep = tune_bundle(
         tiny_bundle,

@@ -1,11 +1,11 @@
 """``cvdeploy tune``: the fastest deployment of a bundle on this machine within an accuracy floor.
 
 1. **Candidate artifacts**: every artifact of the requested formats x precisions; the missing
-   ones are made through the public stages (:func:`cvdeploy.export.run.export_model` for
-   FP32/FP16, :func:`cvdeploy.optimize.quantize.quantize_bundle` for INT8, calibrating on the
+   ones are made through the public stages (:func:`cvdeploy.export.export_model` for
+   FP32/FP16, :func:`cvdeploy.optimize.quantize_bundle` for INT8, calibrating on the
    dataset's images), each with its own parity gate. A candidate that cannot be made is a
    ``failed`` row, never fatal.
-2. **Candidate settings** per artifact (:mod:`cvdeploy.bench.tune_space`).
+2. **Candidate settings** per artifact (:mod:`cvdeploy.workflows.tune_space`).
 3. **Accuracy** (mAP50-95, or top-1 for classifiers) on the dataset with
    :func:`~cvdeploy.verify.evaluate.evaluate_bundle`, once per artifact (and OpenVINO
    inference precision hint): threads, streams, graph optimisation and execution mode do not
@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from cvdeploy.bench.harness import BenchConfig, bench_artifact, not_applicable
-from cvdeploy.bench.tune_report import (
+from cvdeploy.bundle import Artifact, Bundle, Check, now
+from cvdeploy.errors import CvdeployError, DatasetError, UsageError
+from cvdeploy.progress import track
+from cvdeploy.workflows.tune_report import (
     Accuracy,
     Candidate,
     EvaluateFn,
@@ -47,7 +50,7 @@ from cvdeploy.bench.tune_report import (
     TuneReport,
     finite,
 )
-from cvdeploy.bench.tune_space import (
+from cvdeploy.workflows.tune_space import (
     QUANTIZE_BACKENDS,
     ArtifactPlan,
     Settings,
@@ -56,9 +59,6 @@ from cvdeploy.bench.tune_space import (
     runtime_available,
     settings_grid,
 )
-from cvdeploy.bundle import Artifact, Bundle, Check, now
-from cvdeploy.errors import CvdeployError, DatasetError, UsageError
-from cvdeploy.progress import track
 
 REFERENCE_ORDER = ("onnx", "openvino", "torch", "tflite", "tensorrt")
 """Formats searched, in order, for the FP32 reference artifact."""
@@ -111,7 +111,7 @@ def _dataset_images(bundle: Bundle, data: Path, split: str, limit: int) -> list[
 
         paths = [it.path for it in load_classification_dataset(data, split=split).items]
     else:
-        from cvdeploy.data.base import load_detection_dataset
+        from cvdeploy.data import load_detection_dataset
 
         paths = [it.path for it in load_detection_dataset(data, split=split).items]
     if not paths:
@@ -153,7 +153,7 @@ def _make(
     """Make a missing artifact in the working copy; return the reloaded copy and new ids."""
     before = {a.id for a in work.manifest.artifacts}
     if plan.make == "quantize":
-        from cvdeploy.optimize.quantize import QuantizeOptions, quantize_bundle
+        from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 
         log(f"quantizing {plan.format}:int8 (calibration: {opts.calib or data})")
         quantize_bundle(
@@ -169,7 +169,7 @@ def _make(
             log=lambda m: log(m.replace(str(work.path), "the working copy")),
         )
     else:
-        from cvdeploy.export.run import ExportOptions, export_model
+        from cvdeploy.export import ExportOptions, export_model
 
         log(f"exporting {plan.format}:{plan.precision}")
         rep = export_model(
