@@ -15,8 +15,8 @@ from cvdeploy.cli.main import app
 from cvdeploy.export.importer import ImportOverrides, import_model
 from cvdeploy.workflows.tune_report import Accuracy, TuneOptions
 from cvdeploy.workflows.tune_space import Settings
-from tests.workflows.test_tune import make_dataset
 from tests.tiny_models import NC, tiny_detector_onnx
+from tests.workflows.test_tune import make_dataset
 
 
 @pytest.fixture
