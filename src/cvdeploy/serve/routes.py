@@ -18,11 +18,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from cvdeploy import __version__
+from cvdeploy.errors import ApiError, DeadlineExceeded
 from cvdeploy.pipeline.draw import draw as draw_result
 from cvdeploy.pipeline.predictor import StageTimes, Thresholds
 from cvdeploy.pipeline.results import Classification
-from cvdeploy.serve.batching import DeadlineExceeded
-from cvdeploy.serve.inputs import ApiError, DecodedImage, decode_checked, read_body, split_images
+from cvdeploy.serve.inputs import DecodedImage, decode_checked, read_body, split_images
 from cvdeploy.serve.models import LoadedVersion
 from cvdeploy.serve.state import ServeState, add_route, state_of
 
