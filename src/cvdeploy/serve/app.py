@@ -13,7 +13,7 @@ Routes (every one but ``/healthz`` and ``/readyz`` declares a permission through
 ``GET /healthz``, ``/readyz``                (none)       alive; model loaded and warmed up
 ===========================================  ===========  ===================================
 
-With ``config.security`` set, :func:`cvdeploy.security.authorizer.install_security` adds
+With ``config.security`` set, :func:`cvdeploy.serve.authorizer.install_security` adds
 authentication, roles, the audit log, rate limits and the ``/v1/auth``, ``/v1/admin`` routes.
 """
 
@@ -106,7 +106,7 @@ def create_app(
     _add_error_handlers(app)
     add_routes(app)
     if config.security is not None:
-        from cvdeploy.security.authorizer import install_security
+        from cvdeploy.serve.authorizer import install_security
 
         install_security(app, config.security)
     return app
