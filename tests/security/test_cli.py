@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cvdeploy.cli.main import app
 from cvdeploy.security.audit import load_key, verify_log, write_key
-from tests.security.conftest import PASSWORD, RAW
+from tests.serve.secured import PASSWORD, RAW
 
 
 def _run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:

@@ -14,12 +14,17 @@ import pytest
 from cvdeploy.bundle import Bundle
 from cvdeploy.export.importer import ImportOverrides, import_model
 from cvdeploy.pipeline.predictor import Predictor
+from tests.serve.secured import auth_db_template  # noqa: F401 (fixture)
 from tests.tiny_models import NC, tiny_detector_onnx, write_image
 
 _SERVE_DEPS = ("fastapi", "uvicorn", "prometheus_client", "multipart", "httpx")
+_SECURITY_DEPS = ("jwt", "pyotp", "argon2", "cryptography")
 if any(importlib.util.find_spec(m) is None for m in _SERVE_DEPS):
     # The serve extra is not installed (pip install cvdeploy[serve]): nothing here can run.
     collect_ignore_glob = ["test_*.py"]
+elif any(importlib.util.find_spec(m) is None for m in _SECURITY_DEPS):
+    # The security extra is missing: the secured-server tests cannot run.
+    collect_ignore = ["test_attacks.py", "test_session.py", "test_session_browser.py"]
 
 NAMES = tuple(f"n{i}" for i in range(NC))
 

@@ -8,11 +8,13 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from cvdeploy.errors import InputError, ModelLoadError, ShapeError, SpecError
 from cvdeploy.serve.app import create_app
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.inputs import ApiError
@@ -264,6 +266,56 @@ def test_unexpected_inference_error_is_json_500(tiny_bundle: Path, jpeg: bytes) 
         assert "boom" not in r.text  # no internals leak
         assert c.get("/healthz").status_code == 200
         assert c.get("/v1/models").status_code == 200
+
+
+def _raising_factory(exc: Exception) -> Any:
+    """Predictors whose runner raises ``exc`` on every batch."""
+    from cvdeploy.serve.models import default_predictors
+
+    class Raising:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.io = inner.io
+
+        def load(self) -> None:
+            self.inner.load()
+
+        def run(self, x: object) -> object:
+            raise exc
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def factory(bundle: object, config: object) -> list:
+        preds = default_predictors(bundle, config)  # type: ignore[arg-type]
+        for p in preds:
+            p.runner = Raising(p.runner)  # type: ignore[assignment]
+        return preds
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ShapeError("input 'images' takes (1, 3, 64, 64), got (1, 3, 64, 80)"), 400, "bad_shape"),
+        (
+            SpecError("decoder 'yolox' has no anchors to score", hint="check the spec"),
+            400,
+            "bad_spec",
+        ),
+        (InputError("the image cannot be used"), 400, "bad_input"),
+        (ModelLoadError("CUDA call failed: 700"), 500, "server_error"),
+    ],
+)
+def test_cvdeploy_errors_while_serving_answer_their_own_status(
+    tiny_bundle: Path, jpeg: bytes, exc: Exception, status: int, code: str
+) -> None:
+    with serving(tiny_bundle, factory=_raising_factory(exc), warmup_runs=0) as c:
+        r = c.post(PREDICT, content=jpeg, headers=RAW)
+        assert r.status_code == status, r.text
+        assert r.json() == {"error": {"code": code, "message": str(exc)}}
+        assert c.get("/healthz").status_code == 200
 
 
 def test_model_info_shows_manifest_metrics_and_latency(tmp_path: Path) -> None:

@@ -32,7 +32,11 @@ def out_console() -> Console:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn cvdeploy errors into a clear message and exit code (1 check failed, 2 input)."""
+    """Turn cvdeploy errors into a clear message and their exit code.
+
+    The one place the CLI maps errors: each :class:`~cvdeploy.errors.CvdeployError` carries
+    its ``exit_code`` (1 a check failed, 2 bad usage or input); Ctrl-C exits 130.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -149,7 +149,7 @@ def verify_cmd(
     if json_out:
         print_json(rep.to_dict())
         if not rep.ok:
-            raise typer.Exit(1)
+            raise typer.Exit(CheckFailed.exit_code)
         return
     if not rep.ok:
         raise CheckFailed(

@@ -17,6 +17,7 @@ from cvdeploy.cli.common import (
     print_json,
     third_party_output_to_stderr,
 )
+from cvdeploy.errors import CheckFailed
 
 zoo_app = typer.Typer(
     help="The bundled small detector and classifier: list, train.", no_args_is_help=True
@@ -193,4 +194,4 @@ def demo_cmd(
             f"[bold red]demo failed: {len(res.refused)} announced artifact(s) refused: {ids} "
             "(reasons above and in report.html)[/]"
         )
-        raise typer.Exit(1)
+        raise typer.Exit(CheckFailed.exit_code)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cvdeploy.errors import TokenError
+
 __all__ = [
     "KEY_PREFIX",
     "TokenError",
@@ -116,10 +118,6 @@ def totp_match(secret: str, code: str, now: float, *, window: int = 1) -> int | 
 
 
 # JWT ------------------------------------------------------------------------------------
-class TokenError(Exception):
-    """An access token was refused (the message is safe to return to the client)."""
-
-
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """A token-signing key: id (``kid`` header), secret, and whether it is retired."""

@@ -13,7 +13,7 @@ Routes (every one but ``/healthz`` and ``/readyz`` declares a permission through
 ``GET /healthz``, ``/readyz``                (none)       alive; model loaded and warmed up
 ===========================================  ===========  ===================================
 
-With ``config.security`` set, :func:`cvdeploy.security.authorizer.install_security` adds
+With ``config.security`` set, :func:`cvdeploy.serve.authorizer.install_security` adds
 authentication, roles, the audit log, rate limits and the ``/v1/auth``, ``/v1/admin`` routes.
 """
 
@@ -31,11 +31,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvdeploy.errors import CvdeployError, ImageDecodeError, UsageError
+from cvdeploy.errors import CvdeployError
 from cvdeploy.pipeline.predictor import StageTimes
-from cvdeploy.serve.batching import DeadlineExceeded, Draining, Overloaded
 from cvdeploy.serve.config import ServeConfig
-from cvdeploy.serve.inputs import ApiError
 from cvdeploy.serve.logging_store import RequestLog
 from cvdeploy.serve.models import ModelManager, PredictorFactory
 from cvdeploy.serve.monitoring import LiveStats, ServeMetrics
@@ -108,7 +106,7 @@ def create_app(
     _add_error_handlers(app)
     add_routes(app)
     if config.security is not None:
-        from cvdeploy.security.authorizer import install_security
+        from cvdeploy.serve.authorizer import install_security
 
         install_security(app, config.security)
     return app
@@ -124,24 +122,22 @@ def _error(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    retry = str(app.state.cvdeploy.config.retry_after_s)
+    """Answer every error as JSON ``{"error": {"code", "message"}}``.
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+    One handler serves the whole :class:`CvdeployError` hierarchy from the error's own
+    attributes (status, code, headers; Starlette picks it for every subclass through the
+    MRO); framework errors and unexpected exceptions have their own.
+    """
+    retry = str(app.state.cvdeploy.config.retry_after_s)
 
     async def cvdeploy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CvdeployError)
-        if isinstance(exc, Overloaded | Draining):
-            return _error(503, "overloaded", str(exc.message), {"Retry-After": retry})
-        if isinstance(exc, DeadlineExceeded):
-            return _error(504, "deadline_exceeded", exc.message)
-        if isinstance(exc, ImageDecodeError):
-            return _error(400, "bad_image", exc.message)
-        if isinstance(exc, UsageError):
-            return _error(400, "bad_request", str(exc))
-        _log.error("request failed: %s", exc)
-        return _error(500, "server_error", str(exc))
+        headers = dict(exc.headers)
+        if exc.retry_after:
+            headers.setdefault("Retry-After", retry)
+        if exc.http_status == 500:  # a server fault (503/504 are load, not faults)
+            _log.error("request failed: %s", exc)
+        return _error(exc.http_status, exc.code, exc.public_message, headers or None)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -155,13 +151,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid_parameter", problems)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # Known failures are mapped above; anything else is a bug: logged with its
+        # Known failures are CvdeployErrors; anything else is a bug: logged with its
         # traceback on the server, answered as JSON without internals.
         _log.error("unexpected error on %s", request.url.path, exc_info=exc)
         return _error(500, "internal_error", "internal error; the server log has the details")
 
     app.add_exception_handler(Exception, unexpected)
-    app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(CvdeployError, cvdeploy_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -5,9 +5,10 @@ worker. A worker takes the first waiting image and everything queued behind it (
 ``max_batch``); while every other worker is busy it also waits at most ``max_wait_ms`` for
 more to join, but with another worker idle it starts at once (that worker takes the next
 request, so waiting would only add latency). It runs the batch in its own thread, so the
-event loop keeps accepting requests while the model runs. A full queue refuses new images at once
-(:class:`Overloaded`, HTTP 503); an image whose deadline passed while it waited is not run
-(:class:`DeadlineExceeded`, HTTP 504). :meth:`Batcher.drain` stops intake and waits for
+event loop keeps accepting requests while the model runs. A full queue refuses new images
+at once (:class:`~cvdeploy.errors.Overloaded`, HTTP 503); an image whose deadline passed
+while it waited is not run (:class:`~cvdeploy.errors.DeadlineExceeded`, HTTP 504).
+:meth:`Batcher.drain` stops intake (:class:`~cvdeploy.errors.Draining`) and waits for
 everything queued to be answered, which is how a model version is retired without failing
 a request.
 """
@@ -25,24 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from cvdeploy.errors import CvdeployError
+from cvdeploy.errors import DeadlineExceeded, Draining, Overloaded
 from cvdeploy.pipeline.predictor import Thresholds
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BatchFn", "Batcher", "DeadlineExceeded", "Draining", "Overloaded", "WorkItem"]
-
-
-class Overloaded(CvdeployError):
-    """The queue is full: the client should retry later (HTTP 503)."""
-
-
-class DeadlineExceeded(CvdeployError):
-    """The request's deadline passed before it was answered (HTTP 504)."""
-
-
-class Draining(CvdeployError):
-    """The model version is being retired and accepts no new work (HTTP 503)."""
+__all__ = ["BatchFn", "Batcher", "WorkItem"]
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 Accepted bodies: ``multipart/form-data`` (one file part per image), a raw image
 (``image/*`` or ``application/octet-stream``), or JSON ``{"images": [BASE64, ...]}`` /
 ``{"image": BASE64}`` (a ``data:image/...;base64,`` prefix is allowed). Every problem is an
-:class:`ApiError` with the HTTP status to answer and a message saying what to fix.
+:class:`~cvdeploy.errors.ApiError` with the HTTP status to answer and a message saying what
+to fix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import binascii
 import io
 import json
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from cvdeploy.data.io import _jpeg_is_complete, decode_image_bytes
-from cvdeploy.errors import ImageDecodeError
+from cvdeploy.errors import ApiError, ImageDecodeError
 from cvdeploy.pipeline.results import Detections
 
 __all__ = [
@@ -36,26 +36,6 @@ __all__ = [
     "read_body",
     "split_images",
 ]
-
-
-class ApiError(Exception):
-    """An error answered to the client as JSON ``{"error": {"code", "message"}}``.
-
-    Args:
-        status: HTTP status code.
-        code: A short machine-readable code.
-        message: What went wrong and what to do.
-        headers: Extra response headers (e.g. ``Retry-After``).
-    """
-
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 @dataclass(slots=True)

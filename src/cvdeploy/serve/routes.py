@@ -17,11 +17,11 @@ from fastapi import FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from cvdeploy.errors import ApiError, DeadlineExceeded
 from cvdeploy.pipeline.draw import draw as draw_result
 from cvdeploy.pipeline.predictor import StageTimes, Thresholds
 from cvdeploy.pipeline.results import Classification
-from cvdeploy.serve.batching import DeadlineExceeded
-from cvdeploy.serve.inputs import ApiError, DecodedImage, decode_checked, read_body, split_images
+from cvdeploy.serve.inputs import DecodedImage, decode_checked, read_body, split_images
 from cvdeploy.serve.models import LoadedVersion
 from cvdeploy.serve.state import ServeState, add_route, state_of
 from cvdeploy.version import __version__

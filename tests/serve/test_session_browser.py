@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cvdeploy.serve.config import ServeConfig
-from tests.security.conftest import PASSWORD
+from tests.serve.secured import PASSWORD
 from tests.serve.test_dashboard_browser import _watch, browser  # noqa: F401 (fixture)
 from tests.serve.test_uvicorn import thread_server
 

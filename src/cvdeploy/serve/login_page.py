@@ -2,7 +2,7 @@
 
 It posts the user name, password and one-time code to ``POST /v1/auth/session`` with
 ``fetch`` (same origin), which answers with the ``HttpOnly`` session cookie, then goes to
-``__NEXT__`` (replaced by :func:`cvdeploy.security.authorizer.login_html` with a checked local
+``__NEXT__`` (replaced by :func:`cvdeploy.serve.authorizer.login_html` with a checked local
 path). No script, style or font is loaded from anywhere else.
 """
 

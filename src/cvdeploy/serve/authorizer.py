@@ -29,14 +29,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvdeploy.errors import UsageError
+from cvdeploy.errors import ApiError, UsageError
 from cvdeploy.security.audit import AuditLog, load_key
 from cvdeploy.security.auth import KEY_PREFIX, TokenError, TokenService
 from cvdeploy.security.config import SecurityConfig
 from cvdeploy.security.ratelimit import Lockout, RateLimiter
 from cvdeploy.security.rbac import Principal, is_allowed
 from cvdeploy.security.store import SecurityStore, validate_name
-from cvdeploy.serve.inputs import ApiError
 from cvdeploy.serve.state import PUBLIC_ROUTES, add_route
 
 __all__ = ["AuditMiddleware", "SecurityLayer", "install_security"]
@@ -491,7 +490,7 @@ def safe_next(target: str) -> str:
 
 def login_html(target: str) -> str:
     """The login page: one self-contained form (no external resource)."""
-    from cvdeploy.security.login_page import LOGIN_HTML
+    from cvdeploy.serve.login_page import LOGIN_HTML
 
     return LOGIN_HTML.replace("__NEXT__", safe_next(target))
 

@@ -12,8 +12,8 @@ import jwt
 import pytest
 
 from cvdeploy.security.audit import load_key, verify_log
-from tests.security.conftest import PASSWORD, RAW, Secured, secured_app
 from tests.serve.conftest import route_permissions
+from tests.serve.secured import PASSWORD, RAW, Secured, secured_app
 
 PREDICT = "/v1/models/tiny/predict"
 
@@ -89,7 +89,7 @@ def test_every_route_declares_a_permission_when_secured(srv: Secured) -> None:
     table = {
         (m, p.replace("/v1/models/{name}/predict", "/v1/models/{name}/predict")) for m, p in table
     }
-    # the log-in routes need no credentials by design (tests/security/test_session.py)
+    # the log-in routes need no credentials by design (tests/serve/test_session.py)
     login = {
         ("POST", "/v1/auth/token"),
         ("POST", "/v1/auth/session"),

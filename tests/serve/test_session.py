@@ -9,8 +9,8 @@ from typing import Any
 import jwt
 import pytest
 
-from cvdeploy.security.authorizer import SESSION_COOKIE, login_html, safe_next
-from tests.security.conftest import PASSWORD, RAW, Secured, secured_app
+from cvdeploy.serve.authorizer import SESSION_COOKIE, login_html, safe_next
+from tests.serve.secured import PASSWORD, RAW, Secured, secured_app
 
 PREDICT = "/v1/models/tiny/predict"
 HTML = {"accept": "text/html,application/xhtml+xml"}
