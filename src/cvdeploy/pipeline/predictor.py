@@ -15,7 +15,7 @@ import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle
 from cvdeploy.errors import BackendUnavailable, SpecError, UsageError
-from cvdeploy.pipeline.decode import decode_logits, get_decoder
+from cvdeploy.pipeline.heads import get_head
 from cvdeploy.pipeline.preprocess import ResizeMeta, resize_image, scale_boxes, to_tensor
 from cvdeploy.pipeline.results import Classification, Detections
 from cvdeploy.runtime import RUNTIMES, Runner, RunnerOptions, create_runner
@@ -217,9 +217,12 @@ class Predictor:
     def postprocess(self, outputs: list[np.ndarray], metas: Sequence[ResizeMeta]) -> list[Result]:
         """Decode raw outputs into results in original-image coordinates."""
         dec = self.spec.decoder
+        head = get_head(dec.kind)
+        assert self.imgsz is not None
+        extra = head.decode_args(dec, input_hw=(self.imgsz[0], self.imgsz[1]))
         out = outputs[0].astype(np.float32, copy=False)
         if self.spec.task == "classify":
-            return list(decode_logits(out, softmax=dec.softmax))
+            return list(head.decode(out, **extra))
         t = self.thresholds
         kw: dict[str, Any] = {
             "conf": dec.conf if t.conf is None else t.conf,
@@ -228,10 +231,7 @@ class Predictor:
             "multi_label": t.multi_label,
             "agnostic": dec.agnostic if t.agnostic is None else t.agnostic,
         }
-        if dec.kind == "yolox":
-            assert self.imgsz is not None
-            kw.update(input_hw=tuple(self.imgsz), strides=dec.strides)
-        dets: list[Detections] = get_decoder(dec.kind)(out, **kw)
+        dets: list[Detections] = head.decode(out, **kw, **extra)
         return [
             Detections(
                 boxes=scale_boxes(d.boxes, m).astype(np.float32),

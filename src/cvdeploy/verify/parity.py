@@ -21,7 +21,7 @@ import numpy as np
 
 from cvdeploy.bundle import Check
 from cvdeploy.errors import CheckFailed, UsageError
-from cvdeploy.pipeline.decode import anchor_scores
+from cvdeploy.pipeline.heads import Head, get_head
 from cvdeploy.pipeline.nms import box_iou
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Classification, Detections
@@ -141,12 +141,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if np.array_equal(a64, b64) else 0.0
 
 
-def _scoring_rows(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scoring_rows(head: Head, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows (one per scoring anchor, every channel) of a source and candidate output."""
-    sel = np.nonzero(anchor_scores(kind, a) >= SCORING_MIN)  # (batch, anchor) indices
-    if kind in ("yolov8", "yolo11"):  # (B, C, N): put the anchors before the channels
-        a, b = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
-    return a[sel], b[sel]
+    sel = np.nonzero(head.anchor_scores(a) >= SCORING_MIN)  # (batch, anchor) indices
+    return head.rows(a)[sel], head.rows(b)[sel]
 
 
 def _output_stats(
@@ -221,8 +219,8 @@ def check_parity(
     tol = tolerance or tolerance_for(precision)
     out_names = [o.name for o in source.runner.io.outputs]
     stats_acc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in out_names]
-    kind = source.spec.decoder.kind
-    anchored = source.spec.task == "detect" and len(out_names) == 1 and kind != "logits"
+    head = get_head(source.spec.decoder.kind)
+    anchored = head.anchors_first is not None and len(out_names) == 1
     scoring_acc: list[tuple[np.ndarray, np.ndarray]] = []
     n_src = n_cand = matched = 0
     diffs: list[float] = []
@@ -241,7 +239,7 @@ def check_parity(
                 )
             stats_acc[k].append((a, b))
             if anchored and k == 0:
-                scoring_acc.append(_scoring_rows(kind, a, b))
+                scoring_acc.append(_scoring_rows(head, a, b))
         rs = source.postprocess(os_, ms)[0]
         rc = candidate.postprocess(oc, mc)[0]
         if isinstance(rs, Classification) and isinstance(rc, Classification):
