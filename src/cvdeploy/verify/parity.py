@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,22 @@ def _output_stats(
     )
 
 
+def _same_outputs(cand: list[np.ndarray], *, src: list[np.ndarray], names: list[str]) -> None:
+    """Raise :class:`CheckFailed` when the candidate's raw outputs differ in number or shape.
+
+    Checked before the candidate's outputs are decoded: a different output is a failed
+    check, not a decoding error.
+    """
+    if len(src) != len(cand):
+        raise CheckFailed(f"the candidate has {len(cand)} outputs, its source {len(src)}")
+    for k, (a, b) in enumerate(zip(src, cand, strict=True)):
+        if a.shape != b.shape:
+            raise CheckFailed(
+                f"output {names[k]!r}: shape {list(b.shape)} differs from "
+                f"the source's {list(a.shape)}"
+            )
+
+
 def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
     """Greedy one-to-one matching at IoU >= 0.9 with the same class, best scores first."""
     if len(src) == 0 or len(cand) == 0:
@@ -225,23 +242,18 @@ def check_parity(
     n_src = n_cand = matched = 0
     diffs: list[float] = []
     for img in images:
-        xs, ms = source.preprocess([img])
-        xc, mc = candidate.preprocess([img])
-        os_ = source.infer(xs)
-        oc = candidate.infer(xc)
-        if len(os_) != len(oc):
-            raise CheckFailed(f"the candidate has {len(oc)} outputs, its source {len(os_)}")
-        for k, (a, b) in enumerate(zip(os_, oc, strict=True)):
-            if a.shape != b.shape:
-                raise CheckFailed(
-                    f"output {out_names[k]!r}: shape {list(b.shape)} differs from "
-                    f"the source's {list(a.shape)}"
-                )
+        src_run = source.run_batch([img], keep_outputs=True)
+        assert src_run.outputs is not None
+        os_ = src_run.outputs
+        cand_run = candidate.run_batch(
+            [img], keep_outputs=True, check_outputs=partial(_same_outputs, src=os_, names=out_names)
+        )
+        assert cand_run.outputs is not None
+        for k, (a, b) in enumerate(zip(os_, cand_run.outputs, strict=True)):
             stats_acc[k].append((a, b))
             if anchored and k == 0:
                 scoring_acc.append(_scoring_rows(head, a, b))
-        rs = source.postprocess(os_, ms)[0]
-        rc = candidate.postprocess(oc, mc)[0]
+        rs, rc = src_run.results[0], cand_run.results[0]
         if isinstance(rs, Classification) and isinstance(rc, Classification):
             n_src += 1
             n_cand += 1
