@@ -13,6 +13,7 @@ from cvdeploy.bench import harness
 from cvdeploy.bench.harness import BenchConfig, bench_artifact, not_applicable
 from cvdeploy.bundle import Bundle
 from cvdeploy.errors import UsageError
+from cvdeploy.pipeline import predictor as predictor_module
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.runtime.base import Runner
 from tests.tiny_models import N_ANCHORS, NC
@@ -65,6 +66,7 @@ def _fake(monkeypatch: pytest.MonkeyPatch, slow: int) -> tuple[FakeClock, list[S
 
     monkeypatch.setattr(harness, "_make_predictor", make)
     monkeypatch.setattr(harness, "time", clock)
+    monkeypatch.setattr(predictor_module, "time", clock)  # the stages are timed by run_batch
     return clock, made
 
 

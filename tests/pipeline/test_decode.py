@@ -10,14 +10,13 @@ import pytest
 from cvdeploy.errors import ShapeError, SpecError, UsageError
 from cvdeploy.pipeline import decode as decode_module
 from cvdeploy.pipeline.decode import (
-    DECODERS,
     decode_logits,
     decode_yolov5,
     decode_yolov8,
     decode_yolox,
-    get_decoder,
     yolox_grid,
 )
+from cvdeploy.pipeline.heads import DECODERS, get_decoder
 from cvdeploy.pipeline.results import Classification, Detections
 
 # --------------------------------------------------------------------------------------

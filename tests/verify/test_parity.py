@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cvdeploy.errors import CheckFailed
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.runtime import create_runner
 from cvdeploy.runtime.torch import save_checkpoint
@@ -156,3 +157,18 @@ def test_diverging_scoring_anchors_fail_the_int8_gate(tmp_path: Path) -> None:
         res = check_parity(src, cand, _images(), precision="int8")
     assert not res.passed
     assert any("scoring anchors" in f for f in res.failures), res.failures
+
+
+class _ThreeRows(Predictor):
+    """A candidate whose output lost rows: its decoder could not even read it."""
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        return [Predictor.infer(self, x)[0][:, :3, :]]
+
+
+def test_a_different_output_shape_fails_the_gate_before_decoding(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    src = _onnx_predictor(tiny_detector_onnx(tmp_path / "m.onnx"), spec)
+    cand = _ThreeRows(spec=spec, runner=create_runner("onnx", tmp_path / "m.onnx", IO))
+    with src, cand, pytest.raises(CheckFailed, match=r"shape \[1, 3, 64\] differs from"):
+        check_parity(src, cand, _images(1), precision="fp32")

@@ -22,6 +22,7 @@ from cvdeploy.bundle import Bundle, Provenance
 from cvdeploy.coconames import COCO80
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CvdeployError, InputError, ModelLoadError, SpecError, UsageError
+from cvdeploy.pipeline.heads import class_scores_shape, get_head
 from cvdeploy.spec import PRESETS, Decoder, IOSpec, ModelSpec, Preprocess, TensorSpec
 
 
@@ -378,7 +379,7 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
             hint="drop --imgsz",
         )
 
-    nc = _num_classes(dec.kind, out_shape)
+    nc = get_head(dec.kind).num_classes(out_shape)
     names = ov.names or _names_from(_meta_value(meta, "names"))
     if names is None:
         if nc == 80 and task == "detect":
@@ -407,31 +408,6 @@ def build_spec(facts: ModelFacts, ov: ImportOverrides, *, notes: list[str]) -> M
         )
     except ValueError as exc:
         raise SpecError(f"inconsistent spec: {exc}") from exc
-
-
-def class_scores_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A classifier output's shape without trailing 1s (``[B, nc, 1, 1]`` -> ``[B, nc]``)."""
-    out = tuple(shape)
-    while len(out) > 2 and out[-1] == 1:
-        out = out[:-1]
-    return out
-
-
-def _num_classes(kind: str, shape: tuple[int, ...]) -> int | None:
-    if kind in ("yolov8",) and len(shape) == 3 and shape[1] > 4:
-        return shape[1] - 4
-    if kind in ("yolov5", "yolox") and len(shape) == 3 and shape[2] > 5:
-        return shape[2] - 5
-    scores = class_scores_shape(shape)
-    if kind == "logits" and len(scores) == 2 and scores[1] > 0:
-        return scores[1]
-    if shape and -1 not in shape:
-        raise SpecError(
-            f"output shape {list(shape)} does not fit decoder {kind!r}",
-            hint="yolov8 expects [B, 4+nc, N]; yolov5/yolox [B, N, 5+nc]; "
-            "logits [B, nc]. Pass the right --preset or --decoder",
-        )
-    return None
 
 
 def _smoke_test(bundle: Bundle, artifact_id: str) -> None:

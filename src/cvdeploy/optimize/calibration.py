@@ -188,12 +188,6 @@ class EvalSet:
             paths=[it.path for it in ds.items],
         )
 
-    def items(self, predictor: Predictor) -> Iterator[tuple[int, np.ndarray, Any]]:
-        """Yield ``(image_id, input tensor, resize meta)`` per image."""
-        for iid, p in zip(self.image_ids, self.paths, strict=True):
-            x, metas = predictor.preprocess([read_image(p)])
-            yield iid, x, metas[0]
-
     def score(self, predictions: Sequence[tuple[int, Detections | Classification]]) -> float:
         """mAP50-95 of ``(image_id, detections)`` pairs, over the ground truth of those images.
 
@@ -227,7 +221,6 @@ EVAL_THRESHOLDS = Thresholds(conf=0.001, iou=0.7, max_det=300, multi_label=True)
 def predictor_map(predictor: Predictor, evalset: EvalSet) -> float:
     """mAP50-95 of a (loaded) predictor on an evaluation set, image by image."""
     out: list[tuple[int, Detections | Classification]] = []
-    for iid, x, meta in evalset.items(predictor):
-        res = predictor.postprocess(predictor.infer(x), [meta])[0]
-        out.append((iid, res))
+    for iid, path in zip(evalset.image_ids, evalset.paths, strict=True):
+        out.append((iid, predictor.run_batch([read_image(path)]).results[0]))
     return evalset.score(out)

@@ -10,7 +10,9 @@ Detection decoders follow Ultralytics' ``non_max_suppression``:
 4. at most ``max_det`` detections are kept.
 
 Boxes are returned in model-INPUT pixels, ``x1, y1, x2, y2``; map them back to the
-original image with :func:`cvdeploy.pipeline.preprocess.scale_boxes`.
+original image with :func:`cvdeploy.pipeline.preprocess.scale_boxes`. Which decoder a spec's
+``decoder.kind`` names, and what its output layout means, is in
+:mod:`cvdeploy.pipeline.heads`.
 
 Everything is vectorised. Only the candidates that NMS actually needs are sorted: the
 best ``k`` are selected with a linear-time partition, resolved, and ``k`` grows only when
@@ -21,9 +23,7 @@ score-ordered prefix yields a prefix of the full result, this is exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -32,13 +32,11 @@ from cvdeploy.pipeline.nms import nms_sorted
 from cvdeploy.pipeline.results import Classification, Detections
 
 __all__ = [
-    "DECODERS",
-    "anchor_scores",
+    "as_output",
     "decode_logits",
     "decode_yolov5",
     "decode_yolov8",
     "decode_yolox",
-    "get_decoder",
     "yolox_grid",
 ]
 
@@ -59,8 +57,17 @@ def _check_options(conf: float, iou: float, max_det: int, max_nms: int) -> None:
         raise UsageError(f"max_nms must be >= 1, got {max_nms}")
 
 
-def _as_output(output: np.ndarray, ndim: int, layout: str) -> np.ndarray:
-    """Return ``output`` as a float32 array of ``ndim`` dimensions or raise ShapeError."""
+def as_output(output: np.ndarray, ndim: int, layout: str) -> np.ndarray:
+    """Return ``output`` as a float32 array of ``ndim`` dimensions.
+
+    Args:
+        output: A raw model output.
+        ndim: The dimensions the layout has.
+        layout: The layout in words, for the error message (e.g. ``(B, 4 + nc, N)``).
+
+    Raises:
+        ShapeError: If ``output`` does not have ``ndim`` dimensions.
+    """
     out = np.asarray(output)
     if out.ndim != ndim:
         raise ShapeError(
@@ -237,7 +244,7 @@ def decode_yolov8(
         UsageError: If an option is invalid.
     """
     _check_options(conf, iou, max_det, max_nms)
-    out = _as_output(output, 3, "(B, 4 + nc, N)")
+    out = as_output(output, 3, "(B, 4 + nc, N)")
     n_cls = out.shape[1] - 4 if nc is None else nc
     if n_cls < 1 or 4 + n_cls > out.shape[1]:
         raise ShapeError(
@@ -331,7 +338,7 @@ def decode_yolov5(
         UsageError: If an option is invalid.
     """
     _check_options(conf, iou, max_det, max_nms)
-    out = _as_output(output, 3, "(B, N, 5 + nc)")
+    out = as_output(output, 3, "(B, N, 5 + nc)")
     n_cls = out.shape[2] - 5 if nc is None else nc
     if n_cls < 1 or 5 + n_cls > out.shape[2]:
         raise ShapeError(
@@ -430,7 +437,7 @@ def decode_yolox(
         UsageError: If an option is invalid.
     """
     _check_options(conf, iou, max_det, max_nms)
-    out = _as_output(output, 3, "(B, N, 5 + nc)")
+    out = as_output(output, 3, "(B, N, 5 + nc)")
     if out.shape[2] < 6:
         raise ShapeError(f"a YOLOX output needs 5 + nc columns (nc >= 1), got {out.shape}")
     grid, stride = yolox_grid(input_hw, strides)
@@ -488,59 +495,3 @@ def decode_logits(output: np.ndarray, *, softmax: bool = True) -> list[Classific
         np.exp(probs, out=probs)
         probs /= probs.sum(axis=1, keepdims=True)
     return [Classification(probs=row) for row in probs]
-
-
-DECODERS: Mapping[str, Callable[..., list[Any]]] = MappingProxyType(
-    {
-        "yolov8": decode_yolov8,
-        "yolo11": decode_yolov8,
-        "yolov5": decode_yolov5,
-        "yolox": decode_yolox,
-        "logits": decode_logits,
-    }
-)
-
-
-def anchor_scores(kind: str, output: np.ndarray, *, nc: int | None = None) -> np.ndarray:
-    """Best class score of every anchor of a raw detection output, as ``(B, N)``.
-
-    The same score the decoder thresholds (``obj * cls`` for the objectness heads), so
-    "anchors that can become detections" means the same thing everywhere (the integrity
-    gate compares outputs on those anchors).
-
-    Args:
-        kind: Decoder name (``yolov8``/``yolo11``, ``yolov5``, ``yolox``).
-        output: The raw output, in the decoder's layout.
-        nc: Number of classes (default: every row after the box / objectness).
-
-    Raises:
-        SpecError: For a decoder without anchors (``logits``) or an unknown one.
-        ShapeError: If ``output`` does not have the decoder's layout.
-    """
-    if kind in ("yolov8", "yolo11"):
-        out = _as_output(output, 3, "(B, 4 + nc, N)")
-        n_cls = out.shape[1] - 4 if nc is None else nc
-        if n_cls < 1:
-            raise ShapeError(f"a YOLOv8 output needs 4 + nc rows, got shape {out.shape}")
-        return np.asarray(out[:, 4 : 4 + n_cls, :].max(axis=1))
-    if kind in ("yolov5", "yolox"):
-        out = _as_output(output, 3, "(B, N, 5 + nc)")
-        n_cls = out.shape[2] - 5 if nc is None else nc
-        if n_cls < 1:
-            raise ShapeError(f"an objectness output needs 5 + nc columns, got {out.shape}")
-        return np.asarray(out[:, :, 4] * out[:, :, 5 : 5 + n_cls].max(axis=2))
-    raise SpecError(f"decoder {kind!r} has no anchors to score")
-
-
-def get_decoder(name: str) -> Callable[..., list[Any]]:
-    """Return the decoder registered under ``name``.
-
-    Raises:
-        SpecError: If no decoder has that name (the message lists the known ones).
-    """
-    try:
-        return DECODERS[name]
-    except KeyError:
-        raise SpecError(
-            f"unknown decoder {name!r}; known decoders: {', '.join(sorted(DECODERS))}"
-        ) from None

@@ -7,7 +7,7 @@ the pipeline that is served. Every call reports per-stage wall-clock times.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from cvdeploy.bundle import Artifact, Bundle, ModelFiles
 from cvdeploy.errors import BackendUnavailable, SpecError, UsageError
-from cvdeploy.pipeline.decode import decode_logits, get_decoder
+from cvdeploy.pipeline.heads import get_head
 from cvdeploy.pipeline.preprocess import ResizeMeta, resize_image, scale_boxes, to_tensor
 from cvdeploy.pipeline.results import Classification, Detections
 from cvdeploy.runtime import RUNTIMES, Runner, RunnerOptions, create_runner
@@ -66,6 +66,21 @@ class Thresholds:
     max_det: int | None = None
     multi_label: bool = False
     agnostic: bool | None = None
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """What :meth:`Predictor.run_batch` returns.
+
+    Attributes:
+        results: One result per image, in image order.
+        times: Wall-clock milliseconds of each stage over the batch.
+        outputs: The raw model outputs (only when asked for with ``keep_outputs``).
+    """
+
+    results: list[Result]
+    times: StageTimes
+    outputs: list[np.ndarray] | None = None
 
 
 @dataclass(slots=True)
@@ -212,13 +227,28 @@ class Predictor:
             return [o[:n] for o in self.runner.run(np.concatenate([x, pad]))]
         return self.runner.run(x)
 
-    def postprocess(self, outputs: list[np.ndarray], metas: Sequence[ResizeMeta]) -> list[Result]:
-        """Decode raw outputs into results in original-image coordinates."""
+    def postprocess(
+        self,
+        outputs: list[np.ndarray],
+        metas: Sequence[ResizeMeta],
+        *,
+        thresholds: Thresholds | None = None,
+    ) -> list[Result]:
+        """Decode raw outputs into results in original-image coordinates.
+
+        Args:
+            outputs: The model's raw outputs for the batch.
+            metas: How each image was resized.
+            thresholds: Overrides for this call (default: :attr:`thresholds`).
+        """
         dec = self.spec.decoder
+        head = get_head(dec.kind)
+        assert self.imgsz is not None
+        extra = head.decode_args(dec, input_hw=(self.imgsz[0], self.imgsz[1]))
         out = outputs[0].astype(np.float32, copy=False)
         if self.spec.task == "classify":
-            return list(decode_logits(out, softmax=dec.softmax))
-        t = self.thresholds
+            return list(head.decode(out, **extra))
+        t = self.thresholds if thresholds is None else thresholds
         kw: dict[str, Any] = {
             "conf": dec.conf if t.conf is None else t.conf,
             "iou": dec.iou if t.iou is None else t.iou,
@@ -226,10 +256,7 @@ class Predictor:
             "multi_label": t.multi_label,
             "agnostic": dec.agnostic if t.agnostic is None else t.agnostic,
         }
-        if dec.kind == "yolox":
-            assert self.imgsz is not None
-            kw.update(input_hw=tuple(self.imgsz), strides=dec.strides)
-        dets: list[Detections] = get_decoder(dec.kind)(out, **kw)
+        dets: list[Detections] = head.decode(out, **kw, **extra)
         return [
             Detections(
                 boxes=scale_boxes(d.boxes, m).astype(np.float32),
@@ -240,23 +267,69 @@ class Predictor:
         ]
 
     # calls --------------------------------------------------------------------------------
-    def predict_batch(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
-        """Predict one batch (at most :attr:`batch` images), timing each stage."""
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        thresholds: Thresholds | Sequence[Thresholds] | None = None,
+        keep_outputs: bool = False,
+        check_outputs: Callable[[list[np.ndarray]], None] | None = None,
+    ) -> BatchRun:
+        """Run one batch through preprocess -> inference -> postprocess, timing each stage.
+
+        The one stage loop of predict, eval, bench, serve, the parity gate and calibration.
+
+        Args:
+            images: At most :attr:`batch` images (BGR uint8).
+            thresholds: Post-processing overrides: one for the whole batch, or one per
+                image (images with different thresholds share preprocessing and
+                inference); default: :attr:`thresholds`.
+            keep_outputs: Keep the raw model outputs in the result.
+            check_outputs: Called with the raw outputs before they are decoded (untimed);
+                raise to stop (the parity gate compares them with its source's there).
+
+        Returns:
+            The results in image order, the stage times and (when asked) the raw outputs.
+
+        Raises:
+            UsageError: More images than :attr:`batch`, or a thresholds list whose length
+                differs from the number of images.
+        """
         if not images:
-            return [], StageTimes()
-        if len(images) > self.batch:
-            raise UsageError(f"batch of {len(images)} images exceeds {self.batch}")
+            return BatchRun(results=[], times=StageTimes(), outputs=[] if keep_outputs else None)
+        n = len(images)
+        if n > self.batch:
+            raise UsageError(f"batch of {n} images exceeds {self.batch}")
+        groups = _threshold_groups(thresholds, n)
         t0 = time.perf_counter()
         x, metas = self.preprocess(images)
         t1 = time.perf_counter()
         outs = self.infer(x)
         t2 = time.perf_counter()
-        results = self.postprocess(outs, metas)
+        t_post = t2
+        if check_outputs is not None:
+            check_outputs(outs)
+            t_post = time.perf_counter()
+        if len(groups) == 1:
+            results = self.postprocess(outs, metas, thresholds=next(iter(groups)))
+        else:
+            by_image: dict[int, Result] = {}
+            for t, idx in groups.items():
+                part = self.postprocess(
+                    [o[idx] for o in outs], [metas[i] for i in idx], thresholds=t
+                )
+                by_image.update(zip(idx, part, strict=True))
+            results = [by_image[i] for i in range(n)]
         t3 = time.perf_counter()
         times = StageTimes(
-            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, images=len(images), batches=1
+            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t_post) * 1e3, images=n, batches=1
         )
-        return results, times
+        return BatchRun(results=results, times=times, outputs=outs if keep_outputs else None)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
+        """Predict one batch (at most :attr:`batch` images), timing each stage."""
+        run = self.run_batch(images)
+        return run.results, run.times
 
     def predict(self, images: Sequence[np.ndarray]) -> tuple[list[Result], StageTimes]:
         """Predict any number of images, in batches of :attr:`batch`."""
@@ -278,6 +351,20 @@ class Predictor:
                 buf = []
         if buf:
             yield self.predict_batch(buf)
+
+
+def _threshold_groups(
+    thresholds: Thresholds | Sequence[Thresholds] | None, n: int
+) -> dict[Thresholds | None, list[int]]:
+    """The images of a batch grouped by their thresholds (``None``: the predictor's)."""
+    if thresholds is None or isinstance(thresholds, Thresholds):
+        return {thresholds: list(range(n))}
+    if len(thresholds) != n:
+        raise UsageError(f"{len(thresholds)} thresholds given for a batch of {n} images")
+    groups: dict[Thresholds | None, list[int]] = {}
+    for i, t in enumerate(thresholds):
+        groups.setdefault(t, []).append(i)
+    return groups
 
 
 def _static_hw(io: IOSpec) -> tuple[int, int] | None:

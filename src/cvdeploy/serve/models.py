@@ -10,7 +10,6 @@ that fails to load leaves the current one serving and records the error.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -93,24 +92,8 @@ def run_batch(
     predictor: Predictor, images: Sequence[np.ndarray], thresholds: Sequence[Thresholds]
 ) -> tuple[list[Any], StageTimes]:
     """Run one batch; images with different thresholds share pre-processing and inference."""
-    t0 = time.perf_counter()
-    x, metas = predictor.preprocess(images)
-    t1 = time.perf_counter()
-    outs = predictor.infer(x)
-    t2 = time.perf_counter()
-    results: list[Any] = [None] * len(images)
-    groups: dict[Thresholds, list[int]] = {}
-    for i, t in enumerate(thresholds):
-        groups.setdefault(t, []).append(i)
-    for t, idx in groups.items():
-        p = predictor if t == predictor.thresholds else dataclasses.replace(predictor, thresholds=t)
-        part = p.postprocess([o[idx] for o in outs], [metas[i] for i in idx])
-        for i, r in zip(idx, part, strict=True):
-            results[i] = r
-    t3 = time.perf_counter()
-    n = len(images)
-    times = StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, images=n, batches=1)
-    return results, times
+    run = predictor.run_batch(images, thresholds=thresholds)
+    return run.results, run.times
 
 
 @dataclass(slots=True)

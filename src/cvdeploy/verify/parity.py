@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from cvdeploy.bundle import Check
 from cvdeploy.errors import CheckFailed, UsageError
-from cvdeploy.pipeline.decode import anchor_scores
+from cvdeploy.pipeline.heads import Head, get_head
 from cvdeploy.pipeline.nms import box_iou
 from cvdeploy.pipeline.predictor import Predictor
 from cvdeploy.pipeline.results import Classification, Detections
@@ -141,12 +142,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if np.array_equal(a64, b64) else 0.0
 
 
-def _scoring_rows(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scoring_rows(head: Head, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows (one per scoring anchor, every channel) of a source and candidate output."""
-    sel = np.nonzero(anchor_scores(kind, a) >= SCORING_MIN)  # (batch, anchor) indices
-    if kind in ("yolov8", "yolo11"):  # (B, C, N): put the anchors before the channels
-        a, b = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
-    return a[sel], b[sel]
+    sel = np.nonzero(head.anchor_scores(a) >= SCORING_MIN)  # (batch, anchor) indices
+    return head.rows(a)[sel], head.rows(b)[sel]
 
 
 def _output_stats(
@@ -171,6 +170,22 @@ def _output_stats(
         cosine_scoring=cos_scoring,
         n_scoring=n_scoring,
     )
+
+
+def _same_outputs(cand: list[np.ndarray], *, src: list[np.ndarray], names: list[str]) -> None:
+    """Raise :class:`CheckFailed` when the candidate's raw outputs differ in number or shape.
+
+    Checked before the candidate's outputs are decoded: a different output is a failed
+    check, not a decoding error.
+    """
+    if len(src) != len(cand):
+        raise CheckFailed(f"the candidate has {len(cand)} outputs, its source {len(src)}")
+    for k, (a, b) in enumerate(zip(src, cand, strict=True)):
+        if a.shape != b.shape:
+            raise CheckFailed(
+                f"output {names[k]!r}: shape {list(b.shape)} differs from "
+                f"the source's {list(a.shape)}"
+            )
 
 
 def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
@@ -221,29 +236,24 @@ def check_parity(
     tol = tolerance or tolerance_for(precision)
     out_names = [o.name for o in source.runner.io.outputs]
     stats_acc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in out_names]
-    kind = source.spec.decoder.kind
-    anchored = source.spec.task == "detect" and len(out_names) == 1 and kind != "logits"
+    head = get_head(source.spec.decoder.kind)
+    anchored = head.anchors_first is not None and len(out_names) == 1
     scoring_acc: list[tuple[np.ndarray, np.ndarray]] = []
     n_src = n_cand = matched = 0
     diffs: list[float] = []
     for img in images:
-        xs, ms = source.preprocess([img])
-        xc, mc = candidate.preprocess([img])
-        os_ = source.infer(xs)
-        oc = candidate.infer(xc)
-        if len(os_) != len(oc):
-            raise CheckFailed(f"the candidate has {len(oc)} outputs, its source {len(os_)}")
-        for k, (a, b) in enumerate(zip(os_, oc, strict=True)):
-            if a.shape != b.shape:
-                raise CheckFailed(
-                    f"output {out_names[k]!r}: shape {list(b.shape)} differs from "
-                    f"the source's {list(a.shape)}"
-                )
+        src_run = source.run_batch([img], keep_outputs=True)
+        assert src_run.outputs is not None
+        os_ = src_run.outputs
+        cand_run = candidate.run_batch(
+            [img], keep_outputs=True, check_outputs=partial(_same_outputs, src=os_, names=out_names)
+        )
+        assert cand_run.outputs is not None
+        for k, (a, b) in enumerate(zip(os_, cand_run.outputs, strict=True)):
             stats_acc[k].append((a, b))
             if anchored and k == 0:
-                scoring_acc.append(_scoring_rows(kind, a, b))
-        rs = source.postprocess(os_, ms)[0]
-        rc = candidate.postprocess(oc, mc)[0]
+                scoring_acc.append(_scoring_rows(head, a, b))
+        rs, rc = src_run.results[0], cand_run.results[0]
         if isinstance(rs, Classification) and isinstance(rc, Classification):
             n_src += 1
             n_cand += 1
