@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck unit bench bench-table soak clean
+.PHONY: venv demo test test-fast lint layers typecheck unit bench bench-table soak clean
 
 # torch is pinned first (the CPU wheel), then every other package is installed under a
 # constraint that keeps that torch: nothing may pull a multi-GB CUDA build.
@@ -30,13 +30,22 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# The layering of the architecture ([tool.importlinter] in pyproject.toml): cli > workflows >
+# stages > zoo > pipeline > runtime > core, no cycles, stages used only through their __init__.
+layers: venv
+	$(VENV)/bin/lint-imports
+
 typecheck: venv
 	$(VENV)/bin/mypy src/cvdeploy
 
 unit: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck unit
+test: lint layers typecheck unit
+
+# The inner loop: everything not marked slow (make test still runs everything).
+test-fast: lint layers typecheck
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The benchmarks write benchmarks/results/*.json (each skips with a message without
 # ../shared/realworld); the last step regenerates README.md's performance table from them.

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from cvdeploy.errors import BundleError, IntegrityError, UsageError
 from cvdeploy.precision import (
@@ -33,7 +42,6 @@ from cvdeploy.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
-MODEL_CARD = "MODEL_CARD.md"
 _CHUNK = 1 << 20
 
 
@@ -51,8 +59,132 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+Format = Literal["onnx", "openvino", "tflite", "tensorrt", "torch"]
+"""Artifact formats (each has a runtime registered under that name)."""
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-bf16", "int8-dynamic"]
+"""Artifact precisions (see :mod:`cvdeploy.precision` for what each computes in)."""
+CheckKind = Literal["parity", "metrics", "latency"]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Readable(Mapping[str, Any]):
+    """Typed, and readable as a mapping too (``check.data["metrics"]``, ``.get``, ``in``,
+    ``items()``): only the fields that were given, and any extra keys, are present."""
+
+    def _present(self) -> dict[str, Any]:
+        fields = type(self).model_fields  # type: ignore[attr-defined]
+        given: set[str] = self.model_fields_set  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in fields if k in given}
+        out.update(getattr(self, "__pydantic_extra__", None) or {})
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        present = self._present()
+        if key not in present:
+            raise KeyError(key)
+        return present[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` when it was given, else ``default``."""
+        return self._present().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._present()
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # the keys, as a mapping's
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of what was given."""
+        return dict(self.model_dump(mode="json"))  # type: ignore[attr-defined]
+
+
+class CheckData(_Readable, BaseModel):  # type: ignore[misc]  # a mapping of its keys
+    """A check's payload: the fields of its kind are typed and validated; keys this version
+    does not know (a record from another version) are kept as they are."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        keep = self.model_fields_set | set(self.__pydantic_extra__ or {})
+        return {k: v for k, v in data.items() if k in keep}
+
+
+class ParityData(CheckData):
+    """The parity gate's evidence (see :class:`cvdeploy.verify.parity.ParityResult`)."""
+
+    passed: bool | None = None
+    images: int | None = None
+    outputs: list[dict[str, Any]] | None = None
+    match_fraction: float | None = None
+    score_diff_mean: float | None = None
+    n_source: int | None = None
+    n_candidate: int | None = None
+    tolerance: dict[str, float | str | None] | None = None
+    precision: Precision | None = None
+    failures: list[str] | None = None
+    inference_precision: InferencePrecision | None = None
+    source_inference_precision: InferencePrecision | None = None
+    source: str | None = None
+
+
+class MetricsData(CheckData):
+    """An evaluation: metrics on a named dataset, the protocol, where it ran."""
+
+    metrics: dict[str, Any] | None = None
+    speed_ms: dict[str, float] | None = None
+    images: int | None = None
+    protocol: dict[str, Any] | None = None
+    inference_precision: InferencePrecision | None = None
+    data: str | None = None
+    environment: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    by: str | None = None
+
+
+class LatencyData(CheckData):
+    """A benchmark result under named conditions (see :class:`cvdeploy.bench.BenchResult`)."""
+
+    artifact: str | None = None
+    format: Format | None = None
+    precision: Precision | None = None
+    inference_precision: InferencePrecision | None = None
+    batch: int | None = None
+    imgsz: list[int] | None = None
+    threads: int | None = None
+    concurrency: int | None = None
+    cold_start_ms: float | None = None
+    load_ms: float | None = None
+    first_ms: float | None = None
+    e2e_ms: dict[str, float | int | None] | None = None
+    stages_ms: dict[str, dict[str, float | int | None]] | None = None
+    throughput_ips: float | None = None
+    pre_post_share: float | None = None
+    pre_post_vs_inference: float | None = None
+    peak_rss_mb: float | None = None
+    file_size_bytes: int | None = None
+    accuracy: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    conditions: dict[str, Any] | None = None
+    key: str | None = None
+    notes: list[str] | None = None
+    environment: dict[str, Any] | None = None
+
+
+CHECK_DATA: dict[str, type[CheckData]] = {
+    "parity": ParityData,
+    "metrics": MetricsData,
+    "latency": LatencyData,
+}
+"""The payload type of each check kind."""
 
 
 class FileRef(_Frozen):
@@ -73,13 +205,54 @@ class Provenance(_Frozen):
 
 
 class Check(_Frozen):
-    """One verification result recorded for an artifact (parity, metrics, latency...)."""
+    """One verification result recorded for an artifact: its payload ``data`` is typed by
+    ``kind`` (:data:`CHECK_DATA`), and still readable as a mapping."""
 
-    kind: str
+    kind: CheckKind
     name: str
     passed: bool | None = None
     created: _dt.datetime = Field(default_factory=now)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: SerializeAsAny[CheckData] = Field(default_factory=CheckData)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_data(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("kind") in CHECK_DATA:
+            data = values.get("data")
+            want = CHECK_DATA[values["kind"]]
+            if data is None or isinstance(data, dict):
+                values = {**values, "data": want.model_validate(data or {})}
+            elif isinstance(data, CheckData) and not isinstance(data, want):
+                values = {**values, "data": want.model_validate(data.to_dict())}
+        return values
+
+
+class RuntimeConfig(_Readable, _Frozen):  # type: ignore[misc]
+    """Runner options of a recommended configuration (read by the predictor)."""
+
+    threads: int | None = Field(default=None, ge=1)
+    device: str = "cpu"
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Recommended(_Readable, _Frozen):  # type: ignore[misc]
+    """The bundle's recommended configuration: the artifact and runner options that
+    ``predict``, ``eval``, ``bench`` and ``serve`` use by default, and the measurement that
+    chose it (``cvdeploy tune``)."""
+
+    artifact: str
+    options: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    source: Literal["tune"] = "tune"
+    target: Literal["latency", "throughput"] = "latency"
+    metric: str | None = None
+    accuracy: float | None = None
+    floor: float | None = None
+    reference: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = None
+    e2e_ms: dict[str, float | int] = Field(default_factory=dict)
+    throughput_ips: float | None = None
+    conditions: dict[str, Any] = Field(default_factory=dict)
+    measured: str | None = None
 
 
 class Encryption(_Frozen):
@@ -96,8 +269,8 @@ class Artifact(_Frozen):
     """One deployable variant of the model (format x precision)."""
 
     id: str
-    format: str
-    precision: str
+    format: Format
+    precision: Precision
     files: tuple[FileRef, ...]
     io: IOSpec
     produced_by: Provenance
@@ -148,7 +321,7 @@ class Manifest(_Frozen):
     artifacts: tuple[Artifact, ...] = ()
     samples: tuple[FileRef, ...] = ()
     """Sample images stored in the bundle, used by the parity gate when no data is given."""
-    recommended: dict[str, Any] | None = None
+    recommended: Recommended | None = None
     history: tuple[HistoryEntry, ...] = ()
     created: _dt.datetime = Field(default_factory=now)
 
@@ -600,9 +773,16 @@ class BundleEdit:
             )
         self.manifest = self.manifest.model_copy(update={"samples": tuple(refs)})
 
-    def set_recommended(self, recommended: dict[str, Any] | None) -> None:
-        """Set the bundle's recommended runtime configuration."""
-        self.manifest = self.manifest.model_copy(update={"recommended": recommended})
+    def set_recommended(self, recommended: Recommended | Mapping[str, Any] | None) -> None:
+        """Set the bundle's recommended runtime configuration (validated)."""
+        rec = (
+            None
+            if recommended is None
+            else recommended
+            if isinstance(recommended, Recommended)
+            else Recommended.model_validate(dict(recommended))
+        )
+        self.manifest = self.manifest.model_copy(update={"recommended": rec})
 
     def write_text(self, relpath: str, text: str) -> None:
         """Write an auxiliary text file (e.g. the model card) into the new bundle."""

@@ -202,7 +202,12 @@ def info_cmd(
     con.print(t)
     con.print(f"  this CPU: {describe_native(flags)}; each artifact runs at the precision above")
     if m.recommended:
-        con.print(f"recommended: {m.recommended}")
+        r = m.recommended
+        opts = ", ".join(
+            [f"threads {r.options.threads or 'default'}"]
+            + [f"{k}={v}" for k, v in r.options.extra.items()]
+        )
+        con.print(f"recommended: {r.artifact} ({opts}; chosen by {r.source} for {r.target})")
     con.print("history:")
     for h in m.history:
         con.print(f"  {h.time.isoformat()}  {h.action}  {_short(h.details)}")

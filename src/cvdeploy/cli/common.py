@@ -79,6 +79,8 @@ def print_json(obj: Any) -> None:
 def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
+    if hasattr(o, "model_dump"):  # manifest models (a check's typed payload, recommended)
+        return o.model_dump(mode="json")
     if hasattr(o, "tolist"):
         return o.tolist()
     if hasattr(o, "isoformat"):

@@ -157,12 +157,10 @@ class Predictor:
                 in memory when the bundle was loaded with its key, never written to disk).
         """
         art = select_artifact(bundle, artifact)
-        rec = bundle.manifest.recommended or {}
-        if options is None and rec.get("artifact") == art.id and rec.get("options"):
-            ro = rec["options"]
-            options = RunnerOptions(
-                threads=ro.get("threads"), device=ro.get("device", "cpu"), extra=ro.get("extra", {})
-            )
+        rec = bundle.manifest.recommended
+        if options is None and rec is not None and rec.artifact == art.id:
+            ro = rec.options
+            options = RunnerOptions(threads=ro.threads, device=ro.device, extra=dict(ro.extra))
         files = (
             bundle.model_files(art)
             if model_bytes is None
@@ -395,9 +393,9 @@ def select_artifact(bundle: Bundle, artifact: str | None) -> Artifact:
             f"bundle {bundle.name!r} has no artifacts",
             hint="add one with `cvdeploy export` or `cvdeploy import`",
         )
-    rec = bundle.manifest.recommended or {}
-    if rec.get("artifact") and any(a.id == rec["artifact"] for a in arts):
-        return bundle.artifact(rec["artifact"])
+    rec = bundle.manifest.recommended
+    if rec is not None and any(a.id == rec.artifact for a in arts):
+        return bundle.artifact(rec.artifact)
     reasons = []
     for fmt in FORMAT_PREFERENCE:
         for a in arts:

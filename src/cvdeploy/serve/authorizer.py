@@ -30,12 +30,20 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cvdeploy.errors import ApiError, UsageError
-from cvdeploy.security.audit import AuditLog, load_key
-from cvdeploy.security.auth import KEY_PREFIX, TokenError, TokenService
-from cvdeploy.security.config import SecurityConfig
-from cvdeploy.security.ratelimit import Lockout, RateLimiter
-from cvdeploy.security.rbac import Principal, is_allowed
-from cvdeploy.security.store import SecurityStore, validate_name
+from cvdeploy.security import (
+    KEY_PREFIX,
+    AuditLog,
+    Lockout,
+    Principal,
+    RateLimiter,
+    SecurityConfig,
+    SecurityStore,
+    TokenError,
+    TokenService,
+    is_allowed,
+    validate_name,
+)
+from cvdeploy.security import load_audit_key as load_key
 from cvdeploy.serve.state import PUBLIC_ROUTES, add_route
 
 __all__ = ["AuditMiddleware", "SecurityLayer", "install_security"]

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cvdeploy.errors import InputError, UsageError
-from cvdeploy.security.config import SecurityConfig, TLSConfig
+from cvdeploy.security import SecurityConfig, TLSConfig
 
 __all__ = ["ServeConfig", "load_config"]
 

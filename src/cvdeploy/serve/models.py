@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,7 @@ from cvdeploy.bundle import Bundle
 from cvdeploy.errors import CvdeployError, UsageError
 from cvdeploy.pipeline.predictor import Predictor, StageTimes, Thresholds, select_artifact
 from cvdeploy.runtime import RunnerOptions
-from cvdeploy.security.crypto import key_from_options, model_loader
-from cvdeploy.security.signing import require_signed
+from cvdeploy.security import key_from_options, model_loader, require_signed
 from cvdeploy.serve.batching import Batcher
 from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.monitoring import ServeMetrics
@@ -79,8 +78,8 @@ def auto_workers(
     recommends for the artifact (`cvdeploy tune`), one runner with those settings.
     """
     art = select_artifact(bundle, artifact)
-    rec = bundle.manifest.recommended or {}
-    recommended_options = rec.get("artifact") == art.id and bool(rec.get("options"))
+    rec = bundle.manifest.recommended
+    recommended_options = rec is not None and rec.artifact == art.id
     if recommended_options or threads is not None:
         return 1, threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -151,7 +150,7 @@ class LoadedVersion:
         }
 
 
-def _summary(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def _summary(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """The headline numbers of a check (the full record stays in the manifest)."""
     if kind == "metrics":
         return dict(data.get("metrics") or {})

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvdeploy.bench.harness import BenchConfig, bench_artifact, not_applicable
-from cvdeploy.bundle import Artifact, Bundle, Check, now
+from cvdeploy.bench import BenchConfig, bench_artifact, not_applicable
+from cvdeploy.bundle import Artifact, Bundle, Check, RuntimeConfig, now
 from cvdeploy.errors import CvdeployError, DatasetError, UsageError
 from cvdeploy.progress import track
 from cvdeploy.workflows.tune_report import (
@@ -45,7 +45,6 @@ from cvdeploy.workflows.tune_report import (
     MeasureFn,
     Measurement,
     Recommendation,
-    RuntimeConfig,
     TuneOptions,
     TuneReport,
     finite,
@@ -537,5 +536,5 @@ def _record(
                         },
                     ),
                 )
-        edit.set_recommended(report.recommended.model_dump(mode="json"))
+        edit.set_recommended(report.recommended)
     return kept

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from cvdeploy.bench.stats import Stats
-from cvdeploy.bundle import Bundle
+from cvdeploy.bundle import Bundle, Recommended
 from cvdeploy.errors import UsageError
 from cvdeploy.workflows.tune_space import Settings
 
@@ -178,34 +176,8 @@ class Candidate:
         }
 
 
-class RuntimeConfig(BaseModel):
-    """The runner options of the recommended configuration (read by the predictor)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    threads: int | None = Field(default=None, ge=1)
-    device: str = "cpu"
-    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-class Recommendation(BaseModel):
-    """What ``tune`` records as the bundle's ``recommended`` configuration."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    artifact: str
-    options: RuntimeConfig
-    source: Literal["tune"] = "tune"
-    target: Literal["latency", "throughput"]
-    metric: str
-    accuracy: float
-    floor: float
-    reference: dict[str, Any]
-    dataset: str
-    e2e_ms: dict[str, float | int]
-    throughput_ips: float | None
-    conditions: dict[str, Any]
-    measured: str
+Recommendation = Recommended
+"""What ``tune`` records as the bundle's ``recommended`` configuration (the manifest's model)."""
 
 
 @dataclass(slots=True)
