@@ -31,15 +31,26 @@ def out_console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 
 
+def error_object(
+    message: str, *, hint: str | None, exit_code: int, type_name: str
+) -> dict[str, Any]:
+    """The ``{"error": {...}}`` object every command prints on stdout under ``--json``."""
+    return {"error": {"message": message, "hint": hint, "exit_code": exit_code, "type": type_name}}
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn cvdeploy errors into a clear message and their exit code.
 
     The one place the CLI maps errors: each :class:`~cvdeploy.errors.CvdeployError` carries
-    its ``exit_code`` (1 a check failed, 2 bad usage or input); Ctrl-C exits 130.
+    its ``exit_code`` (1 a check failed, 2 bad usage or input); Ctrl-C exits 130. The message
+    goes to stderr; with ``--json`` (a command's ``json_out`` option) stdout also gets
+    ``{"error": {"message", "hint", "exit_code", "type"}}``, so a script always reads
+    one JSON object.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        json_mode = bool(kwargs.get("json_out"))
         try:
             return fn(*args, **kwargs)
         except CvdeployError as exc:
@@ -47,9 +58,27 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             con.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
             if exc.hint:
                 con.print(f"  [yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+            if json_mode:
+                print_json(
+                    error_object(
+                        exc.message,
+                        hint=exc.hint,
+                        exit_code=exc.exit_code,
+                        type_name=type(exc).__name__,
+                    )
+                )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted: nothing was changed")
+            if json_mode:
+                print_json(
+                    error_object(
+                        "interrupted: nothing was changed",
+                        hint=None,
+                        exit_code=130,
+                        type_name="KeyboardInterrupt",
+                    )
+                )
             raise typer.Exit(130) from None
 
     return wrapper

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from cvdeploy.cli import (
@@ -17,6 +19,7 @@ from cvdeploy.cli import (
     tune_cmds,
     zoo_cmds,
 )
+from cvdeploy.cli.common import error_object, print_json
 from cvdeploy.version import __version__
 
 app = typer.Typer(
@@ -71,9 +74,33 @@ app.command("verify")(protect_cmds.verify_cmd)
 app.command("obfuscate")(protect_cmds.obfuscate_cmd)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Usage errors (a missing argument, an unknown option) are click's, raised before a
+    command runs: they exit 2 with click's message, and with ``--json`` on the command line
+    stdout gets the same ``{"error": {...}}`` object as every other failure.
+    """
+    usage_error = typer.BadParameter.__mro__[2]  # click's ClickException, as typer vendors it
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=args, standalone_mode=False)
+    except usage_error as exc:  # type: ignore[misc]
+        exc.show()
+        if "--json" in args:
+            print_json(
+                error_object(
+                    exc.format_message(),
+                    hint="see --help",
+                    exit_code=exc.exit_code,
+                    type_name=type(exc).__name__,
+                )
+            )
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

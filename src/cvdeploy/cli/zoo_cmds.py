@@ -155,6 +155,9 @@ def zoo_train(
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
     val_images: Annotated[int, typer.Option(help="size of the generated val set")] = 120,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print one JSON object (steps still go to stderr)")
+    ] = False,
 ) -> None:
     """Run the whole path on the shipped detector: bundle, export, verify, eval, report."""
     from cvdeploy.workflows.demo import run_demo
@@ -164,6 +167,21 @@ def demo_cmd(
         res = run_demo(
             out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
         )
+    if json_out:
+        print_json(
+            {
+                "bundle": res.bundle,
+                "report": res.report.resolve(),
+                "artifacts": res.rows,
+                "refused": [{"artifact": a, "reason": r} for a, r in res.refused],
+                "skipped_formats": res.skipped_formats,
+                "seconds": res.seconds,
+                "next_steps": res.next_steps,
+            }
+        )
+        if res.refused:
+            raise typer.Exit(CheckFailed.exit_code)
+        return
     t = Table(title="demo artifacts (synthetic val set)")
     for c in ("artifact", "computes", "size MB", "mAP50-95", "mAP50", "ms/image", "parity"):
         t.add_column(c)

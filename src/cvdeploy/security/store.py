@@ -165,6 +165,13 @@ class SecurityStore:
             db.execute("BEGIN")
             yield db
             db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise InputError(
+                f"{self.path} is not a cvdeploy users/keys database ({exc})",
+                hint="pass the server's --auth-db file, or a new path to create one",
+            ) from None
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")

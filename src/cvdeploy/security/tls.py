@@ -88,6 +88,8 @@ def write_self_signed(
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder", hint="--out names a folder")
     cert_path, key_path = out / f"{name}.pem", out / f"{name}-key.pem"
     if cert_path.exists() or key_path.exists():
         raise UsageError(f"{cert_path} or {key_path} exists", hint="choose another --out")
