@@ -436,6 +436,20 @@ class Bundle:
         """Absolute paths of the bundle's sample images."""
         return [self.path / s.path for s in self.manifest.samples]
 
+    def last_evaluated_data(self) -> Path | None:
+        """The dataset of the bundle's most recent evaluation, when it still exists (what a
+        command that needs images falls back to, saying so)."""
+        found = [
+            (c.created, Path(str(c.data.get("data"))))
+            for a in self.manifest.artifacts
+            for c in a.checks
+            if c.kind == "metrics" and c.data.get("data")
+        ]
+        for _, path in sorted(found, key=lambda t: t[0], reverse=True):
+            if path.exists():
+                return path
+        return None
+
     @classmethod
     def load(
         cls, path: Path | str, *, verify: bool = True, loader: ArtifactLoader | None = None

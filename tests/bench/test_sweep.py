@@ -86,7 +86,7 @@ def test_no_record_leaves_the_bundle_alone(tiny_bundle: Bundle, images: list[Pat
 
 
 def test_default_images_are_the_bundle_samples(tiny_bundle: Bundle, images: list[Path]) -> None:
-    with pytest.raises(UsageError, match="--images"):
+    with pytest.raises(UsageError, match="--data"):
         run_sweep(tiny_bundle, None, iters=1, record=False)
     with tiny_bundle.edit(action="samples") as edit:
         edit.add_samples(images[:2])
@@ -142,3 +142,43 @@ def test_recommendation_prefers_fast_among_accurate() -> None:
     pick, _ = recommend([_result("a", 10.0, None), _result("b", 16.0, None, batch=4)])
     assert pick == "b"
     assert recommend([])[0] is None
+
+
+def test_rounds_keep_the_median_round_and_its_spread(
+    tiny_bundle: Bundle, images: list[Path]
+) -> None:
+    rep = run_sweep(
+        tiny_bundle, images, artifacts="onnx-b1", iters=6, warmup=0, record=False, rounds=3
+    )
+    (r,) = rep.results
+    assert len(r.round_p50_ms) == 3
+    assert r.e2e_ms.p50 == sorted(r.round_p50_ms)[1]  # the median round
+    assert r.spread == pytest.approx(
+        (max(r.round_p50_ms) - min(r.round_p50_ms)) / sorted(r.round_p50_ms)[1]
+    )
+    assert r.to_dict()["round_p50_ms"] == r.round_p50_ms
+
+
+def test_differences_within_the_spread_are_called_noise() -> None:
+    a, b = _result("a", 10.0, None), _result("b", 10.4, None)
+    a.round_p50_ms, b.round_p50_ms = [9.0, 10.0, 11.0], [10.0, 10.4, 10.8]
+    pick, why = recommend([a, b])
+    assert pick == "a" and "within noise of b" in why
+    c = _result("c", 20.0, None)
+    c.round_p50_ms = [19.8, 20.0, 20.2]
+    pick, why = recommend([a, c])
+    assert pick == "a" and "noise" not in why
+
+
+def test_bench_falls_back_to_the_last_evaluation_images(
+    tiny_bundle: Bundle, images: list[Path]
+) -> None:
+    folder = images[0].parent
+    with tiny_bundle.edit(action="eval") as edit:
+        edit.add_check(
+            "onnx-b1",
+            Check(kind="metrics", name="x", data={"metrics": {}, "data": str(folder)}),
+        )
+    rep = run_sweep(tiny_bundle, None, artifacts="onnx-b1", iters=1, warmup=0, record=False)
+    assert rep.images == len(images)
+    assert any("last evaluation" in n and str(folder) in n for n in rep.notes)

@@ -101,7 +101,8 @@ def test_bad_usage_exits_2(bundle: Path, data: Path, tmp_path: Path) -> None:
 def test_library_output_does_not_corrupt_json(
     bundle: Path, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Third-party prints during tuning (NNCF logs to stdout) go to stderr under --json."""
+    """Third-party prints during tuning (NNCF logs to stdout) never reach stdout under --json:
+    with --verbose they go to stderr, by default to a log file that the command names."""
     real = tune_mod.eval_accuracy
 
     def noisy(b: Bundle, aid: str, s: Settings, d: Path, o: TuneOptions) -> Accuracy:
@@ -109,7 +110,56 @@ def test_library_output_does_not_corrupt_json(
         return real(b, aid, s, d, o)
 
     monkeypatch.setattr(tune_mod, "eval_accuracy", noisy)
-    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE, "--json"])
+    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE, "--json", "--verbose"])
     assert code == 0, err
     assert json.loads(out)["recommended"]["artifact"] == "onnx-fp32"
     assert "INFO:nncf" in err
+    monkeypatch.setenv("XDG_CACHE_HOME", str(bundle.parent / "cache"))
+    code, out, err = _run(["tune", str(bundle), "--data", str(data), *BASE, "--json"])
+    assert code == 0, err
+    assert json.loads(out)["recommended"]["artifact"] == "onnx-fp32"
+    assert "INFO:nncf" not in err and "third-party output" in err
+    (log,) = (bundle.parent / "cache" / "cvdeploy" / "logs").glob("tune-*.log")
+    assert "INFO:nncf:something on stdout" in log.read_text()
+
+
+def test_failures_are_summarised_below_the_table_and_strict_exits_1(
+    bundle: Path, data: Path
+) -> None:
+    """An INT8 candidate that cannot be made (4 calibration images) is one line below the
+    table with its reason and a fix in tune's terms; --strict makes it exit 1."""
+    args = ["tune", str(bundle), "--data", str(data), "--formats", "onnx"]
+    args += ["--precisions", "fp32,int8", "--threads", "1", "--iters", "2"]
+    code, out, err = _run(args)
+    assert code == 0, err
+    text = " ".join(err.split())
+    assert "1 of 2 candidates could not be made or measured:" in text
+    assert text.count("onnx-int8: could not be made (quantize)") == 1  # each reason once
+    assert "fix: quantize it yourself" in text and "--engine nncf" in text
+    assert "(hint:" not in text  # quantize's own hints (its flags) are not repeated by tune
+    assert "recommended: onnx-fp32" in text
+    code, out, err = _run([*args, "--strict", "--json"])
+    assert code == 1
+    obj = json.loads(out)  # one object, with the error in it
+    assert obj["recommended"]["artifact"] == "onnx-fp32"
+    assert obj["error"]["exit_code"] == 1 and "--strict" in obj["error"]["message"]
+    assert obj["failures"][0]["artifacts"] == ["onnx-int8"]
+
+
+def test_table_fits_80_columns_and_wide_adds_columns(bundle: Path, data: Path) -> None:
+    from rich.console import Console
+
+    from cvdeploy.cli.tune_cmds import tune_table
+    from cvdeploy.workflows import TuneOptions as Opts
+    from cvdeploy.workflows import tune_bundle
+
+    opts = Opts(formats=("onnx",), precisions=("fp32",), threads=(1,), iters=2, progress=False)
+    rep = tune_bundle(bundle, data, options=opts)
+    con = Console(width=80, record=True)
+    con.print(tune_table(rep))
+    text = con.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "onnx-fp32*" in text  # the recommended marker is not cut off
+    wide = Console(width=200, record=True)
+    wide.print(tune_table(rep, wide=True))
+    assert "img/s" in wide.export_text() and "img/s" not in text

@@ -36,6 +36,9 @@ CANDIDATE_KEYS = {
     "e2e_ms",
     "throughput_ips",
     "pre_post_share",
+    "round_p50_ms",
+    "p50_spread_ms",
+    "fix",
 }
 
 

@@ -129,6 +129,17 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
     inference_precision: str = "f32"
     """What the artifact computed in (as its runtime reported it)."""
+    round_p50_ms: list[float] = field(default_factory=list)
+    """The end-to-end p50 of each round when the sweep measured in several rounds (the
+    result is the round with the median p50)."""
+
+    @property
+    def spread(self) -> float | None:
+        """``(max - min) / median`` of the round p50s (``None`` with one round)."""
+        r = sorted(self.round_p50_ms)
+        if len(r) < 2 or r[len(r) // 2] <= 0:
+            return None
+        return (r[-1] - r[0]) / r[len(r) // 2]
 
     @property
     def key(self) -> str:
@@ -155,6 +166,8 @@ class BenchResult:
             "format": self.format,
             "precision": self.precision,
             "inference_precision": self.inference_precision,
+            "round_p50_ms": list(self.round_p50_ms),
+            "p50_spread": _finite(self.spread) if self.spread is not None else None,
             "batch": self.batch,
             "imgsz": list(self.imgsz),
             "threads": self.threads,
@@ -196,12 +209,19 @@ def conditions_key(cond: dict[str, Any]) -> str:
     )
 
 
-def not_applicable(artifact: Artifact, *, batch: int, imgsz: tuple[int, int] | None) -> str | None:
-    """Why an artifact cannot run a batch size / input size (``None`` when it can)."""
+def not_applicable(
+    artifact: Artifact,
+    *,
+    batch: int,
+    imgsz: tuple[int, int] | None,
+    hint: str = "re-export with --dynamic",
+) -> str | None:
+    """Why an artifact cannot run a batch size / input size (``None`` when it can); ``hint``
+    says what to do about a fixed batch (see :func:`cvdeploy.bench.sweep.reexport_hint`)."""
     io = artifact.io
     fixed = io.fixed_batch
     if fixed is not None and fixed != batch:
-        return f"fixed batch {fixed}: cannot run batch {batch} (export with --dynamic)"
+        return f"fixed batch {fixed}: cannot run batch {batch} ({hint})"
     if imgsz is not None and not io.dynamic_size:
         shape = io.input.shape
         hw = tuple(shape[2:4] if io.layout == "NCHW" else shape[1:3])

@@ -69,7 +69,7 @@ def results_table(report: SweepReport) -> Table:
             str(r.threads or "-"),
             str(r.concurrency),
             f"{r.cold_start_ms:.0f}",
-            _ms(r.e2e_ms.p50),
+            _ms(r.e2e_ms.p50) + ("" if r.spread is None else f" ±{100 * r.spread / 2:.0f}%"),
             _ms(r.e2e_ms.p90),
             _ms(r.e2e_ms.p99),
             _ms(s["decode"].mean),
@@ -86,7 +86,8 @@ def results_table(report: SweepReport) -> Table:
         "computes = the precision the runtime computed in; ms per request of b images; "
         "size = input; thr = threads (- default); conc = in "
         "flight; cold = load + first request; p50/p90/p99 end to end (dec + pre + inf + "
-        "post); stage columns are means; pp% = (pre + post) share of mean e2e; rssMB = peak "
+        "post), ± half the spread of p50 between rounds; stage columns are means; pp% = "
+        "(pre + post) share of mean e2e; rssMB = peak "
         "RSS; MB = file size; accuracy = latest recorded mAP50-95/top1 @ input size (* other "
         "size); artifact* = recommended"
     )

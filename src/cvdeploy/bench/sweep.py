@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvdeploy.bench.harness import BenchConfig, BenchResult, bench_artifact, not_applicable
+from cvdeploy.bench.harness import (
+    DEFAULT_ITERS,
+    BenchConfig,
+    BenchResult,
+    bench_artifact,
+    not_applicable,
+)
 from cvdeploy.bundle import Bundle, Check
+from cvdeploy.data import image_paths
 from cvdeploy.errors import UsageError
 from cvdeploy.pipeline.predictor import Thresholds, select_artifact
 from cvdeploy.progress import track
@@ -74,23 +81,46 @@ class SweepReport:
         }
 
 
-def resolve_images(bundle: Bundle, images: Path | Sequence[Path] | None) -> list[Path]:
-    """The benchmark images: the given files/folders, else the bundle's sample images.
+def resolve_images(
+    bundle: Bundle, images: Path | Sequence[Path] | None, notes: list[str] | None = None
+) -> list[Path]:
+    """The benchmark images: the given data (dataset yaml, COCO json, folders, files), else
+    the bundle's sample images, else the images of the bundle's last evaluation (said in
+    ``notes``).
 
     Raises:
-        UsageError: No images were given and the bundle stores none.
+        UsageError: No images were given and the bundle has none to fall back to.
     """
     if images is None or (not isinstance(images, Path) and not images):
         paths = bundle.sample_images()
-        if not paths:
+        if paths:
+            return paths
+        last = bundle.last_evaluated_data()
+        if last is None:
             raise UsageError(
-                f"bundle {bundle.name!r} stores no sample images to benchmark with",
-                hint="pass --images DIR with real images (e.g. your validation images)",
+                f"bundle {bundle.name!r} stores no sample images to benchmark with, and has "
+                "no evaluation whose images could stand in: pass --data",
+                hint="pass --data with real images (a dataset yaml, a COCO json or a folder)",
             )
-        return paths
-    from cvdeploy.data.folder import list_images
+        if notes is not None:
+            notes.append(
+                f"no --data and no sample images in the bundle: benchmarking on the images of "
+                f"its last evaluation ({last})"
+            )
+        images = last
+    return image_paths(images, what="--data")
 
-    return list_images(images)
+
+def reexport_hint(bundle: Bundle) -> str:
+    """What to do about a fixed batch: re-export with ``--dynamic`` when the bundle holds a
+    source that can give a dynamic batch (a torch model, or an ONNX model with a dynamic
+    batch), else say that the imported model fixes it."""
+    if any(
+        a.format == "torch" or (a.format == "onnx" and a.io.dynamic_batch)
+        for a in bundle.manifest.artifacts
+    ):
+        return "re-export with --dynamic"
+    return "the model it was imported from has a fixed batch; export it with a dynamic batch"
 
 
 def resolve_artifacts(bundle: Bundle, artifacts: str | Sequence[str] | None) -> list[str]:
@@ -139,7 +169,33 @@ def recommend(results: Sequence[BenchResult]) -> tuple[str | None, str]:
         candidates = list(best)
         why = "fastest; no accuracy is recorded for these artifacts (run `cvdeploy eval`)"
     pick = min(candidates, key=lambda a: best[a])
-    return pick, f"{pick}: {best[pick]:.2f} ms/image e2e p50, {why}"
+    spread = _artifact_spread(results)
+    close = [
+        a
+        for a in candidates
+        if a != pick
+        and best[a] <= best[pick] * (1 + max(spread.get(pick, 0.0), spread.get(a, 0.0)))
+    ]
+    noise = (
+        f"; within noise of {', '.join(close)} (their p50s differ by less than the spread "
+        "between rounds)"
+        if close
+        else ""
+    )
+    return pick, f"{pick}: {best[pick]:.2f} ms/image e2e p50, {why}{noise}"
+
+
+def _artifact_spread(results: Sequence[BenchResult]) -> dict[str, float]:
+    """The largest relative spread between rounds measured for each artifact."""
+    out: dict[str, float] = {}
+    for r in results:
+        if r.spread is not None:
+            out[r.artifact] = max(out.get(r.artifact, 0.0), r.spread)
+    return out
+
+
+DRIFT_NOTE = 0.10
+"""A spread between rounds above this is said in the report: the machine's timings drift."""
 
 
 def run_sweep(
@@ -158,6 +214,7 @@ def run_sweep(
     profile: bool = False,
     record: bool = True,
     progress: bool = False,
+    rounds: int = 1,
 ) -> SweepReport:
     """Benchmark every combination of artifacts and conditions.
 
@@ -176,13 +233,18 @@ def run_sweep(
         profile: Add per-operator profiles.
         record: Record each result as a ``latency`` check of its artifact.
         progress: Show a progress bar over the combinations.
+        rounds: Measure every combination this many times, the combinations alternating
+            (A B C, C B A, ...), each round with ``iters`` (or ``seconds``) split between
+            the rounds; each result is the round with the median p50, and carries every
+            round's p50 (its spread says how much the machine's timings drift).
 
     Returns:
         The report (results, skipped combinations, recommendation, environment).
     """
     from cvdeploy.environment import fingerprint
 
-    paths = resolve_images(bundle, images)
+    notes: list[str] = []
+    paths = resolve_images(bundle, images, notes)
     ids = resolve_artifacts(bundle, artifacts)
     env = fingerprint()
     results: list[BenchResult] = []
@@ -197,6 +259,7 @@ def run_sweep(
         )
     )
     runnable = []
+    dynamic_hint = reexport_hint(bundle)
     for aid, b, size, t, c in combos:
         art = bundle.artifact(aid)
         av = RUNTIMES.availability(art.format) if art.format in RUNTIMES.names() else None
@@ -204,13 +267,23 @@ def run_sweep(
             f"no runtime registered for format {art.format!r}"
             if av is None
             else (None if av.available else av.reason)
-        ) or not_applicable(art, batch=b, imgsz=size)
+        ) or not_applicable(art, batch=b, imgsz=size, hint=dynamic_hint)
         if reason:
             skipped.append(Skipped(aid, b, size, t, c, reason))
         else:
             runnable.append((aid, b, size, t, c))
-    for aid, b, size, t, c in track(
-        runnable, total=len(runnable), description="bench", enabled=progress
+    if rounds < 1:
+        raise UsageError(f"rounds must be >= 1, got {rounds}")
+    per_iters = None if iters is None else max(1, -(-iters // rounds))
+    per_seconds = None if seconds is None else seconds / rounds
+    if iters is None and seconds is None:
+        per_iters = max(1, -(-DEFAULT_ITERS // rounds))
+    by_combo: dict[tuple[Any, ...], list[BenchResult]] = {combo: [] for combo in runnable}
+    order = [
+        (r, combo) for r in range(rounds) for combo in (runnable if r % 2 == 0 else runnable[::-1])
+    ]
+    for _, (aid, b, size, t, c) in track(
+        order, total=len(order), description="bench", enabled=progress
     ):
         cfg = BenchConfig(
             batch=b,
@@ -218,12 +291,24 @@ def run_sweep(
             threads=t,
             concurrency=c,
             warmup=warmup,
-            iters=iters,
-            seconds=seconds,
+            iters=per_iters,
+            seconds=per_seconds,
             thresholds=thresholds or Thresholds(),
         )
-        results.append(
+        by_combo[(aid, b, size, t, c)].append(
             bench_artifact(bundle, aid, paths, config=cfg, profile=profile, environment=env)
+        )
+    for runs in by_combo.values():
+        ranked = sorted(runs, key=lambda r: r.e2e_ms.p50)
+        chosen = ranked[len(ranked) // 2]
+        if len(runs) > 1:
+            chosen.round_p50_ms = [r.e2e_ms.p50 for r in runs]
+        results.append(chosen)
+    drift = max((r.spread or 0.0 for r in results), default=0.0)
+    if drift > DRIFT_NOTE:
+        notes.append(
+            f"timings drifted by up to {drift:.0%} between rounds on this machine: differences "
+            "smaller than that are noise, not a ranking"
         )
     rec, why = recommend(results)
     report = SweepReport(
@@ -234,6 +319,7 @@ def run_sweep(
         recommendation=why,
         environment=env,
         images=len(paths),
+        notes=notes,
     )
     if record and results:
         record_results(bundle, results, environment=env)

@@ -48,9 +48,14 @@ def bench_cmd(
             "(default: the recommended / first runnable)"
         ),
     ] = None,
-    images: Annotated[
+    data: Annotated[
         list[Path] | None,
-        typer.Option(help="real image folder or files (default: the bundle's samples)"),
+        typer.Option(
+            "--data",
+            "--images",
+            help="real images: a dataset yaml, a COCO json, a folder or files (default: the "
+            "bundle's sample images, else the images of its last eval)",
+        ),
     ] = None,
     batch: Annotated[str, typer.Option(help="batch sizes, e.g. 1,8")] = "1",
     imgsz: Annotated[
@@ -67,6 +72,14 @@ def bench_cmd(
     seconds: Annotated[
         float | None, typer.Option(help="measure for this many seconds instead of --iters")
     ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="measure in this many alternating rounds (--iters/--seconds split between "
+            "them); each figure is the median round, with the spread between rounds",
+            min=1,
+        ),
+    ] = 3,
     concurrency: Annotated[
         str, typer.Option(help="requests in flight, e.g. 1,4,16 (one runner per worker thread)")
     ] = "1",
@@ -107,7 +120,7 @@ def bench_cmd(
     conc = [n or 1 for n in _ints(concurrency, "--concurrency")]
     rep = run_sweep(
         b,
-        images or None,
+        data or None,
         artifacts=artifact,
         batches=batches,
         imgszs=sizes,
@@ -120,6 +133,7 @@ def bench_cmd(
         profile=profile,
         record=record,
         progress=not json_out,
+        rounds=rounds,
     )
     if not rep.results:
         reasons = "; ".join(sorted({f"{s.artifact}: {s.reason}" for s in rep.skipped}))
@@ -142,9 +156,14 @@ def bench_cmd(
     errc = err_console()
     if rep.results:
         con.print(results_table(rep))
-    for s in rep.skipped:
-        size = f" {s.imgsz[0]}x{s.imgsz[1]}" if s.imgsz else ""
-        errc.print(f"skipped {s.artifact} batch {s.batch}{size}: {s.reason}")
+    for note in rep.notes:
+        errc.print(f"note: {note}")
+    skips: dict[tuple[str, str], int] = {}
+    for s in rep.skipped:  # one line per artifact and reason, however many combinations
+        skips[(s.artifact, s.reason)] = skips.get((s.artifact, s.reason), 0) + 1
+    for (aid, reason), n in skips.items():
+        times = f" ({n} combinations)" if n > 1 else ""
+        errc.print(f"skipped {aid}: {reason}{times}")
     for r in rep.results:
         for note in r.notes:
             errc.print(f"note ({r.artifact}): {note}")

@@ -17,7 +17,13 @@ from cvdeploy.errors import UsageError
 def import_cmd(
     path: Annotated[Path, typer.Argument(help="ONNX file, OpenVINO .xml, or a folder holding one")],
     out: Annotated[Path, typer.Option("--out", "-o", help="bundle directory to create")],
-    name: Annotated[str | None, typer.Option(help="bundle name (default: file stem)")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="bundle name, the model's name in the server's URLs (default: the --out "
+            "folder's name)"
+        ),
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -42,14 +48,19 @@ def import_cmd(
     std: Annotated[str | None, typer.Option(help="per-channel std after scaling, 'a,b,c'")] = None,
     samples: Annotated[
         Path | None,
-        typer.Option(help="images to keep in the bundle for parity checks (up to 8 are stored)"),
+        typer.Option(
+            "--data",
+            "--samples",
+            help="real images to keep in the bundle for later parity checks and benchmarks (a "
+            "dataset yaml, COCO json or folder; up to 8 are stored; default: none)",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Wrap an external ONNX model or OpenVINO IR into a bundle (spec from metadata + flags)."""
-    from cvdeploy.data.folder import list_images
-    from cvdeploy.export.importer import ImportOverrides, import_model, read_names_file
+    from cvdeploy.data import image_paths
+    from cvdeploy.export import ImportOverrides, import_model, read_names_file
 
     def floats(v: str | None) -> tuple[float, ...] | None:
         if v is None:
@@ -72,9 +83,14 @@ def import_cmd(
         mean=floats(mean),
         std=floats(std),
     )
-    sample_files = list_images(samples)[:8] if samples else []
+    sample_files = image_paths(samples, what="--data")[:8] if samples else []
     bundle, notes = import_model(
-        path, out=out, name=name, overrides=ov, overwrite=overwrite, samples=sample_files
+        path,
+        out=out,
+        name=name or out.resolve().name,
+        overrides=ov,
+        overwrite=overwrite,
+        samples=sample_files,
     )
     if json_out:
         print_json(
@@ -202,15 +218,30 @@ def info_cmd(
     con.print(t)
     con.print(f"  this CPU: {describe_native(flags)}; each artifact runs at the precision above")
     if m.recommended:
-        r = m.recommended
-        opts = ", ".join(
-            [f"threads {r.options.threads or 'default'}"]
-            + [f"{k}={v}" for k, v in r.options.extra.items()]
-        )
-        con.print(f"recommended: {r.artifact} ({opts}; chosen by {r.source} for {r.target})")
+        con.print(recommended_table(m.recommended))
     con.print("history:")
     for h in m.history:
         con.print(f"  {h.time.isoformat()}  {h.action}  {_short(h.details)}")
+
+
+def recommended_table(r: Any) -> Table:
+    """The bundle's recommended configuration as a two-column table."""
+    t = Table(title="recommended configuration (used by predict, eval, bench, serve)")
+    t.add_column("setting")
+    t.add_column("value")
+    t.add_row("artifact", r.artifact)
+    t.add_row("threads", str(r.options.threads or "runtime default"))
+    for k, v in r.options.extra.items():
+        t.add_row(k, str(v))
+    if r.accuracy is not None:
+        floor = f" (floor {r.floor:.4f})" if r.floor is not None else ""
+        t.add_row(r.metric or "accuracy", f"{r.accuracy:.4f}{floor} on {r.dataset}")
+    if r.e2e_ms:
+        t.add_row("end to end p50", f"{r.e2e_ms.get('p50', float('nan')):.2f} ms")
+    if r.throughput_ips is not None:
+        t.add_row("throughput", f"{r.throughput_ips:.1f} images/s")
+    t.add_row("chosen by", f"{r.source} for {r.target}" + (f", {r.measured}" if r.measured else ""))
+    return t
 
 
 def _short(d: dict[str, Any]) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -85,19 +88,88 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextlib.contextmanager
-def third_party_output_to_stderr() -> Iterator[None]:
-    """Keep stdout for our table or JSON while library stages run.
+def third_party_output_to_stderr(log_file: Path | None = None) -> Iterator[None]:
+    """Keep stdout for our table or JSON, and the terminal for our own messages, while
+    library stages run.
 
-    The CLI is the application, so it decides what third-party code prints: NNCF's INFO
-    log is lowered to WARNING, and whatever else writes to stdout during the block
-    (NNCF's progress bars) goes to stderr.
+    The CLI is the application, so it decides what third-party code prints: NNCF's INFO log is
+    lowered to WARNING. Without ``log_file`` whatever else writes to stdout during the block
+    (NNCF's progress bars) goes to stderr. With ``log_file`` (the default of the long
+    commands; ``--verbose`` turns it off), third-party output goes to that file instead:
+    Python-level stdout and warnings, and everything native code writes to file descriptor 2
+    (TensorFlow's and the LiteRT interpreter's log lines); cvdeploy's own messages and
+    progress bars still reach the terminal.
     """
     with contextlib.suppress(ImportError):
         import nncf
 
         nncf.set_log_level(logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    if log_file is None:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as log:
+        try:
+            own_fd2 = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):
+            own_fd2 = False  # stderr already captured (tests): leave it as it is
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        ours: Any = None
+        old_stderr = sys.stderr
+        if own_fd2:
+            ours = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), write_through=True)
+            sys.stderr = ours
+
+        def to_log(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
+            log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        try:
+            with contextlib.redirect_stdout(log), warnings.catch_warnings():
+                warnings.showwarning = to_log
+                yield
+        finally:
+            log.flush()
+            if ours is not None:
+                ours.flush()
+                sys.stderr = old_stderr
+                ours.close()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def third_party_log(command: str) -> Path:
+    """Where a long command's third-party output goes (unless ``--verbose``):
+    ``$XDG_CACHE_HOME/cvdeploy/logs/COMMAND-TIME.log`` (``~/.cache`` by default)."""
+    import datetime as _dt
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvdeploy" / "logs"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return base / f"{command}-{stamp}-{os.getpid()}.log"
+
+
+def say_log(log_file: Path | None) -> None:
+    """Tell where third-party output went, when there was any."""
+    if log_file is not None and log_file.is_file() and log_file.stat().st_size > 0:
+        err_console().print(f"third-party output (TensorFlow, NNCF...): {log_file}", soft_wrap=True)
+
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="show third-party output (TensorFlow, NNCF) instead of logging it to a file",
+    ),
+]
 
 
 def print_json(obj: Any) -> None:

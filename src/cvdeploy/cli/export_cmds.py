@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cvdeploy.cli.common import err_console, handle_errors, out_console, parse_imgsz, print_json
+from cvdeploy.cli.common import (
+    VerboseOpt,
+    err_console,
+    handle_errors,
+    out_console,
+    parse_imgsz,
+    print_json,
+    say_log,
+    third_party_log,
+    third_party_output_to_stderr,
+)
 from cvdeploy.errors import CheckFailed
 
 
@@ -56,6 +66,7 @@ def export_cmd(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing artifacts / bundle")] = False,
+    verbose: VerboseOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Export a model to deployment formats; every artifact must pass the parity gate."""
@@ -69,21 +80,25 @@ def export_cmd(
         simplify=simplify,
         half=half,
     )
-    report = export_model(
-        source,
-        formats=format.split(","),
-        out=out,
-        options=opts,
-        spec_file=spec,
-        data=data,
-        overwrite=overwrite,
-    )
+    log = None if verbose else third_party_log("export")
+    with third_party_output_to_stderr(log):
+        report = export_model(
+            source,
+            formats=format.split(","),
+            out=out,
+            options=opts,
+            spec_file=spec,
+            data=data,
+            overwrite=overwrite,
+        )
+    say_log(log)
     if json_out:
         print_json(
             {
                 "bundle": str(report.bundle),
                 "source": report.source,
                 "ok": report.ok,
+                "notes": report.notes,
                 "outcomes": [
                     {
                         "artifact": o.artifact_id,
@@ -117,6 +132,8 @@ def export_cmd(
             )
             t.add_row(o.artifact_id, o.status, par, escape(o.message))
         out_console().print(t)
+        for note in report.notes:
+            err_console().print(f"note: {escape(note)}")
     if not report.ok:
         err_console().print("[red]some artifacts were not added (see above); the others were")
         raise typer.Exit(CheckFailed.exit_code)

@@ -9,10 +9,13 @@ import typer
 from rich.table import Table
 
 from cvdeploy.cli.common import (
+    VerboseOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    say_log,
+    third_party_log,
     third_party_output_to_stderr,
 )
 from cvdeploy.errors import UsageError
@@ -71,11 +74,16 @@ def _print_explanation(exp: Explanation) -> None:
 @handle_errors
 def quantize_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-    calib: Annotated[
+    data: Annotated[
         Path | None,
         typer.Option(
-            help="calibration images: dataset yaml (train split), COCO json, or image folder"
+            help="the images: a dataset yaml (train split, else val), a COCO json or an image "
+            "folder; calibration set, and with --max-drop the labelled set the mAP is measured on"
         ),
+    ] = None,
+    calib: Annotated[
+        Path | None,
+        typer.Option(help="a separate calibration set (default: --data)"),
     ] = None,
     backend: Annotated[
         str,
@@ -100,10 +108,11 @@ def quantize_cmd(
     ] = True,
     max_drop: Annotated[
         float | None,
-        typer.Option(help="largest acceptable absolute mAP50-95 drop (needs --eval-data)"),
+        typer.Option(help="largest acceptable absolute mAP50-95 drop, measured on --data"),
     ] = None,
     eval_data: Annotated[
-        Path | None, typer.Option(help="labelled dataset for mAP (recorded for FP32 and INT8)")
+        Path | None,
+        typer.Option(help="a separate labelled set for the mAP (default: --data with labels)"),
     ] = None,
     keep_float: Annotated[
         list[str] | None,
@@ -130,12 +139,17 @@ def quantize_cmd(
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help="with --explain: images to time on (default: the bundle's samples)"),
+        typer.Option(
+            "--images",
+            hidden=True,
+            help="with --explain: images to time on (the same as --data)",
+        ),
     ] = None,
     measure: Annotated[
         bool, typer.Option(help="time FP32 and INT8 side by side and diagnose")
     ] = True,
     threads: Annotated[int | None, typer.Option(help="runtime threads for timing")] = None,
+    verbose: VerboseOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """INT8 post-training quantization with accuracy control and a speed diagnosis.
@@ -149,21 +163,31 @@ def quantize_cmd(
 
     b = Bundle.load(bundle)
     if explain:
-        from cvdeploy.data.folder import list_images
+        from cvdeploy.data import image_paths
         from cvdeploy.optimize.explain import explain_artifact
 
-        paths = list_images(images)[:LATENCY_IMAGES] if images else []
+        timing = images or data
+        paths = image_paths(timing, what="--data")[:LATENCY_IMAGES] if timing else []
         exp = explain_artifact(b, artifact, images=paths, threads=threads)
         if json_out:
             print_json(exp.to_dict())
         else:
             _print_explanation(exp)
         return
+    calib = calib or data
     if calib is None:
         raise UsageError(
-            "--calib is required to quantize",
-            hint="pass --calib DATA (or --explain to diagnose an existing INT8 artifact)",
+            "quantize needs images to calibrate on",
+            hint="pass --data DATA (or --calib DATA for a calibration set alone; --explain "
+            "diagnoses an existing INT8 artifact)",
         )
+    if max_drop is not None and eval_data is None:
+        if data is None:
+            raise UsageError(
+                "--max-drop needs a labelled set to measure the mAP on",
+                hint="pass --data DATA.yaml (or --eval-data for a separate labelled set)",
+            )
+        eval_data = data
     from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 
     opts = QuantizeOptions(
@@ -184,8 +208,10 @@ def quantize_cmd(
         progress=not json_out,
     )
     con = err_console()
-    with third_party_output_to_stderr():
+    log = None if verbose else third_party_log("quantize")
+    with third_party_output_to_stderr(log):
         rep = quantize_bundle(b, calib, options=opts, log=lambda m: con.print(m, markup=False))
+    say_log(log)
     if json_out:
         print_json(rep.to_dict())
         return

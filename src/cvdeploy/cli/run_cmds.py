@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -56,14 +57,16 @@ def predict_cmd(
     records = []
     with pred:
         for p in paths:
+            t0 = time.perf_counter()
             img = read_image(p)
+            decode_ms = (time.perf_counter() - t0) * 1e3
             (res,), times = pred.predict_batch([img])
             rec = {
                 "image": str(p),
                 "width": img.shape[1],
                 "height": img.shape[0],
                 "results": res.to_dicts(names),
-                "speed_ms": times.per_image(),
+                "speed_ms": {"decode": decode_ms, **times.per_image()},
             }
             if save is not None:
                 dst = save / f"{p.stem}.jpg"
@@ -84,7 +87,13 @@ def predict_cmd(
         sp = rec["speed_ms"]
         con.print(
             f"{rec['image']}: {len(items)} result(s) {desc}{more}  "
-            f"[{sp['preprocess']:.1f}+{sp['inference']:.1f}+{sp['postprocess']:.1f} ms]"
+            f"[{sp['decode']:.1f}+{sp['preprocess']:.1f}+{sp['inference']:.1f}"
+            f"+{sp['postprocess']:.1f} ms]"
+        )
+    if records:
+        err_console().print(
+            "ms per image: [decode + preprocess + inference + postprocess] (the first image "
+            "includes the runtime's warm-up)"
         )
     if save is not None:
         err_console().print(f"saved {len(records)} image(s) to {save}")
@@ -110,6 +119,10 @@ def eval_cmd(
     batch: Annotated[int, typer.Option(help="images per inference call")] = 1,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     record: Annotated[bool, typer.Option(help="record the result in the bundle")] = True,
+    per_class: Annotated[
+        bool,
+        typer.Option("--per-class", help="print a row per class (always in --json)"),
+    ] = False,
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -144,11 +157,15 @@ def eval_cmd(
             f"mAP50 {m['map50']:.4f}"
         )
         per = m.get("per_class", {})
-        if per:
+        if per and not per_class:
+            err_console().print(
+                f"{len(per)} classes evaluated; --per-class prints each one's AP50-95"
+            )
+        elif per:
             t = Table(title="per-class AP50-95 (classes with ground truth)")
             t.add_column("class")
             t.add_column("AP50-95", justify="right")
-            for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:80]:
+            for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                 t.add_row(k, f"{v:.4f}")
             con.print(t)
     else:

@@ -185,9 +185,13 @@ def serve_cmd(
         else None,
     )
     # Fail fast, with exit code 2, on inputs that cannot be served.
+    served: list[tuple[str, str]] = []  # (model name in the URL, what serves it)
     if is_registry(cfg.source):
         reg = ModelRegistry(cfg.source)
-        if not any(reg.stage_version(n) for n in reg.models()):
+        served = [
+            (n, f"version {reg.stage_version(n)}") for n in reg.models() if reg.stage_version(n)
+        ]
+        if not served:
             raise BackendUnavailable(
                 f"registry {cfg.source} has no production version to serve",
                 hint="cvdeploy registry promote REGISTRY NAME VERSION --stage production",
@@ -199,6 +203,7 @@ def serve_cmd(
             require_signed(cfg.source, cfg.trusted_public_key)
         b = Bundle.load(cfg.source)
         art = select_artifact(b, None if cfg.artifact == "auto" else cfg.artifact)
+        served = [(b.name, f"artifact {art.id}")]
         if art.encryption is not None:  # a missing or wrong model key fails here, not later
             from cvdeploy.security.crypto import key_from_options, model_loader
 
@@ -210,14 +215,32 @@ def serve_cmd(
 
         ssl_options = uvicorn_ssl_options(cfg.tls)
     app = create_app(cfg)
+    scheme = "https" if cfg.tls is not None else "http"
+    base = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    urls = {name: f"{base}/v1/models/{name}/predict" for name, _ in served}
     if json_out:
-        print_json({"host": host, "port": port, "config": cfg.model_dump(mode="json")})
+        print_json(
+            {
+                "host": host,
+                "port": port,
+                "models": [{"name": n, "served": what, "url": urls[n]} for n, what in served],
+                "config": cfg.model_dump(mode="json"),
+            }
+        )
     else:
-        scheme = "https" if cfg.tls is not None else "http"
         pages = "dashboard: /dashboard, docs: /docs"
         if cfg.security is not None:
             pages += "; browsers log in at /login"
-        err_console().print(f"serving {cfg.source} on {scheme}://{host}:{port} ({pages})")
+        con = err_console()
+        con.print(f"serving {cfg.source} on {scheme}://{host}:{port} ({pages})")
+        for name, what in served:
+            con.print(f"  model {name!r} ({what}): POST {urls[name]}", soft_wrap=True)
+        first = next(iter(urls.values()))
+        auth = ' -H "Authorization: Bearer $CVDEPLOY_KEY"' if cfg.security is not None else ""
+        k = " -k" if scheme == "https" else ""
+        con.print(
+            f"  try: curl -s{k}{auth} -F image=@IMAGE.jpg {first}", markup=False, soft_wrap=True
+        )
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **ssl_options)
 
 

@@ -11,10 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvdeploy.cli.common import (
+    VerboseOpt,
     err_console,
     handle_errors,
     out_console,
     print_json,
+    say_log,
+    third_party_log,
     third_party_output_to_stderr,
 )
 from cvdeploy.errors import CheckFailed
@@ -155,6 +158,7 @@ def zoo_train(
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
     val_images: Annotated[int, typer.Option(help="size of the generated val set")] = 120,
+    verbose: VerboseOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="print one JSON object (steps still go to stderr)")
     ] = False,
@@ -163,10 +167,12 @@ def demo_cmd(
     from cvdeploy.workflows.demo import run_demo
 
     con = err_console()
-    with third_party_output_to_stderr():
+    log = None if verbose else third_party_log("demo")
+    with third_party_output_to_stderr(log):
         res = run_demo(
             out, say=lambda s: con.print(s, markup=False, highlight=False), val_images=val_images
         )
+    say_log(log)
     if json_out:
         print_json(
             {

@@ -26,7 +26,7 @@ from cvdeploy.data.io import (
     is_image_file,
     read_image,
 )
-from cvdeploy.data.load import load_detection_dataset
+from cvdeploy.data.load import image_paths, load_detection_dataset
 from cvdeploy.data.yolo import label_path_for, load_yolo_dataset
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "align_classification",
     "align_to_model",
     "decode_image_bytes",
+    "image_paths",
     "image_size",
     "is_image_file",
     "label_path_for",

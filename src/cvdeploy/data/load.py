@@ -5,12 +5,15 @@ The dispatcher sits above the readers (``yolo.py``, ``coco.py``), which build on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from cvdeploy.data.base import DetectionDataset
 from cvdeploy.data.coco import load_coco_dataset
+from cvdeploy.data.folder import list_images
+from cvdeploy.data.io import is_image_file
 from cvdeploy.data.yolo import load_yolo_dataset
-from cvdeploy.errors import DatasetError, UsageError
+from cvdeploy.errors import DatasetError, InputError, UsageError
 
 
 def load_detection_dataset(
@@ -68,3 +71,50 @@ def load_detection_dataset(
         f"dataset {path} is neither a data yaml nor a COCO json",
         hint="pass an Ultralytics data yaml (.yaml) or a COCO annotation file (.json)",
     )
+
+
+def image_paths(
+    data: Path | str | Sequence[Path | str], *, splits: Sequence[str] = ("val",), what: str = "data"
+) -> list[Path]:
+    """The images ``--data`` names, whatever it is: a dataset yaml (or a folder holding one),
+    a COCO json, a folder of images (searched recursively), image files, or several of these.
+
+    Args:
+        data: The path(s) given on the command line.
+        splits: Splits of a dataset yaml to try, in order (the first that has images wins).
+        what: What the images are for, for the messages (``--data``, ``--calib``).
+
+    Raises:
+        DatasetError: A path does not exist or holds no image.
+    """
+    items = [data] if isinstance(data, str | Path) else list(data)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if not p.exists():
+            raise DatasetError(
+                f"{what} {p} does not exist",
+                hint="give a dataset yaml, a COCO json, a folder of images or image files",
+            )
+        if p.is_file() and is_image_file(p):
+            out.append(p)
+        elif p.suffix.lower() in (".yaml", ".yml", ".json") or (
+            p.is_dir() and any(p.glob("*.y*ml"))
+        ):
+            errors: list[str] = []
+            for split in splits:
+                try:
+                    out.extend(it.path for it in load_detection_dataset(p, split=split).items)
+                    break
+                except DatasetError as exc:
+                    errors.append(str(exc).splitlines()[0])
+            else:
+                raise DatasetError(f"no images in {p}: {'; '.join(errors)}")
+        else:
+            try:
+                out.extend(list_images(p))
+            except InputError as exc:
+                raise DatasetError(exc.message, hint=exc.hint) from None
+    if not out:
+        raise DatasetError(f"{what}: no images found", hint="give real images with --data")
+    return list(dict.fromkeys(out))

@@ -130,6 +130,8 @@ class ExportReport:
     bundle: Path
     source: str
     outcomes: list[ExportOutcome]
+    notes: list[str] = field(default_factory=list)
+    """What the export decided on its own (e.g. which images the gate used), said once."""
 
     @property
     def ok(self) -> bool:

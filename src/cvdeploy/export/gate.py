@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cvdeploy.bundle import Artifact
-from cvdeploy.data import is_image_file, list_images, load_detection_dataset
+from cvdeploy.data import image_paths
 from cvdeploy.errors import InputError
 from cvdeploy.pipeline import Predictor
 from cvdeploy.runtime import create_runner
@@ -27,21 +27,13 @@ GATE_IMAGES = 16
 def gate_images(
     data: Path | None, fallback: Sequence[Path], *, limit: int = GATE_IMAGES
 ) -> list[Path]:
-    """Pick real images for the gate: from ``data`` (folder, image, dataset yaml) or fallback."""
-    paths: list[Path]
-    if data is None:
-        paths = list(fallback)
-    elif data.is_file() and is_image_file(data):
-        paths = [data]
-    elif data.suffix.lower() in (".yaml", ".yml", ".json") or (
-        data.is_dir() and any(data.glob("*.yaml"))
-    ):
-        paths = [it.path for it in load_detection_dataset(data, split="val").items]
-    else:
-        paths = list_images(data)
+    """Pick real images for the gate: from ``data`` (dataset yaml, COCO json, folder, image;
+    see :func:`cvdeploy.data.image_paths`) or ``fallback``, spread over the set."""
+    paths = list(fallback) if data is None else image_paths(data, what="--data")
     if not paths:
         raise InputError(
-            "no images for the parity gate", hint="pass --data with a folder of real images"
+            "no images for the parity gate",
+            hint="pass --data with real images (a dataset yaml, a COCO json or a folder)",
         )
     if len(paths) > limit:
         idx = np.linspace(0, len(paths) - 1, limit).round().astype(int)

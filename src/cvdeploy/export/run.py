@@ -346,6 +346,7 @@ def _export_from_bundle(
     overwrite: bool,
 ) -> ExportReport:
     target = bundle
+    notes: list[str] = []
     if out is not None and Path(out).resolve() != bundle.path.resolve():
         if Path(out).exists() and not overwrite:
             raise UsageError(f"{out} exists", hint="pass --overwrite or choose another --out")
@@ -382,7 +383,14 @@ def _export_from_bundle(
         )
     sources = {p: _source_artifact(target.manifest.artifacts, p, f) for f, p in targets}
     src_art = sources[targets[0][1]]
-    paths = gate_images(data, target.sample_images())
+    fallback = target.sample_images()
+    if data is None and not fallback and (last := target.last_evaluated_data()) is not None:
+        data = last
+        notes.append(
+            f"no --data and no sample images in the bundle: the gate uses the images of its "
+            f"last evaluation ({last})"
+        )
+    paths = gate_images(data, fallback)
     images = _load_images(paths)
     modules: dict[str, Any] = {}
     for a in sources.values():
@@ -415,4 +423,4 @@ def _export_from_bundle(
                 "no artifact passed: "
                 + "; ".join(f"{o.artifact_id}: {o.message}" for o in outcomes)
             )
-    return ExportReport(target.path, src_art.id, outcomes)
+    return ExportReport(target.path, src_art.id, outcomes, notes)

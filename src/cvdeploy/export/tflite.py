@@ -120,10 +120,10 @@ def export_tflite(ctx: ExportContext, out_dir: Path) -> Produced:
             f"onnx2tf produced input {list(io.input.shape)}, expected NHWC "
             f"{[shape[0], shape[2], shape[3], shape[1]]}"
         )
-    import onnx2tf
+    import importlib.metadata
 
-    facts: dict[str, Any] = {
-        "converter": f"onnx2tf {getattr(onnx2tf, '__version__', '?')}",
+    facts: dict[str, Any] = {  # the version without importing onnx2tf (and TensorFlow) here
+        "converter": f"onnx2tf {importlib.metadata.version('onnx2tf')}",
         "from": "torch" if ctx.torch_module is not None else ctx.source.format,
         **onnx_facts,
     }

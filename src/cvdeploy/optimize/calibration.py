@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cvdeploy.data.io import is_image_file, read_image
-from cvdeploy.errors import DatasetError, UsageError
+from cvdeploy.data import image_paths, read_image
+from cvdeploy.errors import UsageError
 from cvdeploy.pipeline.predictor import Predictor, Thresholds
 from cvdeploy.pipeline.results import Classification, Detections
 
@@ -64,37 +64,12 @@ class CalibrationSet:
 
 def list_calibration_images(data: Path | str) -> list[Path]:
     """Images named by ``data``: a YOLO data yaml (its train split, else val), COCO json,
-    a folder of images, or one image file.
+    a folder of images, or one image file (see :func:`cvdeploy.data.image_paths`).
 
     Raises:
-        DatasetError: Nothing usable was found.
+        InputError: Nothing usable was found.
     """
-    p = Path(data).expanduser()
-    if not p.exists():
-        raise DatasetError(
-            f"calibration data {p} does not exist",
-            hint="pass --calib with a dataset yaml, a COCO json or a folder of images",
-        )
-    if p.is_file() and is_image_file(p):
-        return [p]
-    if p.suffix.lower() in (".yaml", ".yml", ".json") or (p.is_dir() and any(p.glob("*.yaml"))):
-        from cvdeploy.data import load_detection_dataset
-
-        errors: list[str] = []
-        for split in ("train", "val"):
-            try:
-                ds = load_detection_dataset(p, split=split)
-            except DatasetError as exc:
-                errors.append(str(exc))
-                continue
-            return [it.path for it in ds.items]
-        raise DatasetError(f"no calibration images in {p}: {'; '.join(errors)}")
-    from cvdeploy.data.folder import list_images
-
-    paths = list_images(p)
-    if not paths:
-        raise DatasetError(f"no images in {p}", hint="--calib needs real, representative images")
-    return paths
+    return image_paths(data, splits=("train", "val"), what="calibration data")
 
 
 def build_calibration_set(

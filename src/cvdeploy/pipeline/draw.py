@@ -47,11 +47,12 @@ def draw(
         label = f"{names[int(cid)] if int(cid) < len(names) else int(cid)} {float(score):.2f}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         y_text = y1 - 4 if y1 - th - base - 4 > 0 else y1 + th + 4
-        cv2.rectangle(out, (x1, y_text - th - 2), (x1 + tw + 2, y_text + base), color, -1)
+        x_text = max(0, min(x1, w - tw - 3))  # the label stays inside the image
+        cv2.rectangle(out, (x_text, y_text - th - 2), (x_text + tw + 2, y_text + base), color, -1)
         cv2.putText(
             out,
             label,
-            (x1 + 1, y_text),
+            (x_text + 1, y_text),
             cv2.FONT_HERSHEY_SIMPLEX,
             scale,
             (0, 0, 0),

@@ -35,7 +35,7 @@ from typing import Any
 
 from cvdeploy.bench import BenchConfig, bench_artifact, not_applicable
 from cvdeploy.bundle import Artifact, Bundle, Check, RuntimeConfig, now
-from cvdeploy.errors import CvdeployError, DatasetError, UsageError
+from cvdeploy.errors import CheckFailed, CvdeployError, DatasetError, UsageError
 from cvdeploy.progress import track
 from cvdeploy.workflows.tune_report import (
     Accuracy,
@@ -190,11 +190,33 @@ def _out_of_time(deadline: float | None) -> bool:
 
 
 def _error_text(exc: BaseException) -> str:
+    """The reason, without the stage's hint (which names the stage command's own flags)."""
     if isinstance(exc, CvdeployError):
-        hint = f" (hint: {exc.hint})" if exc.hint else ""
-        return exc.message.splitlines()[0] + hint
+        return exc.message.splitlines()[0]
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _fix_for(plan: ArtifactPlan, exc: BaseException) -> str:
+    """What the user can do about a candidate that could not be made, in tune's terms."""
+    if plan.make == "quantize":
+        backend = QUANTIZE_BACKENDS.get(plan.format, plan.format)
+        engine = " --engine nncf" if backend == "onnxruntime" else ""
+        return (
+            f"quantize it yourself with the options that keep it accurate (`cvdeploy quantize "
+            f"BUNDLE --data DATA --backend {backend}{engine}`, or --method entropy, "
+            "--keep-float NODES), then run tune again: tune tries the artifacts the bundle has"
+        )
+    if plan.precision == "int8-bf16":
+        return "it is made from the INT8 artifact: make that one first (see the INT8 row)"
+    if isinstance(exc, CheckFailed):
+        return (
+            "the exported artifact does not compute what its source computes on this machine: "
+            "drop this precision from --precisions, or report the operator"
+        )
+    if isinstance(exc, CvdeployError) and exc.exit_code == 2:
+        return f"tune cannot make {plan.format}:{plan.precision} here; leave it out of --precisions"
+    return "an unexpected error: run the stage alone to see it in full, and report it"
 
 
 def tune_bundle(
@@ -252,8 +274,14 @@ def tune_bundle(
         candidates: list[Candidate] = []
         created: list[str] = []
         runnable: list[tuple[Artifact, bool]] = []
-        # 1. candidate artifacts
-        for plan in plans:
+        # 1. candidate artifacts (a progress bar while missing ones are made)
+        to_make = sum(p.artifact_id is None for p in plans)
+        for plan in track(
+            plans,
+            total=len(plans),
+            description="making artifacts",
+            enabled=opts.progress and to_make > 0,
+        ):
             label = f"{plan.format}-{plan.precision}"
             if plan.artifact_id is not None:
                 runnable.append((work.artifact(plan.artifact_id), False))
@@ -261,16 +289,34 @@ def tune_bundle(
             if _out_of_time(deadline):
                 msg = "time budget spent before it was made"
                 candidates.append(
-                    Candidate(label, plan.format, plan.precision, None, True, "skipped", msg)
+                    Candidate(
+                        label,
+                        plan.format,
+                        plan.precision,
+                        None,
+                        True,
+                        "skipped",
+                        msg,
+                        fix="give tune a larger --budget-minutes",
+                    )
                 )
                 continue
             try:
                 work, new = _make(work, plan, data_p, opts, say)
             except Exception as exc:  # a candidate that fails is reported, never fatal
                 msg = f"could not be made ({plan.make}): {_error_text(exc)}"
-                say(f"{label}: {msg}")
+                say(f"{label}: could not be made (the reason is in the summary at the end)")
                 candidates.append(
-                    Candidate(label, plan.format, plan.precision, None, True, "failed", msg)
+                    Candidate(
+                        label,
+                        plan.format,
+                        plan.precision,
+                        None,
+                        True,
+                        "failed",
+                        msg,
+                        fix=_fix_for(plan, exc),
+                    )
                 )
                 continue
             created.extend(new)
@@ -312,6 +358,7 @@ def tune_bundle(
             assert c.settings is not None
             if _out_of_time(deadline):
                 c.status, c.message = "skipped", "time budget spent"
+                c.fix = "give tune a larger --budget-minutes"
                 continue
             key = (c.artifact, c.settings.accuracy_key())
             if key not in cache:
@@ -319,10 +366,11 @@ def tune_bundle(
                     cache[key] = evaluate_fn(work, c.artifact, c.settings, data_p, opts)
                 except Exception as exc:
                     cache[key] = exc
-                    say(f"{c.artifact}: evaluation failed: {_error_text(exc)}")
+                    say(f"{c.artifact}: evaluation failed (the reason is in the summary)")
             acc = cache[key]
             if isinstance(acc, BaseException):
                 c.status, c.message = "failed", f"evaluation failed: {_error_text(acc)}"
+                c.fix = "run `cvdeploy eval BUNDLE --artifact ID --data DATA` to see it in full"
                 continue
             c.accuracy = acc.value
             c.drop = None if ref_value is None else ref_value - acc.value
@@ -334,8 +382,9 @@ def tune_bundle(
                 c.measurement = measure_fn(work, c.artifact, c.settings, images, opts)
             except Exception as exc:
                 c.status, c.message = "failed", f"runtime error: {_error_text(exc)}"
-                say(f"{c.artifact} ({c.settings.label()}): {c.message}")
+                c.fix = "run `cvdeploy bench BUNDLE --artifact ID` to see it in full"
                 continue
+            c.round_p50s = [c.measurement.e2e_ms.p50]
             c.status = "ok"
         _remeasure_leaders(candidates, work, images, opts, measure_fn, deadline, say)
         if ref_value is None and "artifact" in ref_info:  # --min-map: drops where known
@@ -411,6 +460,7 @@ def _remeasure_leaders(
     for c in top:
         ms = sorted(runs[id(c)], key=key)
         c.measurement = ms[len(ms) // 2]
+        c.round_p50s = [m.e2e_ms.p50 for m in runs[id(c)]]
         if len(ms) > 1:
             c.message = f"median of {len(ms)} interleaved measurements"
 

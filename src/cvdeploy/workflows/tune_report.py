@@ -156,6 +156,15 @@ class Candidate:
     accuracy: float | None = None
     drop: float | None = None
     measurement: Measurement | None = None
+    round_p50s: list[float] = field(default_factory=list)
+    """The p50 of every measurement of this candidate (the leaders are measured again)."""
+    fix: str = ""
+    """What to do about a failed candidate, naming only what the user can act on."""
+
+    @property
+    def spread(self) -> float | None:
+        """``max - min`` of the round p50s, in ms (``None`` with a single measurement)."""
+        return max(self.round_p50s) - min(self.round_p50s) if len(self.round_p50s) > 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the ``candidates`` items of ``cvdeploy tune --json``)."""
@@ -173,6 +182,9 @@ class Candidate:
             "e2e_ms": m.e2e_ms.to_dict() if m else None,
             "throughput_ips": finite(m.throughput_ips) if m else None,
             "pre_post_share": finite(m.pre_post_share) if m else None,
+            "round_p50_ms": list(self.round_p50s),
+            "p50_spread_ms": self.spread,
+            "fix": self.fix or None,
         }
 
 
@@ -201,6 +213,47 @@ class TuneReport:
         """Whether a recommended configuration was recorded in the bundle."""
         return self.recommended is not None
 
+    @property
+    def failed(self) -> list[Candidate]:
+        """Candidates that could not be made, evaluated or timed (or ran out of time)."""
+        return [c for c in self.candidates if c.status in ("failed", "skipped")]
+
+    def failure_summary(self) -> list[tuple[str, str, list[str]]]:
+        """``(reason, fix, artifacts)`` for each distinct reason, each said once."""
+        groups: dict[str, tuple[str, list[str]]] = {}
+        for c in self.failed:
+            _, ids = groups.setdefault(c.message, (c.fix, []))
+            if c.artifact not in ids:
+                ids.append(c.artifact)
+        return [(reason, fix, ids) for reason, (fix, ids) in groups.items()]
+
+    def within_noise(self) -> list[str]:
+        """Candidates whose p50 lies within the recommended one's measured spread."""
+        rec = self.recommended
+        best = next(
+            (
+                c
+                for c in self.candidates
+                if rec is not None
+                and c.artifact == rec.artifact
+                and c.settings is not None
+                and c.settings.to_dict() == rec.options.model_dump()
+            ),
+            None,
+        )
+        if best is None or best.measurement is None or best.spread is None:
+            return []
+        hi = max(best.round_p50s)
+        return [
+            f"{c.artifact} ({c.settings.label()})"
+            for c in self.candidates
+            if c is not best
+            and c.status == "ok"
+            and c.measurement is not None
+            and c.settings is not None
+            and c.measurement.e2e_ms.p50 <= hi + (c.spread or 0.0)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """The ``cvdeploy tune --json`` object."""
         return {
@@ -214,6 +267,11 @@ class TuneReport:
             "created": list(self.created),
             "kept": list(self.kept),
             "notes": list(self.notes),
+            "failures": [
+                {"reason": r, "fix": f or None, "artifacts": ids}
+                for r, f, ids in self.failure_summary()
+            ],
+            "within_noise": self.within_noise(),
             "seconds": self.seconds,
         }
 
