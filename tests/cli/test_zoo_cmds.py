@@ -35,7 +35,7 @@ def test_zoo_train_then_eval(tmp_path: Path) -> None:
     ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{") :])
+    out = json.loads(res.stdout)  # stdout is exactly one JSON object
     assert 0.0 <= out["metrics"]["map50_95"] <= 1.0
     b = Bundle.load(out["bundle"])
     assert b.artifact("torch-fp32").latest("metrics", "train-val") is not None

@@ -11,6 +11,7 @@ from cvdeploy.cli import (
     bundle_cmds,
     env_cmds,
     export_cmds,
+    oneshot_cmds,
     protect_cmds,
     quantize_cmds,
     run_cmds,
@@ -47,6 +48,7 @@ def _root(
     """cvdeploy: export, verify, benchmark and serve vision models."""
 
 
+app.command("deploy")(oneshot_cmds.deploy_cmd)
 app.command("import")(bundle_cmds.import_cmd)
 app.command("info")(bundle_cmds.info_cmd)
 app.command("export")(export_cmds.export_cmd)
