@@ -163,7 +163,7 @@ def bench_cmd(
         skips[(s.artifact, s.reason)] = skips.get((s.artifact, s.reason), 0) + 1
     for (aid, reason), n in skips.items():
         times = f" ({n} combinations)" if n > 1 else ""
-        errc.print(f"skipped {aid}: {reason}{times}")
+        errc.print(f"skipped {aid}: {reason}{times}", soft_wrap=True)
     for r in rep.results:
         for note in r.notes:
             errc.print(f"note ({r.artifact}): {note}")

@@ -39,8 +39,10 @@ def export_cmd(
             "--format",
             "-f",
             help="comma-separated targets, each FORMAT or FORMAT:PRECISION, e.g. "
-            "onnx,openvino:fp16,tflite (formats: onnx, openvino, tflite, tensorrt; "
-            "precisions: fp32, fp16, int8 for tensorrt from a Q/DQ ONNX)",
+            "onnx,openvino:bf16,tflite (formats: onnx, openvino, tflite, and tensorrt, which "
+            "needs an NVIDIA GPU and has not yet been run on one by this project; precisions: "
+            "fp32, fp16, bf16 and int8-bf16 for openvino where the CPU has them natively, "
+            "int8 for tensorrt from a Q/DQ ONNX)",
         ),
     ] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle directory")] = None,

@@ -93,7 +93,8 @@ def predict_cmd(
     if records:
         err_console().print(
             "ms per image: [decode + preprocess + inference + postprocess] (the first image "
-            "includes the runtime's warm-up)"
+            "includes the runtime's warm-up)",
+            markup=False,
         )
     if save is not None:
         err_console().print(f"saved {len(records)} image(s) to {save}")
