@@ -7,6 +7,7 @@ import typer
 from cvdeploy.cli import (
     bench_cmds,
     bundle_cmds,
+    deploy_cmds,
     env_cmds,
     export_cmds,
     protect_cmds,
@@ -69,6 +70,7 @@ app.command("decrypt")(protect_cmds.decrypt_cmd)
 app.command("sign")(protect_cmds.sign_cmd)
 app.command("verify")(protect_cmds.verify_cmd)
 app.command("obfuscate")(protect_cmds.obfuscate_cmd)
+app.command("card")(deploy_cmds.card_cmd)
 
 
 def main() -> None:

@@ -91,7 +91,18 @@ def _audited(
 def serve_cmd(
     source: Annotated[Path, typer.Argument(help="bundle directory or model registry directory")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[
+        int | None, typer.Option(help="port to listen on [8000, or the platform's]")
+    ] = None,
+    platform: Annotated[
+        str,
+        typer.Option(
+            help="also answer a cloud platform's container contract: sagemaker (/ping, "
+            "/invocations, port 8080), vertex (AIP_HTTP_PORT, AIP_PREDICT_ROUTE, "
+            "AIP_HEALTH_ROUTE), azureml (/score, port 5001), auto (from the environment: "
+            "CVDEPLOY_PLATFORM, AIP_*, AZUREML_MODEL_DIR, SAGEMAKER_*), or none"
+        ),
+    ] = "none",
     config: Annotated[
         Path | None, typer.Option(help="YAML file with server options (flags override it)")
     ] = None,
@@ -154,14 +165,20 @@ def serve_cmd(
     /healthz and /readyz needs an API key or access token (see README, Security).
     """
     _need_serve_extra()
+    import os
+
     import uvicorn
 
     from cvdeploy.bundle import Bundle
     from cvdeploy.pipeline.predictor import select_artifact
     from cvdeploy.serve.app import create_app
     from cvdeploy.serve.config import load_config
+    from cvdeploy.serve.platforms import resolve_platform
     from cvdeploy.serve.registry import ModelRegistry, is_registry
 
+    plat = resolve_platform(platform, os.environ)
+    if port is None:
+        port = plat.port if plat is not None else 8000
     cfg = load_config(
         config,
         source=source,
@@ -183,6 +200,7 @@ def serve_cmd(
         security={"auth_db": auth_db, "audit_log": audit_log, "audit_key_file": audit_key_file}
         if auth_db or audit_log or audit_key_file
         else None,
+        platform=plat.model_dump() if plat is not None else None,
     )
     # Fail fast, with exit code 2, on inputs that cannot be served.
     if is_registry(cfg.source):
@@ -217,6 +235,9 @@ def serve_cmd(
         pages = "dashboard: /dashboard, docs: /docs"
         if cfg.security is not None:
             pages += "; browsers log in at /login"
+        if cfg.platform is not None:
+            p = cfg.platform
+            pages += f"; {p.name}: POST {p.predict_route}, GET {p.health_route}"
         err_console().print(f"serving {cfg.source} on {scheme}://{host}:{port} ({pages})")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, **ssl_options)
 
