@@ -44,7 +44,7 @@ def test_detect_and_resolve() -> None:
     assert vx.predict_route == env["AIP_PREDICT_ROUTE"]
     az = resolve_platform("auto", {"AZUREML_MODEL_DIR": "/m"})
     assert az is not None and (az.port, az.predict_route, str(az.model_dir)) == (
-        5001,
+        8080,
         "/score",
         "/m",
     )

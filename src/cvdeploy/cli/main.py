@@ -71,6 +71,8 @@ app.command("sign")(protect_cmds.sign_cmd)
 app.command("verify")(protect_cmds.verify_cmd)
 app.command("obfuscate")(protect_cmds.obfuscate_cmd)
 app.command("card")(deploy_cmds.card_cmd)
+app.command("package")(deploy_cmds.package_cmd)
+app.command("batch")(deploy_cmds.batch_cmd)
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def serve_cmd(
         typer.Option(
             help="also answer a cloud platform's container contract: sagemaker (/ping, "
             "/invocations, port 8080), vertex (AIP_HTTP_PORT, AIP_PREDICT_ROUTE, "
-            "AIP_HEALTH_ROUTE), azureml (/score, port 5001), auto (from the environment: "
+            "AIP_HEALTH_ROUTE), azureml (/score, GET /, port 8080), auto (from the environment: "
             "CVDEPLOY_PLATFORM, AIP_*, AZUREML_MODEL_DIR, SAGEMAKER_*), or none"
         ),
     ] = "none",

@@ -123,10 +123,19 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise InputError(f"serve config {p} does not exist", hint="check the --config path")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(
+                f"serve config {p} does not exist", hint="check the --config path"
+            ) from None
+        except OSError as exc:  # a directory, no permission: said, not a traceback
+            raise InputError(
+                f"serve config {p} cannot be read: {exc.strerror or exc}",
+                hint="check the --config path and that this user may read it",
+            ) from None
+        try:
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise InputError(f"serve config {p} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):

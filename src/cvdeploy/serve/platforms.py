@@ -9,10 +9,14 @@ request logs are the same whichever contract a request came in by.
 ==========  ==============================  ===============================  ===========
 platform    predict                         health (200 once ready)          port
 ==========  ==============================  ===============================  ===========
-sagemaker   ``POST /invocations``           ``GET /ping``                    8080
+sagemaker   ``POST /invocations``           ``GET /ping``                    8080 [#]_
 vertex      ``POST $AIP_PREDICT_ROUTE``     ``GET $AIP_HEALTH_ROUTE``        $AIP_HTTP_PORT
-azureml     ``POST /score``                 ``GET /``                        5001
+azureml     ``POST /score``                 ``GET /``                        $PORT, 8080
 ==========  ==============================  ===============================  ===========
+
+.. [#] ``SAGEMAKER_BIND_TO_PORT`` when SageMaker sets it. Azure ML's own inference server
+   uses 5001; a custom container names its port in the deployment's ``inference_config``
+   (``cvdeploy package --target azureml`` writes 8080 there).
 
 Bodies: SageMaker and Azure ML take what ``/v1/models/{name}/predict`` takes (an image as
 ``image/*``, ``application/x-image`` or ``application/octet-stream``, multipart files, or
@@ -110,7 +114,7 @@ def resolve_platform(name: str | None, environ: Mapping[str, str]) -> PlatformCo
         name="azureml",
         predict_route="/score",
         health_route="/",
-        port=port("CVDEPLOY_AZUREML_PORT", 5001),
+        port=port("PORT", 8080),
         model_dir=Path(model_dir) if model_dir else None,
     )
 
