@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -314,22 +314,71 @@ def registry_promote(
 def registry_rollback(
     registry: Annotated[Path, typer.Argument(help="registry directory")],
     name: Annotated[str, typer.Argument(help="model name")],
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="re-check parity of the version put back, here, before switching "
+            "(--no-check: switch without it)"
+        ),
+    ] = True,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="model key file (encrypted versions)")
+    ] = None,
+    key_env: Annotated[
+        str | None, typer.Option("--key-env", help="env variable holding the model key")
+    ] = None,
     audit_log: _AuditLogOpt = None,
     audit_key_file: _AuditKeyOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Put the previous production version back."""
+    """Put the previous production version back, once its served artifact still matches
+    its source here (the parity gate run again on the bundle's sample images)."""
     from cvdeploy.serve.registry import ModelRegistry
 
     audit = _open_audit(audit_log, audit_key_file)
     detail: dict[str, Any] = {"registry": str(registry)}
+    rechecked: dict[str, Any] = {}
     with _audited(audit, "registry.rollback", name, detail):
-        current, target = ModelRegistry(registry).rollback(name)
+        gate = _parity_recheck(key_file, key_env, rechecked) if check else None
+        current, target = ModelRegistry(registry).rollback(name, check=gate)
         detail.update(previous=current, version=target)
     if json_out:
-        print_json({"model": name, "from": current, "to": target})
+        print_json({"model": name, "from": current, "to": target, "recheck": rechecked or None})
         return
+    if rechecked:
+        how = (
+            f"parity against {rechecked['source']} held on {rechecked['images']} image(s)"
+            if rechecked["how"] == "parity"
+            else "it has no source in its bundle: loaded and ran"
+        )
+        err_console().print(f"re-checked {rechecked['artifact']}: {how}")
     out_console().print(f"{name} production: {current} -> {target}")
+
+
+def _parity_recheck(
+    key_file: Path | None, key_env: str | None, into: dict[str, Any]
+) -> Callable[[Path], None]:
+    """The rollback's check: the target version's served artifact beside its source."""
+
+    def gate(path: Path) -> None:
+        from cvdeploy.bundle import Bundle
+        from cvdeploy.errors import CheckFailed
+        from cvdeploy.security import key_from_options, model_loader
+        from cvdeploy.verify import recheck_parity
+
+        bundle = Bundle.load(path, loader=model_loader(key_from_options(key_file, key_env)))
+        res = recheck_parity(bundle)
+        into.update(res.to_dict())
+        if not res.passed:
+            raise CheckFailed(
+                f"version at {path} failed its parity re-check here: artifact {res.artifact} "
+                f"no longer matches {res.source} ({'; '.join(res.failures)}); nothing was "
+                "switched",
+                hint="find what changed with `cvdeploy env --compare BUNDLE`; "
+                "--no-check rolls back anyway",
+            )
+
+    return gate
 
 
 @logs_app.command("export")

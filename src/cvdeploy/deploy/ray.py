@@ -28,6 +28,7 @@ import contextlib
 import importlib.util
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,12 +179,17 @@ def ray_batch(
     import ray
 
     art = select_runnable(bundle, options.artifact)
+    t0 = time.perf_counter()
     if options.address:
         ray.init(address=options.address, log_to_driver=False, configure_logging=False)
     else:
         init_local(options.ray_temp_dir)
     thresholds = {"conf": options.conf, "iou": options.iou, "max_det": options.max_det}
-    details = {"actors": options.actors, "address": options.address or f"local ({LOOPBACK})"}
+    details: dict[str, Any] = {
+        "actors": options.actors,
+        "address": options.address or f"local ({LOOPBACK})",
+        "init_s": round(time.perf_counter() - t0, 3),
+    }
     if not paths:
         return art.id, details
     items = ray.data.from_items([{"path": p} for p in paths])
