@@ -73,7 +73,7 @@ def test_full_sample_reproduces_pycocotools() -> None:
         ev.params.maxDets = [1, 10, 100]
         ev.evaluate()
     cats = _collect(ev, 100)
-    full = _map(cats, np.arange(len(ev.params.imgIds)), np.asarray(ev.params.recThrs))
+    full = _map(cats, np.ones(len(ev.params.imgIds), np.int64), np.asarray(ev.params.recThrs))
     assert abs(full[0] - m.map50_95) < 1e-9 and abs(full[1] - m.map50) < 1e-9
     ci = m.ci
     assert ci is not None and ci["resamples"] == 200 and ci["level"] == 0.95

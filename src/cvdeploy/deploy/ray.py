@@ -204,7 +204,9 @@ def ray_batch(
             "key_file": str(options.key_file) if options.key_file else None,
             "key_env": options.key_env,
         },
-        batch_size=options.batch,
+        # blocks of 32+ paths per actor call (each call runs inference batches of --batch):
+        # Ray's per-call overhead spread over more images
+        batch_size=max(options.batch, 32),
         compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=1,
         batch_format="numpy",

@@ -6,9 +6,10 @@ replacement and recomputes the metric on each resample; the spread of those valu
 interval (Efron & Tibshirani, ch. 13).
 
 For detection the per-image matching that pycocotools' ``COCOeval.evaluate`` did once is
-reused: each resample only re-runs the accumulation (precision at the 101 recall points)
-over the chosen images, with pycocotools' own arithmetic, so the resample that takes every
-image once reproduces ``COCOeval.accumulate`` exactly (tested).
+reused, and each category's detections are sorted once: a resample only re-weights them by
+how often each image was drawn and re-runs the accumulation (precision at the 101 recall
+points) with pycocotools' own arithmetic, so the resample that draws every image once
+reproduces ``COCOeval.accumulate`` exactly (tested).
 """
 
 from __future__ import annotations
@@ -25,78 +26,95 @@ LEVEL = 0.95
 
 
 class _CategoryData:
-    """Per image, for one category (area range "all"): scores, matches, ignore flags."""
+    """One category (area range "all"), every image's detections merged and sorted once.
 
-    __slots__ = ("dt_ignore", "dt_match", "npig", "scores")
+    Attributes:
+        image: Image index of each detection, in score order.
+        tps, fps: True/false positive flags ``[T, D]`` in score order (float, for weights).
+        npig: Non-ignored ground truth boxes per image.
+    """
 
-    def __init__(self, n_images: int, n_thresholds: int) -> None:
-        empty_t = np.zeros((n_thresholds, 0), dtype=bool)
-        self.scores: list[np.ndarray] = [np.zeros(0)] * n_images
-        self.dt_match: list[np.ndarray] = [empty_t] * n_images
-        self.dt_ignore: list[np.ndarray] = [empty_t] * n_images
-        self.npig = np.zeros(n_images, dtype=np.int64)
+    __slots__ = ("fps", "image", "npig", "tps")
+
+    def __init__(self, image: np.ndarray, tps: np.ndarray, fps: np.ndarray, npig: np.ndarray):
+        self.image = image
+        self.tps = tps
+        self.fps = fps
+        self.npig = npig
 
 
 def _collect(evaluator: Any, max_det: int) -> list[_CategoryData]:
-    """Regroup ``evaluator.evalImgs`` per category and image (area range "all")."""
+    """Regroup ``evaluator.evalImgs`` per category: detections of every image, sorted by
+    score with pycocotools' mergesort over the images in order (``accumulate``'s order)."""
     p = evaluator.params
     n_img, n_area, n_t = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
     cats = p.catIds if p.useCats else [-1]
     out = []
     for k in range(len(cats)):
-        cd = _CategoryData(n_img, n_t)
+        scores, images, dtm, dti = [], [], [], []
+        npig = np.zeros(n_img, dtype=np.int64)
         for i in range(n_img):
             e = evaluator.evalImgs[k * n_area * n_img + i]  # area index 0 = "all"
             if e is None:
                 continue
-            cd.scores[i] = np.asarray(e["dtScores"][:max_det], dtype=np.float64)
-            cd.dt_match[i] = np.asarray(e["dtMatches"])[:, :max_det] != 0
-            cd.dt_ignore[i] = np.asarray(e["dtIgnore"])[:, :max_det].astype(bool)
-            cd.npig[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
-        out.append(cd)
+            sc = np.asarray(e["dtScores"][:max_det], dtype=np.float64)
+            scores.append(sc)
+            images.append(np.full(sc.size, i, dtype=np.int64))
+            dtm.append(np.asarray(e["dtMatches"]).reshape(n_t, -1)[:, :max_det] != 0)
+            dti.append(np.asarray(e["dtIgnore"]).reshape(n_t, -1)[:, :max_det].astype(bool))
+            npig[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+        if scores:
+            all_scores = np.concatenate(scores)
+            order = np.argsort(-all_scores, kind="mergesort")
+            m = np.concatenate(dtm, axis=1)[:, order]
+            ig = np.concatenate(dti, axis=1)[:, order]
+            image = np.concatenate(images)[order]
+        else:
+            m = ig = np.zeros((n_t, 0), dtype=bool)
+            image = np.zeros(0, dtype=np.int64)
+        tps = np.logical_and(m, ~ig).astype(np.float64)
+        fps = np.logical_and(~m, ~ig).astype(np.float64)
+        out.append(_CategoryData(image, tps, fps, npig))
     return out
 
 
-def _precision(cd: _CategoryData, idx: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray | None:
-    """Precision ``[T, R]`` of one category over the images ``idx`` (None: no ground truth).
+def _precision(cd: _CategoryData, counts: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray | None:
+    """Precision ``[T, R]`` of one category when image ``i`` is drawn ``counts[i]`` times
+    (``None``: no ground truth among the drawn images).
 
-    The arithmetic of ``COCOeval.accumulate``: detections sorted by score (mergesort, as
-    there), cumulative true and false positives, precision made monotone, read at the
-    recall thresholds.
+    ``COCOeval.accumulate``'s arithmetic with each detection weighted by how often its
+    image was drawn: cumulative true and false positives, precision made monotone, read at
+    the recall thresholds. A detection drawn twice adds its two copies in one step, which
+    gives the same interpolated precision (the copies of a true positive raise precision
+    step by step, so the envelope at their end is the same; copies of a false positive
+    never raise it); with every count 1 it is ``accumulate`` exactly.
     """
-    npig = int(cd.npig[idx].sum())
+    npig = float((cd.npig * counts).sum())
     if npig == 0:
         return None
-    scores = np.concatenate([cd.scores[i] for i in idx])
-    n_t = cd.dt_match[0].shape[0]
+    n_t = cd.tps.shape[0]
     out = np.zeros((n_t, len(rec_thrs)))
-    if scores.size == 0:
+    if cd.image.size == 0:
         return out
-    order = np.argsort(-scores, kind="mergesort")
-    dtm = np.concatenate([cd.dt_match[i] for i in idx], axis=1)[:, order]
-    dti = np.concatenate([cd.dt_ignore[i] for i in idx], axis=1)[:, order]
-    tps = np.logical_and(dtm, np.logical_not(dti))
-    fps = np.logical_and(np.logical_not(dtm), np.logical_not(dti))
-    tp_sum = np.cumsum(tps, axis=1, dtype=np.float64)
-    fp_sum = np.cumsum(fps, axis=1, dtype=np.float64)
-    for t in range(n_t):
-        tp, fp = tp_sum[t], fp_sum[t]
-        rc = tp / npig
-        pr = tp / (fp + tp + np.spacing(1))
-        pr = np.maximum.accumulate(pr[::-1])[::-1]
-        inds = np.searchsorted(rc, rec_thrs, side="left")
-        q = np.zeros(len(rec_thrs))
-        valid = inds < len(pr)
-        q[valid] = pr[inds[valid]]
-        out[t] = q
+    w = counts[cd.image].astype(np.float64)
+    tp_sum = np.cumsum(cd.tps * w, axis=1)
+    fp_sum = np.cumsum(cd.fps * w, axis=1)
+    rc = tp_sum / npig
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    for t in range(n_t):  # per row: shifting rows into one searchsorted rounds differently
+        inds = np.searchsorted(rc[t], rec_thrs, side="left")
+        valid = inds < rc.shape[1]
+        out[t, valid] = pr[t, inds[valid]]
     return out
 
 
 def _map(
-    cats: Sequence[_CategoryData], idx: np.ndarray, rec_thrs: np.ndarray
+    cats: Sequence[_CategoryData], counts: np.ndarray, rec_thrs: np.ndarray
 ) -> tuple[float, float]:
-    """``(mAP50-95, mAP50)`` over the images ``idx`` (classes without ground truth skipped)."""
-    per_cat = [pc for cd in cats if (pc := _precision(cd, idx, rec_thrs)) is not None]
+    """``(mAP50-95, mAP50)`` with image ``i`` drawn ``counts[i]`` times (classes without
+    ground truth skipped)."""
+    per_cat = [pc for cd in cats if (pc := _precision(cd, counts, rec_thrs)) is not None]
     if not per_cat:
         return 0.0, 0.0
     stack = np.stack(per_cat)  # [K, T, R]
@@ -128,9 +146,8 @@ def bootstrap_map(
     rec_thrs = np.asarray(evaluator.params.recThrs, dtype=np.float64)
     n = len(evaluator.params.imgIds)
     rng = np.random.default_rng(seed)
-    values = np.array(
-        [_map(cats, rng.integers(0, n, size=n), rec_thrs) for _ in range(int(resamples))]
-    ).reshape(-1, 2)
+    draws = (np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(int(resamples)))
+    values = np.array([_map(cats, c, rec_thrs) for c in draws]).reshape(-1, 2)
     return _interval({"map50_95": values[:, 0], "map50": values[:, 1]}, level, resamples, seed)
 
 
