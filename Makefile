@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint layers typecheck unit bench bench-table soak clean
+.PHONY: venv demo test test-fast lint layers typecheck unit bench bench-table soak clean \
+	container-tools base-image package-test bench-deploy
 
 # torch is pinned first (the CPU wheel), then every other package is installed under a
 # constraint that keeps that torch: nothing may pull a multi-GB CUDA build.
@@ -72,6 +73,27 @@ SOAK_SECONDS ?= 600
 
 soak: venv
 	$(PY) benchmarks/serve_soak.py --seconds $(SOAK_SECONDS)
+
+# The container image, built and run for real (tests/deploy/test_container.py): podman (with
+# runc, the cgroupfs manager and catatonit for pods) from Debian, and a local base image made
+# with debootstrap (no registry is reachable for python:3.11-slim). About 3 minutes the first
+# time (the base image), then about 1 minute.
+container-tools:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v catatonit >/dev/null || \
+	  { export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends podman runc debootstrap catatonit >/dev/null || \
+	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman runc debootstrap catatonit >/dev/null; }; }
+
+base-image: container-tools
+	sh tests/deploy/base_image.sh
+
+package-test: venv base-image
+	$(PY) -m pytest -m slow tests/deploy/test_container.py -s $(PYTEST_ARGS)
+
+# Ray Data vs in-process batch throughput and the served image's start-up time: writes
+# benchmarks/results/deploy.json (see the README's "Deploying" section).
+bench-deploy: venv
+	$(PY) benchmarks/deploy.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

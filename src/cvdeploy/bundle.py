@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,51 @@ from cvdeploy.precision import (
     inference_precision_for,
     legacy_inference_precision,
 )
+from cvdeploy.registry import Registry
 from cvdeploy.spec import IOSpec, ModelSpec
 from cvdeploy.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
 _CHUNK = 1 << 20
+
+
+BUNDLE_HOOKS = Registry("bundle hook")
+"""Functions ``(directory: Path, manifest: Manifest) -> None`` that refresh the files derived
+from the manifest (the model card, the changelog) after every successful change.
+
+They run on the staged bundle, after its manifest is written and before it is swapped in, so
+the derived files change atomically with the manifest. Registered by ``"module:function"``
+(imported only when called), so this core module never imports the stage that implements
+them. A hook that fails never undoes the change: it is reported as a warning."""
+BUNDLE_HOOKS.register(
+    "model-card",
+    "cvdeploy.deploy.card:refresh_card",
+    description="MODEL_CARD.md and CHANGELOG.md, generated from the manifest",
+)
+
+
+def run_bundle_hooks(directory: Path, manifest: Manifest | None = None) -> list[str]:
+    """Run every :data:`BUNDLE_HOOKS` entry on a bundle directory.
+
+    Args:
+        directory: The bundle directory (a staged one during a change).
+        manifest: Its manifest (default: read from ``directory``, unverified).
+
+    Returns:
+        One message per hook that failed (each also issued as a warning); empty when all ran.
+    """
+    if manifest is None:
+        manifest = Bundle.load(directory, verify=False).manifest
+    failed = []
+    for name in BUNDLE_HOOKS.names():
+        try:
+            BUNDLE_HOOKS.get(name)(Path(directory), manifest)
+        except Exception as exc:  # a derived file never costs the change it derives from
+            msg = f"bundle hook {name!r} failed: {exc}"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            failed.append(msg)
+    return failed
 
 
 def now() -> _dt.datetime:
@@ -642,6 +682,7 @@ class BundleEdit:
                 }
             )
             self._write_manifest()
+            run_bundle_hooks(self.staging, self.manifest)
             _swap_in(self.staging, self.target)
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)

@@ -135,7 +135,8 @@ def test_failures_are_summarised_below_the_table_and_strict_exits_1(
     text = " ".join(err.split())
     assert "1 of 2 candidates could not be made or measured:" in text
     assert text.count("onnx-int8: could not be made (quantize)") == 1  # each reason once
-    assert "fix: quantize it yourself" in text and "--engine nncf" in text
+    assert "fix: calibrate on 100 images or more (--data or --calib)" in text
+    assert "or pass --force to accept fewer" in text
     assert "(hint:" not in text  # quantize's own hints (its flags) are not repeated by tune
     assert "recommended: onnx-fp32" in text
     code, out, err = _run([*args, "--strict", "--json"])
@@ -163,3 +164,19 @@ def test_table_fits_80_columns_and_wide_adds_columns(bundle: Path, data: Path) -
     wide = Console(width=200, record=True)
     wide.print(tune_table(rep, wide=True))
     assert "img/s" in wide.export_text() and "img/s" not in text
+
+
+def test_quantize_failure_fix_names_the_quantize_command_for_the_format() -> None:
+    """A quantize failure other than too few images points at `cvdeploy quantize` with the
+    backend of that format (and NNCF for ONNX Runtime); too few images asks for more."""
+    from cvdeploy.errors import UsageError
+    from cvdeploy.workflows.tune import _fix_for
+    from cvdeploy.workflows.tune_space import ArtifactPlan
+
+    onnx = ArtifactPlan(format="onnx", precision="int8", make="quantize")
+    fix = _fix_for(onnx, RuntimeError("ranges collapsed"))
+    assert "cvdeploy quantize BUNDLE --data DATA --backend onnxruntime --engine nncf" in fix
+    ov = ArtifactPlan(format="openvino", precision="int8", make="quantize")
+    assert "--backend openvino`" in _fix_for(ov, RuntimeError("x"))
+    few = _fix_for(onnx, UsageError("only 4 calibration image(s) from d"))
+    assert few.startswith("calibrate on 100 images or more")

@@ -78,7 +78,9 @@ def test_registry_cli(tmp_path: Path, bundles: tuple[Path, Path]) -> None:
     r = run(app, ["registry", "list", reg])
     assert r.exit_code == 0 and "production" in r.stdout
     r = run(app, ["registry", "rollback", reg, "tiny", "--json"])
-    assert json.loads(r.stdout) == {"model": "tiny", "from": "2", "to": "1"}
+    out = json.loads(r.stdout)
+    assert {k: out[k] for k in ("model", "from", "to")} == {"model": "tiny", "from": "2", "to": "1"}
+    assert out["recheck"]["passed"]  # re-checked before the switch (test_rollback_recheck.py)
     r = run(app, ["registry", "rollback", reg, "tiny"])
     assert r.exit_code == 2 and "no earlier production version" in r.output
     r = run(app, ["registry", "promote", reg, "tiny", "7"])

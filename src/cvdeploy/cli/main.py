@@ -9,6 +9,7 @@ import typer
 from cvdeploy.cli import (
     bench_cmds,
     bundle_cmds,
+    deploy_cmds,
     env_cmds,
     export_cmds,
     oneshot_cmds,
@@ -74,6 +75,9 @@ app.command("decrypt")(protect_cmds.decrypt_cmd)
 app.command("sign")(protect_cmds.sign_cmd)
 app.command("verify")(protect_cmds.verify_cmd)
 app.command("obfuscate")(protect_cmds.obfuscate_cmd)
+app.command("card")(deploy_cmds.card_cmd)
+app.command("package")(deploy_cmds.package_cmd)
+app.command("batch")(deploy_cmds.batch_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

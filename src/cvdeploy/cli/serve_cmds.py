@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -91,7 +91,18 @@ def _audited(
 def serve_cmd(
     source: Annotated[Path, typer.Argument(help="bundle directory or model registry directory")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[
+        int | None, typer.Option(help="port to listen on [8000, or the platform's]")
+    ] = None,
+    platform: Annotated[
+        str,
+        typer.Option(
+            help="also answer a cloud platform's container contract: sagemaker (/ping, "
+            "/invocations, port 8080), vertex (AIP_HTTP_PORT, AIP_PREDICT_ROUTE, "
+            "AIP_HEALTH_ROUTE), azureml (/score, GET /, port 8080), auto (from the environment: "
+            "CVDEPLOY_PLATFORM, AIP_*, AZUREML_MODEL_DIR, SAGEMAKER_*), or none"
+        ),
+    ] = "none",
     config: Annotated[
         Path | None, typer.Option(help="YAML file with server options (flags override it)")
     ] = None,
@@ -154,14 +165,20 @@ def serve_cmd(
     /healthz and /readyz needs an API key or access token (see README, Security).
     """
     _need_serve_extra()
+    import os
+
     import uvicorn
 
     from cvdeploy.bundle import Bundle
     from cvdeploy.pipeline.predictor import select_artifact
     from cvdeploy.serve.app import create_app
     from cvdeploy.serve.config import load_config
+    from cvdeploy.serve.platforms import resolve_platform
     from cvdeploy.serve.registry import ModelRegistry, is_registry
 
+    plat = resolve_platform(platform, os.environ)
+    if port is None:
+        port = plat.port if plat is not None else 8000
     cfg = load_config(
         config,
         source=source,
@@ -183,6 +200,7 @@ def serve_cmd(
         security={"auth_db": auth_db, "audit_log": audit_log, "audit_key_file": audit_key_file}
         if auth_db or audit_log or audit_key_file
         else None,
+        platform=plat.model_dump() if plat is not None else None,
     )
     # Fail fast, with exit code 2, on inputs that cannot be served.
     served: list[tuple[str, str]] = []  # (model name in the URL, what serves it)
@@ -231,6 +249,9 @@ def serve_cmd(
         pages = "dashboard: /dashboard, docs: /docs"
         if cfg.security is not None:
             pages += "; browsers log in at /login"
+        if cfg.platform is not None:
+            p = cfg.platform
+            pages += f"; {p.name}: POST {p.predict_route}, GET {p.health_route}"
         con = err_console()
         con.print(f"serving {cfg.source} on {scheme}://{host}:{port} ({pages})")
         for name, what in served:
@@ -316,22 +337,71 @@ def registry_promote(
 def registry_rollback(
     registry: Annotated[Path, typer.Argument(help="registry directory")],
     name: Annotated[str, typer.Argument(help="model name")],
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="re-check parity of the version put back, here, before switching "
+            "(--no-check: switch without it)"
+        ),
+    ] = True,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="model key file (encrypted versions)")
+    ] = None,
+    key_env: Annotated[
+        str | None, typer.Option("--key-env", help="env variable holding the model key")
+    ] = None,
     audit_log: _AuditLogOpt = None,
     audit_key_file: _AuditKeyOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Put the previous production version back."""
+    """Put the previous production version back, once its served artifact still matches
+    its source here (the parity gate run again on the bundle's sample images)."""
     from cvdeploy.serve.registry import ModelRegistry
 
     audit = _open_audit(audit_log, audit_key_file)
     detail: dict[str, Any] = {"registry": str(registry)}
+    rechecked: dict[str, Any] = {}
     with _audited(audit, "registry.rollback", name, detail):
-        current, target = ModelRegistry(registry).rollback(name)
+        gate = _parity_recheck(key_file, key_env, rechecked) if check else None
+        current, target = ModelRegistry(registry).rollback(name, check=gate)
         detail.update(previous=current, version=target)
     if json_out:
-        print_json({"model": name, "from": current, "to": target})
+        print_json({"model": name, "from": current, "to": target, "recheck": rechecked or None})
         return
+    if rechecked:
+        how = (
+            f"parity against {rechecked['source']} held on {rechecked['images']} image(s)"
+            if rechecked["how"] == "parity"
+            else "it has no source in its bundle: loaded and ran"
+        )
+        err_console().print(f"re-checked {rechecked['artifact']}: {how}")
     out_console().print(f"{name} production: {current} -> {target}")
+
+
+def _parity_recheck(
+    key_file: Path | None, key_env: str | None, into: dict[str, Any]
+) -> Callable[[Path], None]:
+    """The rollback's check: the target version's served artifact beside its source."""
+
+    def gate(path: Path) -> None:
+        from cvdeploy.bundle import Bundle
+        from cvdeploy.errors import CheckFailed
+        from cvdeploy.security import key_from_options, model_loader
+        from cvdeploy.verify import recheck_parity
+
+        bundle = Bundle.load(path, loader=model_loader(key_from_options(key_file, key_env)))
+        res = recheck_parity(bundle)
+        into.update(res.to_dict())
+        if not res.passed:
+            raise CheckFailed(
+                f"version at {path} failed its parity re-check here: artifact {res.artifact} "
+                f"no longer matches {res.source} ({'; '.join(res.failures)}); nothing was "
+                "switched",
+                hint="find what changed with `cvdeploy env --compare BUNDLE`; "
+                "--no-check rolls back anyway",
+            )
+
+    return gate
 
 
 @logs_app.command("export")

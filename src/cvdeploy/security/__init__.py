@@ -24,7 +24,12 @@ from cvdeploy.security.crypto import (
 )
 from cvdeploy.security.ratelimit import Lockout, RateLimiter
 from cvdeploy.security.rbac import Principal, is_allowed
-from cvdeploy.security.signing import require_signed, sign_bundle, verify_bundle
+from cvdeploy.security.signing import (
+    require_signed,
+    sign_bundle,
+    signature_status,
+    verify_bundle,
+)
 from cvdeploy.security.store import SecurityStore, validate_name
 from cvdeploy.security.tls import server_context, uvicorn_ssl_options
 
@@ -50,6 +55,7 @@ __all__ = [
     "require_signed",
     "server_context",
     "sign_bundle",
+    "signature_status",
     "uvicorn_ssl_options",
     "validate_name",
     "verify_bundle",

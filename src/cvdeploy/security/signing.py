@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvdeploy.bundle import MANIFEST, Bundle, now, sha256_file
+from cvdeploy.bundle import MANIFEST, Bundle, now, run_bundle_hooks, sha256_file
 from cvdeploy.errors import BundleError, CheckFailed, InputError, UsageError
 from cvdeploy.fsutil import write_atomic
 from cvdeploy.security.crypto import require_cryptography
@@ -173,6 +173,51 @@ def sign_bundle(bundle_dir: Path, private_key_path: Path) -> Path:
     }
     out = bundle.path / SIGNATURE_FILE
     write_atomic(out, (json.dumps(sig, indent=2) + "\n").encode(), mode=0o644)
+    run_bundle_hooks(bundle.path, bundle.manifest)  # the model card shows the signature
+    return out
+
+
+def signature_status(bundle_dir: Path, public_key: Any | None = None) -> dict[str, Any]:
+    """What ``bundle.sig`` says about a bundle, for reports and the model card.
+
+    Without a public key nothing is verified cryptographically (and cryptography is not
+    needed): the signature's key id and time are read, and whether it was made over the
+    current manifest (its recorded sha256). With one, :func:`verify_bundle` runs.
+
+    Returns:
+        ``{"signed", "key_id", "signed_at", "current", "verified", "problems"}``; ``current``
+        is whether the signature covers the manifest as it is now, ``verified`` is ``None``
+        when no key was given.
+    """
+    d = Path(bundle_dir)
+    out: dict[str, Any] = {
+        "signed": False,
+        "key_id": None,
+        "signed_at": None,
+        "current": False,
+        "verified": None,
+        "problems": [],
+    }
+    sig_file = d / SIGNATURE_FILE
+    if not sig_file.is_file():
+        return out
+    try:
+        sig = json.loads(sig_file.read_text(encoding="utf-8"))
+        if not isinstance(sig, dict) or sig.get("format") != FORMAT:
+            raise ValueError("unknown format")
+    except (OSError, ValueError, UnicodeDecodeError):
+        out["problems"] = [f"{SIGNATURE_FILE} is malformed"]
+        return out
+    out.update(signed=True, key_id=sig.get("key_id"), signed_at=sig.get("signed"))
+    try:
+        current = hashlib.sha256(canonical_manifest(d)).hexdigest() == sig.get("manifest_sha256")
+    except BundleError:
+        current = False
+    out["current"] = current
+    if public_key is not None:
+        rep = verify_bundle(d, public_key)
+        out["verified"] = rep.ok
+        out["problems"] = rep.problems
     return out
 
 

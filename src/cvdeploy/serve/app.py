@@ -13,8 +13,10 @@ Routes (every one but ``/healthz`` and ``/readyz`` declares a permission through
 ``GET /healthz``, ``/readyz``                (none)       alive; model loaded and warmed up
 ===========================================  ===========  ===================================
 
-With ``config.security`` set, :func:`cvdeploy.serve.authorizer.install_security` adds
-authentication, roles, the audit log, rate limits and the ``/v1/auth``, ``/v1/admin`` routes.
+With ``config.platform`` set, :mod:`cvdeploy.serve.platforms` adds a cloud platform's routes
+(SageMaker, Vertex AI, Azure ML). With ``config.security`` set,
+:func:`cvdeploy.serve.authorizer.install_security` adds authentication, roles, the audit
+log, rate limits and the ``/v1/auth``, ``/v1/admin`` routes.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics, stats=stats)
     _add_error_handlers(app)
     add_routes(app)
+    if config.platform is not None:
+        from cvdeploy.serve.platforms import add_platform_routes
+
+        add_platform_routes(app, config.platform)
     if config.security is not None:
         from cvdeploy.serve.authorizer import install_security
 

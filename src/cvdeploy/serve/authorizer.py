@@ -279,9 +279,9 @@ class SecurityLayer:
             return
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
-        if path in PUBLIC_ROUTES:
-            return
         extra = getattr(route, "openapi_extra", None) or {}
+        if path in PUBLIC_ROUTES or extra.get("x-probe"):  # probes (a platform's too)
+            return
         permission = extra.get("x-permission")
         if status < 400 and permission in _QUIET and not self.config.audit_reads:
             return

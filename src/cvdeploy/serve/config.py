@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -11,7 +11,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cvdeploy.errors import InputError, UsageError
 from cvdeploy.security import SecurityConfig, TLSConfig
 
-__all__ = ["ServeConfig", "load_config"]
+__all__ = ["PLATFORMS", "PlatformConfig", "ServeConfig", "load_config"]
+
+PLATFORMS = ("sagemaker", "vertex", "azureml")
+"""Cloud platforms whose container contract the server can answer (see
+:mod:`cvdeploy.serve.platforms`)."""
+
+
+class PlatformConfig(BaseModel):
+    """A cloud platform's container contract: its routes, port and model directory.
+
+    Built from the environment the platform sets by
+    :func:`cvdeploy.serve.platforms.resolve_platform`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["sagemaker", "vertex", "azureml"]
+    predict_route: str = Field(pattern=r"^/")
+    health_route: str = Field(pattern=r"^/")
+    port: int = Field(ge=1, le=65535)
+    model_dir: Path | None = None
+    """Where the platform puts the model (SageMaker ``/opt/ml/model``, ``AZUREML_MODEL_DIR``)."""
 
 
 class ServeConfig(BaseModel):
@@ -50,6 +71,8 @@ class ServeConfig(BaseModel):
         tls: HTTPS certificate, key and optional client CA (``None``: plain HTTP).
         security: Authentication, RBAC, audit log and abuse limits (``None``: every
             route is open, as for a server on a trusted loopback).
+        platform: Also answer a cloud platform's container contract (SageMaker, Vertex AI,
+            Azure ML) beside the cvdeploy routes (``None``: only the cvdeploy routes).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +100,7 @@ class ServeConfig(BaseModel):
     trusted_public_key: Path | None = None
     tls: TLSConfig | None = None
     security: SecurityConfig | None = None
+    platform: PlatformConfig | None = None
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""
@@ -99,10 +123,19 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServeConfig:
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise InputError(f"serve config {p} does not exist", hint="check the --config path")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(
+                f"serve config {p} does not exist", hint="check the --config path"
+            ) from None
+        except OSError as exc:  # a directory, no permission: said, not a traceback
+            raise InputError(
+                f"serve config {p} cannot be read: {exc.strerror or exc}",
+                hint="check the --config path and that this user may read it",
+            ) from None
+        try:
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise InputError(f"serve config {p} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +226,16 @@ class ModelRegistry:
             self._write(state)
         return before
 
-    def rollback(self, name: str) -> tuple[str, str]:
+    def rollback(
+        self, name: str, *, check: Callable[[Path], None] | None = None
+    ) -> tuple[str, str]:
         """Put the previous production version back; returns ``(from, to)``.
+
+        Args:
+            name: The model.
+            check: Called with the target version's bundle directory before the switch
+                (under the lock); raising stops the rollback and nothing changes
+                (``cvdeploy registry rollback`` re-checks parity there).
 
         Raises:
             UsageError: The model has no earlier production version.
@@ -241,6 +249,8 @@ class ModelRegistry:
                     hint="promote a version explicitly with `cvdeploy registry promote`",
                 )
             target = entry["previous"].pop()
+            if check is not None:
+                check(self.root / entry["versions"][target]["path"])
             current = entry["stages"].get("production")
             entry["stages"]["production"] = target
             entry["history"].append(

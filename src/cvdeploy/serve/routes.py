@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from cvdeploy.serve.models import LoadedVersion
 from cvdeploy.serve.state import ServeState, add_route, state_of
 from cvdeploy.version import __version__
 
-__all__ = ["DOCS_ASSETS", "add_routes"]
+__all__ = ["DOCS_ASSETS", "Prediction", "add_routes", "model_input_size", "run_prediction"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +92,92 @@ def _model(st: ServeState, name: str) -> LoadedVersion:
     raise ApiError(404, "unknown_model", f"model {name!r} is not served (models: {known})")
 
 
+def model_input_size(st: ServeState, name: str) -> tuple[int, int] | None:
+    """The input size of a served model, for reduced JPEG decoding (404 / 503 if not served)."""
+    return _model(st, name).predictors[0].imgsz
+
+
+@dataclass(slots=True)
+class Prediction:
+    """One answered prediction request (see :func:`run_prediction`)."""
+
+    model: LoadedVersion
+    images: list[DecodedImage]
+    results: list[Any]
+    payload: list[dict[str, Any]]
+    timings: dict[str, float]
+
+    def body(self) -> dict[str, Any]:
+        """The JSON answer of ``/v1/models/{name}/predict``."""
+        return {
+            "model": self.model.name,
+            "version": self.model.version,
+            "artifact": self.model.artifact_id,
+            "results": self.payload,
+            "timings_ms": self.timings,
+        }
+
+    def headers(self) -> dict[str, str]:
+        """The version headers of every prediction answer."""
+        return {"X-Model-Version": self.model.version, "X-Model-Artifact": self.model.artifact_id}
+
+
+async def run_prediction(
+    st: ServeState,
+    name: str,
+    parts: list[tuple[str, bytes]],
+    thresholds: Thresholds,
+    *,
+    t0: float,
+    fit: tuple[int, int] | None,
+) -> Prediction:
+    """Decode images, run them through the model's batcher, and record the answer.
+
+    The one prediction path of ``/v1/models/{name}/predict`` and of the cloud platforms'
+    routes (:mod:`cvdeploy.serve.platforms`): limits, deadline, metrics and request logs
+    are the same whichever route a request came in by.
+
+    Args:
+        st: The server state.
+        name: The model.
+        parts: ``(source, encoded image)`` pairs of the request.
+        thresholds: Post-processing overrides.
+        t0: When the request started (``time.perf_counter()``), for its timings.
+        fit: Model input size for reduced JPEG decoding (``None``: full decode).
+    """
+    cfg = st.config
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.request_timeout_s - (time.perf_counter() - t0)
+    images = await asyncio.to_thread(
+        lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels, fit=fit) for s, d in parts]
+    )
+    t_decode = (time.perf_counter() - t0) * 1e3
+    model = _model(st, name)  # re-read: a switch may have happened while decoding
+    futures = model.batcher.submit([im.image for im in images], thresholds, deadline=deadline)
+    st.metrics.queue_depth.labels(name).set(model.batcher.depth)
+    try:
+        outs = await asyncio.wait_for(asyncio.gather(*futures), deadline - loop.time())
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"no answer within the request deadline of {cfg.request_timeout_s} s"
+        ) from None
+    finally:
+        st.metrics.queue_depth.labels(name).set(model.batcher.depth)
+    results = [im.to_original(r) for im, (r, _) in zip(images, outs, strict=True)]
+    times: StageTimes = outs[0][1]
+    st.metrics.observe_results(name, results, model.names)
+    st.stats.results(results, model.names)
+    for im in images:
+        w, h = im.size
+        st.metrics.input_megapixels.labels(name).observe(w * h / 1e6)
+    timings = {"decode": t_decode, **times.per_image()}
+    timings["total"] = (time.perf_counter() - t0) * 1e3
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    payload = [_result_dict(im, r, model.names) for im, r in zip(images, results, strict=True)]
+    _record(st, model, images, payload, timings)
+    return Prediction(model, images, results, payload, timings)
+
+
 def add_routes(app: FastAPI) -> None:
     async def healthz() -> dict[str, Any]:
         return {"status": "alive", "version": __version__}
@@ -114,9 +201,7 @@ def add_routes(app: FastAPI) -> None:
     ) -> Response:
         st = state_of(request)
         cfg = st.config
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.request_timeout_s
-        fit = _model(st, name).predictors[0].imgsz  # 404 / 503 before reading the body
+        fit = model_input_size(st, name)  # 404 / 503 before reading the body
         if draw or not cfg.reduced_decode:
             fit = None  # drawn images are answered at full size
         t0 = time.perf_counter()
@@ -124,54 +209,17 @@ def add_routes(app: FastAPI) -> None:
         parts = await split_images(request, body, max_images=cfg.max_images)
         if draw and len(parts) != 1:
             raise ApiError(400, "draw_needs_one_image", "draw=true takes exactly one image")
-        images = await asyncio.to_thread(
-            lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels, fit=fit) for s, d in parts]
+        answer = await run_prediction(
+            st, name, parts, Thresholds(conf=conf, iou=iou, max_det=max_det), t0=t0, fit=fit
         )
-        t_decode = (time.perf_counter() - t0) * 1e3
-        model = _model(st, name)  # re-read: a switch may have happened while decoding
-        futures = model.batcher.submit(
-            [im.image for im in images],
-            Thresholds(conf=conf, iou=iou, max_det=max_det),
-            deadline=deadline,
-        )
-        st.metrics.queue_depth.labels(name).set(model.batcher.depth)
-        try:
-            outs = await asyncio.wait_for(asyncio.gather(*futures), deadline - loop.time())
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the request deadline of {cfg.request_timeout_s} s"
-            ) from None
-        finally:
-            st.metrics.queue_depth.labels(name).set(model.batcher.depth)
-        results = [im.to_original(r) for im, (r, _) in zip(images, outs, strict=True)]
-        times: StageTimes = outs[0][1]
-        st.metrics.observe_results(name, results, model.names)
-        st.stats.results(results, model.names)
-        for im in images:
-            w, h = im.size
-            st.metrics.input_megapixels.labels(name).observe(w * h / 1e6)
-        timings = {"decode": t_decode, **times.per_image()}
-        timings["total"] = (time.perf_counter() - t0) * 1e3
-        timings = {k: round(v, 3) for k, v in timings.items()}
-        payload = [_result_dict(im, r, model.names) for im, r in zip(images, results, strict=True)]
-        _record(st, model, images, payload, timings)
-        headers = {"X-Model-Version": model.version, "X-Model-Artifact": model.artifact_id}
+        headers = answer.headers()
         if draw:
-            canvas = draw_result(images[0].image, results[0], model.names)
+            canvas = draw_result(answer.images[0].image, answer.results[0], answer.model.names)
             ok, jpg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
             if not ok:
                 raise ApiError(500, "encode_failed", "the annotated image could not be encoded")
             return Response(jpg.tobytes(), media_type="image/jpeg", headers=headers)
-        return JSONResponse(
-            {
-                "model": name,
-                "version": model.version,
-                "artifact": model.artifact_id,
-                "results": payload,
-                "timings_ms": timings,
-            },
-            headers=headers,
-        )
+        return JSONResponse(answer.body(), headers=headers)
 
     async def list_models(request: Request) -> dict[str, Any]:
         st = state_of(request)

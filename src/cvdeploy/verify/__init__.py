@@ -6,7 +6,9 @@ Public API:
   images, with the tolerance of its precision (:func:`tolerance_for`, :data:`TOLERANCES`);
 - :func:`evaluate_bundle` with :class:`Protocol` -> :class:`EvalReport`: mAP (pycocotools)
   or top-1/top-5 on a labelled dataset, recorded in the bundle;
-- :func:`evaluate_detections` / :func:`evaluate_classification`: the metrics alone.
+- :func:`evaluate_detections` / :func:`evaluate_classification`: the metrics alone;
+- :func:`recheck_parity` -> :class:`Recheck`: an artifact run beside its source again
+  (before a registry rollback puts it back into service).
 """
 
 from cvdeploy.verify.evaluate import EvalReport, Protocol, evaluate_bundle
@@ -23,6 +25,7 @@ from cvdeploy.verify.parity import (
     check_parity,
     tolerance_for,
 )
+from cvdeploy.verify.recheck import Recheck, recheck_parity
 
 __all__ = [
     "TOLERANCES",
@@ -31,10 +34,12 @@ __all__ = [
     "EvalReport",
     "ParityResult",
     "Protocol",
+    "Recheck",
     "Tolerance",
     "check_parity",
     "evaluate_bundle",
     "evaluate_classification",
     "evaluate_detections",
+    "recheck_parity",
     "tolerance_for",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cvdeploy.errors import BackendUnavailable, InputError
+from cvdeploy.verify.bootstrap import DEFAULT_RESAMPLES, bootstrap_accuracy, bootstrap_map
 
 __all__ = [
     "ClassificationMetrics",
@@ -46,6 +47,9 @@ class DetectionMetrics:
     per_class: dict[str, float] = field(default_factory=dict)
     n_images: int = 0
     n_instances: int = 0
+    ci: dict[str, Any] | None = None
+    """Bootstrap confidence intervals of ``map50_95`` and ``map50`` (see
+    :func:`cvdeploy.verify.bootstrap.bootstrap_map`); ``None`` when not computed."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (floats, ints, a dict of floats)."""
@@ -68,6 +72,8 @@ class ClassificationMetrics:
     top5: float
     per_class: dict[str, float] = field(default_factory=dict)
     n: int = 0
+    ci: dict[str, Any] | None = None
+    """Bootstrap confidence intervals of ``top1`` and ``top5``; ``None`` when not computed."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -81,6 +87,7 @@ def evaluate_detections(
     category_ids: Sequence[int],
     names: Sequence[str],
     max_dets: int = 100,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> DetectionMetrics:
     """Compute COCO mAP of box predictions against a COCO ground truth dict.
 
@@ -93,6 +100,8 @@ def evaluate_detections(
         names: Name of each model class index (same length as ``category_ids``).
         max_dets: Detections kept per image and class, highest scores first (COCO: 100);
             AP is read at this limit.
+        bootstrap: Resamples of the images for the 95% confidence intervals (``ci``);
+            0 computes none.
 
     Returns:
         The metrics.
@@ -157,17 +166,23 @@ def evaluate_detections(
         values = values[values > -1]
         if values.size:
             per_class[name_of[int(cid)]] = float(values.mean())
+    ci = bootstrap_map(evaluator, max_det=int(max_dets), resamples=bootstrap) if bootstrap else None
     return DetectionMetrics(
         map50_95=_mean_valid(precision),
         map50=_mean_valid(precision[0]),
         per_class=per_class,
         n_images=len(image_ids),
         n_instances=n_instances,
+        ci=ci,
     )
 
 
 def evaluate_classification(
-    labels: np.ndarray, probs: np.ndarray, names: Sequence[str]
+    labels: np.ndarray,
+    probs: np.ndarray,
+    names: Sequence[str],
+    *,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> ClassificationMetrics:
     """Compute top-1 / top-5 accuracy.
 
@@ -175,6 +190,7 @@ def evaluate_classification(
         labels: True class index per sample, shape ``(n,)``.
         probs: Class scores (probabilities or logits) per sample, shape ``(n, len(names))``.
         names: Class names in index order.
+        bootstrap: Resamples for the 95% confidence intervals (``ci``); 0 computes none.
 
     Returns:
         The metrics.
@@ -217,6 +233,7 @@ def evaluate_classification(
         top5=float(top5_hit.mean()),
         per_class=per_class,
         n=int(labels.size),
+        ci=bootstrap_accuracy(top1_hit, top5_hit, resamples=bootstrap) if bootstrap else None,
     )
 
 
