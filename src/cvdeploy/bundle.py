@@ -32,6 +32,8 @@ from pydantic import (
 )
 
 from cvdeploy.errors import BundleError, IntegrityError, UsageError
+from cvdeploy.failpoints import failpoint
+from cvdeploy.fsutil import pid_alive, pid_prefix, sweep_stale
 from cvdeploy.precision import (
     InferencePrecision,
     inference_precision_for,
@@ -614,7 +616,10 @@ class BundleEdit:
         """Stage in a sibling temporary directory, then swap it in."""
         parent = self.target.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=parent))
+        _recover(self.target.resolve())
+        self.staging = Path(
+            tempfile.mkdtemp(prefix=pid_prefix(f".{self.target.name}.staging-"), dir=parent)
+        )
         try:
             if self._source is not None:
                 _link_tree(self._source, self.staging)
@@ -628,6 +633,7 @@ class BundleEdit:
                 }
             )
             self._write_manifest()
+            failpoint("bundle.staged")
             _swap_in(self.staging, self.target)
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
@@ -846,11 +852,39 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        ``False`` where the system or file system cannot (the caller renames twice).
+    """
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Replace ``target`` by ``staging`` with renames (the old one is removed afterwards)."""
+    """Replace ``target`` by ``staging``: one atomic exchange where the system has it, so a
+    crash at any moment leaves the old bundle or the new one at ``target``; else two
+    renames, and a crash between them is repaired by the next edit (:func:`_recover`)."""
+    if target.exists() and _exchange(staging, target):
+        _fsync_dir(target.parent)
+        shutil.rmtree(staging, ignore_errors=True)  # now the old bundle
+        return
     old: Path | None = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{id(staging):x}")
+        old = target.with_name(f"{pid_prefix(f'.{target.name}.old-')}{id(staging):x}")
         os.rename(target, old)
     try:
         os.rename(staging, target)
@@ -861,3 +895,17 @@ def _swap_in(staging: Path, target: Path) -> None:
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """Clean up after a process killed while changing ``target``: its staging folders go;
+    an old bundle moved aside and never replaced is put back."""
+    parent = target.parent
+    if not target.exists():
+        for old in sorted(parent.glob(f".{target.name}.old-*")):
+            pid = old.name.rsplit(".old-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and (old / MANIFEST).is_file():
+                os.rename(old, target)
+                break
+    sweep_stale(parent, f".{target.name}.staging-")
+    sweep_stale(parent, f".{target.name}.old-")

@@ -30,6 +30,7 @@ CheckFailed            1     500   server_error
 TokenError             2     401   unauthorized         ``WWW-Authenticate: Bearer``
 ServerBusy             2     503   overloaded           ``Retry-After`` (Overloaded, Draining)
 DeadlineExceeded       2     504   deadline_exceeded
+AuditUnavailable       2     503   audit_unavailable    the audit log cannot be written
 ApiError               2     (given per instance)
 =====================  ====  ====  ===================  =================================
 """
@@ -41,6 +42,7 @@ from types import MappingProxyType
 
 __all__ = [
     "ApiError",
+    "AuditUnavailable",
     "BackendUnavailable",
     "BundleError",
     "CheckFailed",
@@ -244,3 +246,10 @@ class DeadlineExceeded(CvdeployError):
 
     http_status = 504
     code = "deadline_exceeded"
+
+
+class AuditUnavailable(ServerBusy):
+    """The audit log cannot be written (disk full, I/O error): nothing is acknowledged
+    unrecorded, so the request is refused (HTTP 503) and the log is left as it was."""
+
+    code = "audit_unavailable"

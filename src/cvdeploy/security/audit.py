@@ -3,41 +3,78 @@
 Each entry holds ``seq``, ``ts`` (UTC), ``actor``, ``action``, ``target``, ``outcome``,
 details, ``prev`` (the MAC of the entry before it) and ``mac`` = HMAC(key, the entry
 without ``mac`` as canonical JSON). Editing, inserting, deleting or reordering entries
-breaks a MAC or the chain, and :func:`verify_log` names the line. The first entry of a
-fresh log links to :data:`GENESIS`; rotation renames the file to ``LOG.N`` and the first
-entry of the new file links to the last MAC of the old one, so the chain spans files.
-Every entry is flushed and ``fsync``-ed before :meth:`AuditLog.record` returns.
+breaks a MAC or the chain, and :func:`verify_log` names the line.
 
-What the chain cannot show on its own: entries cut off the *end* of the newest file
-(ship the log to a write-once store, or compare ``seq`` with a copy kept elsewhere).
+**Anchors.** Every file starts with a header entry (``audit.open``) naming its file number;
+the first file's header links to :data:`GENESIS`. Rotation renames the file to ``LOG.N``
+(N its number) and the next file's header links to the last MAC of the old one, so the
+chain spans files. Deleting entries from the start of a file removes its header, and
+deleting a whole rotated file leaves a gap in the numbers: both are reported. Old files
+are removed only after an ``audit.prune`` entry naming them (the retention cap,
+``max_files``, or ``cvdeploy audit prune``), so a removal by anyone without the key is
+found too.
+
+**Writers.** Several processes may append to one log (the server and ``cvdeploy keys ...
+--audit-log``): each append takes an exclusive ``flock`` on ``LOG.lock`` and re-reads the
+tail under it when another writer moved it. Every entry is flushed and ``fsync``-ed
+before :meth:`AuditLog.record` returns; a failed write (disk full) is rolled back and
+raises :class:`~cvdeploy.errors.AuditUnavailable`, and a line torn by a crash is
+acknowledged by an ``audit.recover`` entry when the log is next written.
+
+What the chain cannot show on its own: entries cut off the *end* of the newest file.
+Checkpoints (:func:`write_checkpoint`, or ``checkpoint_path`` here) are the external
+anchor: keep them elsewhere (another host, write-once storage) and pass them to
+:func:`verify_log`, which then reports a log that ends before a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvdeploy.errors import InputError, UsageError
+from cvdeploy.errors import AuditUnavailable, InputError, UsageError
+from cvdeploy.failpoints import armed, failpoint
 
 __all__ = [
     "GENESIS",
+    "HEADER_ACTION",
+    "PRUNE_ACTION",
+    "RECOVER_ACTION",
     "AuditLog",
     "VerifyReport",
     "load_key",
+    "prune",
+    "read_checkpoints",
     "rotated_files",
     "verify_log",
+    "write_checkpoint",
     "write_key",
 ]
 
 GENESIS = "0" * 64
+HEADER_ACTION = "audit.open"
+"""The first entry of every file: ``detail.file`` is the file's number (1, 2, ...)."""
+PRUNE_ACTION = "audit.prune"
+"""Written before old files are removed: ``detail.removed_through_file``."""
+RECOVER_ACTION = "audit.recover"
+"""Acknowledges a line torn by a crash or a full disk (``detail.torn_offset``)."""
+MAX_STRING = 512
+"""Longest string kept in an entry (longer ones are cut and marked): lines stay small."""
+_MAX_ITEMS = 32
+_MAX_DEPTH = 4
+_BLOCK = 65536
 
 
 def write_key(path: Path | str) -> Path:
@@ -91,6 +128,33 @@ def _mac(key: bytes, entry: dict[str, Any]) -> str:
     return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
 
 
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """``value`` with long strings cut and large or deep containers trimmed (JSON-safe)."""
+    if isinstance(value, str):
+        if len(value) <= MAX_STRING:
+            return value
+        return value[:MAX_STRING] + f"...[{len(value) - MAX_STRING} more characters]"
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else _bounded(str(value), depth)
+    if depth >= _MAX_DEPTH:
+        return _bounded(repr(value), depth)
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {str(k)[:64]: _bounded(v, depth + 1) for k, v in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            out["_omitted"] = len(items) - _MAX_ITEMS
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        out_list = [_bounded(v, depth + 1) for v in seq[:_MAX_ITEMS]]
+        if len(seq) > _MAX_ITEMS:
+            out_list.append(f"...[{len(seq) - _MAX_ITEMS} more items]")
+        return out_list
+    return _bounded(str(value), depth)
+
+
 def rotated_files(path: Path | str) -> list[Path]:
     """``LOG.1``, ``LOG.2``, ... (oldest first) then ``LOG`` itself if present."""
     p = Path(path)
@@ -103,33 +167,185 @@ def rotated_files(path: Path | str) -> list[Path]:
     return files + ([p] if p.exists() else [])
 
 
+def _file_number(path: Path, log: Path) -> int | None:
+    suffix = path.name[len(log.name) + 1 :]
+    return int(suffix) if path != log and suffix.isdigit() else None
+
+
+# reading the ends of a file ------------------------------------------------------------------
+def _first_line(path: Path) -> bytes:
+    """The first line of a file (read in blocks: no limit on its length)."""
+    parts = []
+    with path.open("rb") as f:
+        while True:
+            block = f.read(_BLOCK)
+            if not block:
+                break
+            cut = block.find(b"\n")
+            if cut >= 0:
+                parts.append(block[:cut])
+                break
+            parts.append(block)
+    return b"".join(parts)
+
+
+def _tail(path: Path) -> tuple[bytes | None, int, bytes]:
+    """The last complete line, the offset where what follows it starts, and that rest.
+
+    The rest is empty when the file ends with a newline, else it is a line torn by a
+    crash or a full disk. Reads backwards in blocks until a whole line is found, however
+    long it is.
+    """
+    with path.open("rb") as f:
+        pos = f.seek(0, os.SEEK_END)
+        buf = b""
+        while True:
+            nl = buf.rfind(b"\n")
+            before = buf.rfind(b"\n", 0, nl) if nl > 0 else -1
+            if (nl >= 0 and before >= 0) or pos == 0:
+                break
+            step = min(_BLOCK, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+    if nl < 0:  # no newline at all: the whole file is one torn line
+        return None, 0, buf
+    line = buf[before + 1 : nl]
+    return (line if line.strip() else None), pos + nl + 1, buf[nl + 1 :]
+
+
+def _parse(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        entry = json.loads(raw)
+    except (ValueError, RecursionError):
+        entry = None
+    if not isinstance(entry, dict):
+        raise InputError(
+            f"the last line of audit log {path} is not JSON",
+            hint="run `cvdeploy audit verify` to see what changed",
+        )
+    return entry
+
+
 class AuditLog:
-    """Appends chained entries to ``path`` (thread-safe; one writer process per file).
+    """Appends chained entries to ``path``; safe across threads and processes.
 
     Args:
-        path: The log file (created if missing; its last entry is read to continue the chain).
+        path: The log file (created on the first entry; an existing chain is continued).
         key: The HMAC key (:func:`load_key`).
         max_bytes: Rotate when the file reaches this size.
+        max_files: Keep at most this many files (the current one included); older ones
+            are removed after an ``audit.prune`` entry names them. ``None``: keep all.
+        checkpoint_path: Append a checkpoint (:func:`write_checkpoint`'s record) to this
+            file every ``checkpoint_every_s`` seconds while entries are written: put it on
+            another volume or host, the external anchor against a truncated tail.
+        checkpoint_every_s: Seconds between checkpoints.
+        clock: Wall-clock seconds (tests).
+
+    Raises:
+        InputError: The last entry does not verify with ``key`` or is not JSON.
     """
 
-    def __init__(self, path: Path | str, key: bytes, *, max_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        key: bytes,
+        *,
+        max_bytes: int = 100 * 1024 * 1024,
+        max_files: int | None = None,
+        checkpoint_path: Path | str | None = None,
+        checkpoint_every_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_files is not None and max_files < 2:
+            raise UsageError("the audit log keeps at least 2 files (max_files >= 2)")
         self.path = Path(path)
         self.key = key
         self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_every_s = checkpoint_every_s
+        self.clock = clock
         self._lock = threading.Lock()
-        self._prev, self._seq = GENESIS, 0
-        files = rotated_files(self.path)
-        if files:
-            last = _last_entry(files[-1])
-            if last is not None:
-                if not hmac.compare_digest(_mac(key, last), str(last.get("mac", ""))):
-                    raise InputError(
-                        f"the last entry of audit log {files[-1]} does not verify with this key",
-                        hint="check --audit-key-file, then run `cvdeploy audit verify`",
-                    )
-                self._prev, self._seq = str(last["mac"]), int(last["seq"])
+        self._prev, self._seq, self._number = GENESIS, 0, 1
+        self._seen: tuple[int, int] | None = None  # (inode, size) after our last write
+        self._torn: tuple[int, bytes] | None = None
+        self._last_checkpoint = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._sync()
 
+    # locking and the tail ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _sync(self) -> None:
+        """Continue from the log's tail as it is now (another writer may have appended)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and self._seen == (st.st_ino, st.st_size):
+            return
+        self._torn = None
+        if st is None:  # no current file: continue after the newest rotated one, if any
+            files = rotated_files(self.path)
+            self._prev, self._seq, self._number = GENESIS, 0, 1
+            if files:
+                last = self._verified_tail(files[-1])
+                if last is not None:
+                    self._prev, self._seq = str(last["mac"]), int(last["seq"])
+                number = _file_number(files[-1], self.path)
+                self._number = (number or len(files)) + 1
+            self._seen = None
+            return
+        last = self._verified_tail(self.path)
+        if last is None:
+            self._prev, self._seq = GENESIS, 0
+            older = rotated_files(self.path)[:-1]
+            if older:
+                prev = self._verified_tail(older[-1])
+                if prev is not None:
+                    self._prev, self._seq = str(prev["mac"]), int(prev["seq"])
+        else:
+            self._prev, self._seq = str(last["mac"]), int(last["seq"])
+        self._number = self._current_number()
+        self._seen = (st.st_ino, st.st_size) if self._torn is None else None
+
+    def _verified_tail(self, path: Path) -> dict[str, Any] | None:
+        line, torn_at, rest = _tail(path)
+        if path == self.path and rest:
+            self._torn = (torn_at, rest)
+        if line is None:
+            return None
+        entry = _parse(line, path)
+        if not hmac.compare_digest(_mac(self.key, entry), str(entry.get("mac", ""))):
+            raise InputError(
+                f"the last entry of audit log {path} does not verify with this key",
+                hint="check --audit-key-file, then run `cvdeploy audit verify`",
+            )
+        return entry
+
+    def _current_number(self) -> int:
+        try:
+            first = json.loads(_first_line(self.path))
+        except (ValueError, RecursionError, OSError):
+            first = None
+        if isinstance(first, dict) and first.get("action") == HEADER_ACTION:
+            number = (first.get("detail") or {}).get("file")
+            if isinstance(number, int) and number >= 1:
+                return number
+        numbers = [_file_number(q, self.path) for q in rotated_files(self.path)[:-1]]
+        return 1 + max((n for n in numbers if n is not None), default=0)
+
+    # writing ----------------------------------------------------------------------------
     def record(
         self,
         *,
@@ -141,65 +357,264 @@ class AuditLog:
     ) -> dict[str, Any]:
         """Append one entry and fsync it; returns the entry.
 
+        Strings longer than :data:`MAX_STRING` and containers beyond 32 items are cut
+        (and marked as cut), so no caller can write a line large enough to hurt readers.
+
         Args:
             actor: Who (``user:alice``, ``key:<id>``, ``anonymous``, ``cli:<login>``).
             action: What (``auth.token``, ``predict``, ``key.create``, ``registry.promote``...).
-            outcome: ``ok``, ``denied``, ``failed`` or ``error``.
+            outcome: ``ok``, ``denied``, ``refused``, ``started``, ``failed`` or ``error``.
             target: What it was done to (model, user, key id).
             **detail: Further metadata (JSON-serialisable; never secrets or images).
+
+        Raises:
+            AuditUnavailable: The entry could not be written (disk full, I/O error): the
+                file is left as it was before the call.
         """
-        with self._lock:
+        with self._lock, self._locked():
+            self._sync()
+            if self._torn is not None:
+                self._recover()
             if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
                 self._rotate()
-            entry: dict[str, Any] = {
-                "seq": self._seq + 1,
-                "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "detail": detail,
-                "prev": self._prev,
-            }
-            entry = json.loads(_canonical(entry))  # what is verified is what is written
-            entry["mac"] = _mac(self.key, entry)
-            line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._prev, self._seq = entry["mac"], entry["seq"]
+            if not self.path.exists():
+                self._header()
+            entry = self._append(actor, action, outcome, target, detail)
+            self._maybe_checkpoint()
             return entry
 
-    def _rotate(self) -> None:
-        n = 1 + max(
-            (int(q.name.rsplit(".", 1)[1]) for q in rotated_files(self.path)[:-1]), default=0
-        )
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
-
-
-def _last_entry(path: Path) -> dict[str, Any] | None:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        block = min(size, 65536)
-        f.seek(size - block)
-        lines = f.read().splitlines()
-    for raw in reversed(lines):
-        if raw.strip():
+    def _append(
+        self, actor: str, action: str, outcome: str, target: str | None, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "seq": self._seq + 1,
+            "ts": dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat(
+                timespec="microseconds"
+            ),
+            "actor": _bounded(actor),
+            "action": _bounded(action),
+            "target": _bounded(target),
+            "outcome": _bounded(outcome),
+            "detail": _bounded(detail),
+            "prev": self._prev,
+        }
+        entry = json.loads(_canonical(entry))  # what is verified is what is written
+        entry["mac"] = _mac(self.key, entry)
+        data = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open audit log {self.path}: {exc}") from None
+        try:
+            start = os.fstat(fd).st_size
             try:
-                entry = json.loads(raw)
-            except ValueError:
-                raise InputError(
-                    f"the last line of audit log {path} is not JSON",
-                    hint="run `cvdeploy audit verify`",
+                view = memoryview(data)
+                if armed("audit.append.partial"):  # fault tests: a torn write, then death
+                    os.write(fd, data[: len(data) // 2])
+                    failpoint("audit.append.partial")
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no torn line left behind
+                    os.fsync(fd)
+                raise AuditUnavailable(
+                    f"cannot write to audit log {self.path}: {exc.strerror or exc}",
+                    hint="free space on the log's volume (or check its permissions)",
                 ) from None
-            return entry if isinstance(entry, dict) else None
-    return None
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self._prev, self._seq = entry["mac"], entry["seq"]
+        self._seen = (st.st_ino, st.st_size)
+        return entry
+
+    def _header(self) -> None:
+        self._append(
+            "audit",
+            HEADER_ACTION,
+            "ok",
+            None,
+            {"file": self._number, "previous_file": self._number - 1 or None},
+        )
+
+    def _recover(self) -> None:
+        """Close a torn last line with a newline and acknowledge it in the chain."""
+        assert self._torn is not None
+        offset, rest = self._torn
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+            os.fsync(fd)
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot write to audit log {self.path}: {exc}") from None
+        finally:
+            os.close(fd)
+        self._torn = None
+        self._append(
+            "audit",
+            RECOVER_ACTION,
+            "ok",
+            None,
+            {
+                "torn_offset": offset,
+                "torn_bytes": len(rest),
+                "torn_sha256": hashlib.sha256(rest).hexdigest(),
+                "reason": "a line was cut short (writer killed or disk full)",
+            },
+        )
+
+    def _rotate(self) -> None:
+        n = self._number
+        while self.path.with_name(f"{self.path.name}.{n}").exists():
+            n += 1  # never replace a rotated file (names written by older versions)
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
+        self._number += 1
+        self._seen = None
+        self._header()
+        if self.max_files is not None:
+            old = rotated_files(self.path)[:-1]
+            excess = old[: max(0, len(old) + 1 - self.max_files)]
+            if excess:
+                self._prune(excess)
+
+    def _prune(self, files: list[Path]) -> None:
+        """Name the files in an ``audit.prune`` entry, then remove them (oldest first)."""
+        try:
+            last = self._verified_tail(files[-1])
+        except InputError:
+            last = None
+        number = _file_number(files[-1], self.path)
+        self._append(
+            "audit",
+            PRUNE_ACTION,
+            "ok",
+            None,
+            {
+                "removed_through_file": number,
+                "removed_through_seq": None if last is None else last.get("seq"),
+                "files": [f.name for f in files],
+            },
+        )
+        for f in files:
+            f.unlink(missing_ok=True)
+
+    def prune(self, *, keep: int) -> list[str]:
+        """Remove all but the ``keep`` newest rotated files (recorded first).
+
+        Returns:
+            The names of the removed files.
+        """
+        if keep < 0:
+            raise UsageError("--keep must be >= 0")
+        with self._lock, self._locked():
+            self._sync()
+            if self._torn is not None:
+                self._recover()
+            if not self.path.exists():
+                self._header()
+            old = rotated_files(self.path)[:-1]
+            excess = old[: max(0, len(old) - keep)]
+            if excess:
+                self._prune(excess)
+            return [f.name for f in excess]
+
+    # checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint record of the newest entry (see :func:`write_checkpoint`)."""
+        with self._lock, self._locked():
+            self._sync()
+            return _checkpoint(self.key, self._seq, self._prev, self._number, self.clock())
+
+    def _maybe_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        now = time.monotonic()
+        if now - self._last_checkpoint < self.checkpoint_every_s and self._last_checkpoint:
+            return
+        self._last_checkpoint = now
+        record = _checkpoint(self.key, self._seq, self._prev, self._number, self.clock())
+        _append_line(self.checkpoint_path, record)
 
 
+def _checkpoint(key: bytes, seq: int, mac: str, number: int, now: float) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "kind": "cvdeploy-audit-checkpoint",
+        "seq": seq,
+        "mac": mac,
+        "file": number,
+        "ts": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds"),
+    }
+    record["checkpoint_mac"] = hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
+    return record
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(log: Path | str, key: bytes, out: Path | str) -> dict[str, Any]:
+    """Append a checkpoint of ``log``'s newest entry (seq and MAC, itself MAC'd) to ``out``.
+
+    Run it on a schedule from another host, or keep ``out`` on write-once storage: a log
+    that later ends before a checkpoint's ``seq``, or holds another entry there, was cut
+    or rewritten (``cvdeploy audit verify --checkpoint``).
+
+    Raises:
+        InputError: The log does not exist or its last entry does not verify.
+    """
+    if not rotated_files(log):
+        raise InputError(f"audit log {log} does not exist")
+    record = AuditLog(log, key).checkpoint()
+    _append_line(Path(out), record)
+    return record
+
+
+def read_checkpoints(path: Path | str, key: bytes) -> list[dict[str, Any]]:
+    """The checkpoints in a file (one JSON record per line).
+
+    Raises:
+        InputError: Missing file, or a record that is not a checkpoint made with ``key``.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_bytes().splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint file {p}: {exc}") from None
+    out = []
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict) or rec.get("kind") != "cvdeploy-audit-checkpoint":
+            raise InputError(f"{p}:{i} is not an audit checkpoint")
+        body = {k: v for k, v in rec.items() if k != "checkpoint_mac"}
+        want = hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, str(rec.get("checkpoint_mac", ""))):
+            raise InputError(
+                f"{p}:{i}: the checkpoint does not verify with this key (edited or forged)"
+            )
+        out.append(rec)
+    return out
+
+
+def prune(log: Path | str, key: bytes, *, keep: int) -> list[str]:
+    """Remove all but the ``keep`` newest rotated files of ``log``, recorded first."""
+    return AuditLog(log, key).prune(keep=keep)
+
+
+# verification --------------------------------------------------------------------------------
 @dataclass(slots=True)
 class VerifyReport:
     """What :func:`verify_log` found."""
@@ -208,6 +623,7 @@ class VerifyReport:
     entries: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    last_seq: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,62 +636,217 @@ class VerifyReport:
             "ok": self.ok,
             "files": self.files,
             "entries": self.entries,
+            "last_seq": self.last_seq,
             "problems": self.problems,
             "notes": self.notes,
         }
 
 
-def verify_log(files: list[Path], key: bytes) -> VerifyReport:
-    """Check the MAC of every entry and the chain across ``files`` (oldest first).
+@dataclass(slots=True)
+class _Line:
+    path: Path
+    line: int
+    offset: int
+    raw: bytes
+    complete: bool
+    entry: dict[str, Any] | None
 
-    Each problem names the file and 1-based line: ``mac_mismatch`` (entry edited or
-    forged), ``chain_broken`` (an entry before it was deleted, or it was inserted or
-    moved), ``bad_seq``, ``not_json``. The first file may start mid-chain (older files
-    removed); its first link is then taken as given and mentioned in ``notes``.
+
+def _lines(path: Path) -> list[_Line]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read audit log {path}: {exc}") from None
+    out, offset = [], 0
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        complete = offset + len(raw) < len(data)
+        if raw.strip():
+            try:
+                entry = json.loads(raw)
+            except (ValueError, RecursionError):
+                entry = None
+            out.append(
+                _Line(path, i, offset, raw, complete, entry if isinstance(entry, dict) else None)
+            )
+        offset += len(raw) + 1
+    return out
+
+
+def verify_log(
+    files: Sequence[Path], key: bytes, *, checkpoints: Sequence[dict[str, Any]] = ()
+) -> VerifyReport:
+    """Check every entry's MAC, the chain, the file headers and the checkpoints.
+
+    ``files`` are oldest first (:func:`rotated_files`). Each problem names the file and
+    1-based line: ``mac_mismatch`` (entry edited or forged), ``chain_broken`` (an entry
+    before it was deleted, or it was inserted or moved), ``bad_seq``, ``not_json``,
+    ``torn_tail`` (the last line was cut short: a crash or a full disk, not yet
+    acknowledged by a restarted writer), ``head_missing`` (entries deleted from the start
+    of a file), ``files_missing`` (a rotated file removed without an ``audit.prune``
+    entry), ``truncated`` / ``checkpoint_mismatch`` (the log ends before a checkpoint, or
+    differs from it). Logs written before file headers existed verify as before when
+    they start at the first entry (noted).
     """
     report = VerifyReport([str(f) for f in files])
     prev: str | None = None
     seq: int | None = None
-    for path in files:
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise InputError(f"cannot read audit log {path}: {exc}") from None
-        for i, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
+    by_seq: dict[int, str] = {}
+    first_number: int | None = None
+    pruned_through = 0
+    headered = False
+    last_number: int | None = None
 
-            def problem(kind: str, message: str, *, _p: Path = path, _i: int = i) -> None:
-                report.problems.append(
-                    {"file": str(_p), "line": _i, "problem": kind, "message": message}
-                )
+    def problem(at: _Line, kind: str, message: str) -> None:
+        report.problems.append(
+            {"file": str(at.path), "line": at.line, "problem": kind, "message": message}
+        )
 
-            try:
-                entry = json.loads(raw)
-                if not isinstance(entry, dict):
-                    raise ValueError
-            except ValueError:
-                problem("not_json", "not a JSON object: the line was edited or damaged")
+    for fi, path in enumerate(files):
+        lines = _lines(path)
+        last_file = fi == len(files) - 1
+        started = False
+        for li, ln in enumerate(lines):
+            entry = ln.entry
+            if entry is None:
+                nxt = lines[li + 1].entry if li + 1 < len(lines) else None
+                if _acknowledges(nxt, ln):
+                    report.notes.append(
+                        f"{path}:{ln.line}: a line cut short by a crash or a full disk "
+                        f"(acknowledged at line {ln.line + 1})"
+                    )
+                elif last_file and li == len(lines) - 1 and not ln.complete:
+                    problem(
+                        ln,
+                        "torn_tail",
+                        "the last line is incomplete: the writer was killed or the disk "
+                        "filled while appending it (a restarted writer acknowledges it)",
+                    )
+                else:
+                    problem(ln, "not_json", "not a JSON object: the line was edited or damaged")
                 continue
             report.entries += 1
             stored = str(entry.get("mac", ""))
             if not hmac.compare_digest(_mac(key, entry), stored):
-                problem("mac_mismatch", "MAC does not match: the entry was edited or forged")
+                problem(ln, "mac_mismatch", "MAC does not match: the entry was edited or forged")
+            is_header = entry.get("action") == HEADER_ACTION and entry.get("actor") == "audit"
+            raw_detail = entry.get("detail")
+            detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+            number = detail.get("file") if is_header else None
+            if not started:  # the start of a file: its header, or (older logs) genesis
+                started = True
+                if is_header and isinstance(number, int):
+                    if fi == 0:
+                        first_number = number
+                    elif last_number is not None and number != last_number + 1:
+                        problem(
+                            ln,
+                            "files_missing",
+                            f"file number {number} follows file {last_number}: "
+                            f"files {last_number + 1}..{number - 1} were removed",
+                        )
+                    headered = True
+                    last_number = number
+                elif fi == 0 and entry.get("prev") == GENESIS and entry.get("seq") == 1:
+                    report.notes.append(
+                        f"{path} was written before file headers: the removal of a whole "
+                        "rotated file is found by the chain only"
+                    )
+                    last_number = 1
+                elif fi == 0 or headered:
+                    problem(
+                        ln,
+                        "head_missing",
+                        "the file does not start with its header entry: entries were "
+                        "deleted from its start (or the older files holding the start of "
+                        "the chain were removed)",
+                    )
+                elif last_number is not None:  # a rotated file written before headers
+                    last_number += 1
+            elif is_header:
+                problem(ln, "chain_broken", "a file header in the middle of a file")
+            if entry.get("action") == PRUNE_ACTION and entry.get("actor") == "audit":
+                through = detail.get("removed_through_file")
+                if isinstance(through, int):
+                    pruned_through = max(pruned_through, through)
             link = entry.get("prev")
-            if prev is None:
-                if link != GENESIS:
-                    report.notes.append(f"{path} starts mid-chain (older rotated files absent)")
-            elif link != prev:
+            if prev is not None and link != prev:
                 problem(
+                    ln,
                     "chain_broken",
                     "does not follow the previous entry: an entry was deleted before this "
                     "line, or this entry was inserted or moved",
                 )
             cur = entry.get("seq")
             if seq is not None and isinstance(cur, int) and cur != seq + 1:
-                problem("bad_seq", f"sequence number {cur} after {seq}")
+                problem(ln, "bad_seq", f"sequence number {cur} after {seq}")
+            if isinstance(cur, int):
+                by_seq[cur] = stored
             prev, seq = stored, cur if isinstance(cur, int) else seq
+    if first_number is not None and first_number > 1:
+        if pruned_through >= first_number - 1:
+            report.notes.append(
+                f"files 1..{first_number - 1} were removed after an audit.prune entry"
+            )
+        else:
+            first = report.files[0]
+            report.problems.append(
+                {
+                    "file": first,
+                    "line": 1,
+                    "problem": "files_missing",
+                    "message": f"the log starts at file {first_number}, but only files "
+                    f"up to {pruned_through} were pruned: files "
+                    f"{pruned_through + 1}..{first_number - 1} were removed",
+                }
+            )
+    report.last_seq = seq
+    _check_checkpoints(report, checkpoints, by_seq, seq)
     return report
+
+
+def _acknowledges(entry: dict[str, Any] | None, torn: _Line) -> bool:
+    if entry is None or entry.get("action") != RECOVER_ACTION or entry.get("actor") != "audit":
+        return False
+    detail = entry.get("detail") or {}
+    return bool(
+        detail.get("torn_offset") == torn.offset
+        and detail.get("torn_sha256") == hashlib.sha256(torn.raw).hexdigest()
+    )
+
+
+def _check_checkpoints(
+    report: VerifyReport,
+    checkpoints: Sequence[dict[str, Any]],
+    by_seq: dict[int, str],
+    last: int | None,
+) -> None:
+    where = report.files[-1] if report.files else ""
+    for ck in checkpoints:
+        s, mac = ck.get("seq"), ck.get("mac")
+        if not isinstance(s, int):
+            continue
+        if last is None or s > last:
+            report.problems.append(
+                {
+                    "file": where,
+                    "line": None,
+                    "problem": "truncated",
+                    "message": f"the log ends at entry {last}, but a checkpoint of "
+                    f"{ck.get('ts')} recorded entry {s}: entries were cut off its end",
+                }
+            )
+        elif s in by_seq and not hmac.compare_digest(by_seq[s], str(mac)):
+            report.problems.append(
+                {
+                    "file": where,
+                    "line": None,
+                    "problem": "checkpoint_mismatch",
+                    "message": f"entry {s} differs from the checkpoint of {ck.get('ts')}: "
+                    "the log was rewritten",
+                }
+            )
+    if checkpoints:
+        report.notes.append(f"checked against {len(checkpoints)} checkpoint(s)")
 
 
 def cli_actor() -> str:

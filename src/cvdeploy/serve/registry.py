@@ -26,6 +26,7 @@ from typing import Any
 
 from cvdeploy.bundle import Bundle, now
 from cvdeploy.errors import BundleError, InputError, UsageError
+from cvdeploy.failpoints import failpoint
 from cvdeploy.fsutil import write_atomic
 
 __all__ = [
@@ -89,8 +90,13 @@ class ModelRegistry:
         return data
 
     def _write(self, state: dict[str, Any]) -> None:
+        # under the lock no other writer is between its temp file and its rename, so any
+        # temp file of the state is a leftover of a killed process
+        for stray in self.root.glob(f".{STATE_FILE}.*.tmp"):
+            stray.unlink(missing_ok=True)
         text = json.dumps(state, indent=2, sort_keys=True)
         write_atomic(self.state_path, text.encode("utf-8"), mode=0o600)
+        failpoint("registry.state.written")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -194,8 +200,12 @@ class ModelRegistry:
             self._write(state)
         return name, version
 
-    def promote(self, name: str, version: str, *, stage: str = "production") -> str | None:
+    def promote(
+        self, name: str, version: str, *, stage: str = "production", op: str | None = None
+    ) -> str | None:
         """Put a version at a stage; returns the version that was there before.
+
+        ``op`` (the audit entry's operation id) is kept in the history entry.
 
         Raises:
             UsageError: Unknown model, version or stage.
@@ -221,13 +231,16 @@ class ModelRegistry:
                     "version": version,
                     "stage": stage,
                     "replaced": before,
+                    **({"op": op} if op else {}),
                 }
             )
             self._write(state)
         return before
 
-    def rollback(self, name: str) -> tuple[str, str]:
+    def rollback(self, name: str, *, op: str | None = None) -> tuple[str, str]:
         """Put the previous production version back; returns ``(from, to)``.
+
+        ``op`` (the audit entry's operation id) is kept in the history entry.
 
         Raises:
             UsageError: The model has no earlier production version.
@@ -249,6 +262,7 @@ class ModelRegistry:
                     "action": "rollback",
                     "version": target,
                     "replaced": current,
+                    **({"op": op} if op else {}),
                 }
             )
             self._write(state)
