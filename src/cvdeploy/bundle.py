@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from cvdeploy.errors import BundleError, IntegrityError, UsageError
+from cvdeploy.errors import BundleError, IntegrityError, StorageError, UsageError
 from cvdeploy.failpoints import failpoint
 from cvdeploy.fsutil import pid_alive, pid_prefix, sweep_stale
 from cvdeploy.precision import (
@@ -470,8 +471,8 @@ class Bundle:
             )
         try:
             raw = json.loads(mf.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{mf} is not valid JSON: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
+            raise BundleError(f"{mf} is not valid JSON: {str(exc)[:300]}") from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if version != SCHEMA_VERSION:
             raise BundleError(
@@ -635,6 +636,15 @@ class BundleEdit:
             self._write_manifest()
             failpoint("bundle.staged")
             _swap_in(self.staging, self.target)
+        except OSError as exc:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise StorageError(
+                f"cannot write bundle {self.target}: {exc.strerror}",
+                hint="free space (or fix the permissions) where the bundle is written; "
+                "nothing was changed",
+            ) from None
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise
@@ -819,6 +829,12 @@ class BundleEdit:
             os.fsync(f.fileno())
 
 
+_STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
+"""Write failures answered as a :class:`~cvdeploy.errors.StorageError` (not a traceback)."""
+
+
 def _check_id(artifact_id: str) -> None:
     ok = artifact_id and all(c.isalnum() or c in "-_." for c in artifact_id)
     if not ok or artifact_id.startswith(".") or artifact_id in {"samples"}:
@@ -859,7 +875,6 @@ def _exchange(a: Path, b: Path) -> bool:
         ``False`` where the system or file system cannot (the caller renames twice).
     """
     import ctypes
-    import errno
 
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2

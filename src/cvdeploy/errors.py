@@ -31,6 +31,7 @@ TokenError             2     401   unauthorized         ``WWW-Authenticate: Bear
 ServerBusy             2     503   overloaded           ``Retry-After`` (Overloaded, Draining)
 DeadlineExceeded       2     504   deadline_exceeded
 AuditUnavailable       2     503   audit_unavailable    the audit log cannot be written
+StorageError           2     500   storage_error        a file cannot be written (disk full)
 ApiError               2     (given per instance)
 =====================  ====  ====  ===================  =================================
 """
@@ -58,6 +59,7 @@ __all__ = [
     "ServerBusy",
     "ShapeError",
     "SpecError",
+    "StorageError",
     "TokenError",
     "UsageError",
 ]
@@ -253,3 +255,13 @@ class AuditUnavailable(ServerBusy):
     unrecorded, so the request is refused (HTTP 503) and the log is left as it was."""
 
     code = "audit_unavailable"
+
+
+class StorageError(CvdeployError):
+    """A file could not be written: the disk is full, read-only, or not writable by us.
+
+    Raised instead of the bare ``OSError`` where cvdeploy writes its own files (bundles),
+    after undoing the partial write: nothing is left half-written.
+    """
+
+    code = "storage_error"

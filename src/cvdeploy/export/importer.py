@@ -94,8 +94,8 @@ def read_names_file(path: Path) -> tuple[str, ...]:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise InputError(f"names file {path} is not valid: {exc}") from exc
+        except (ValueError, RecursionError, yaml.YAMLError) as exc:  # JSON, too deep
+            raise InputError(f"names file {path} is not valid: {str(exc)[:300]}") from None
         if isinstance(data, dict) and "names" in data:
             data = data["names"]
         names = _names_from(data)

@@ -54,8 +54,8 @@ def read_spec_file(path: Path) -> ModelSpec:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         return ModelSpec.model_validate(data)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec file {path} is not valid: {exc}") from exc
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:  # JSON, UTF-8, too deep
+        raise SpecError(f"spec file {path} is not valid: {str(exc)[:300]}") from None
     except ValidationError as exc:
         raise SpecError(
             f"spec file {path} is not a valid model spec:\n{exc}",

@@ -80,7 +80,7 @@ class ModelRegistry:
         """The current state (a fresh copy)."""
         try:
             data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
             raise InputError(
                 f"registry state {self.state_path} cannot be read: {exc}",
                 hint="restore it from a backup; it is only written atomically by cvdeploy",
