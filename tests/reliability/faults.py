@@ -105,6 +105,9 @@ def promote_fault(root: Path, moment: str, *, rollback: bool = False) -> Outcome
     reg = ModelRegistry(root / "reg")
     log, key = root / "audit.log", root / "audit.key"
     audit = ["--audit-log", str(log), "--audit-key-file", str(key)]
+    if rollback and not reg.model("tiny")["previous"]:  # something to roll back to
+        current = reg.model("tiny")["stages"]["production"]
+        reg.promote("tiny", "2" if current != "2" else "1")
     before = reg.model("tiny")
     cmd = ["registry", "rollback", str(reg.root), "tiny"] if rollback else None
     if cmd is None:

@@ -22,15 +22,15 @@ from cvdeploy.errors import AuditUnavailable
 from cvdeploy.security import audit as audit_mod
 from cvdeploy.security.audit import (
     GENESIS,
-    MAX_STRING,
     AuditLog,
-    _mac,
     load_key,
     read_checkpoints,
     rotated_files,
     verify_log,
     write_key,
 )
+from cvdeploy.security.audit_format import MAX_STRING
+from cvdeploy.security.audit_format import entry_mac as _mac
 
 
 @pytest.fixture
