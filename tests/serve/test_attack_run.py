@@ -159,31 +159,30 @@ def test_pixel_budget_waits_in_order_and_times_out() -> None:
 def test_anonymous_failures_are_aggregated_in_the_audit_log(
     tmp_path: Path, tiny_bundle: Path, auth_db_template: Any, jpeg: bytes
 ) -> None:
-    sec = {"audit_anonymous_burst": 20, "audit_anonymous_total_burst": 100}
-    with secured_app(tiny_bundle, tmp_path, auth_db_template, **sec) as s:
+    with secured_app(tiny_bundle, tmp_path, auth_db_template) as s:  # the defaults
         for i in range(400):
             path = "/v1/models" if i % 2 else f"/nothing/{i}"
             assert s.client.get(path).status_code in (401, 404, 429)
         _legit(s, jpeg)
         written = [e for e in s.entries() if e["actor"] == "anonymous"]
-        assert len(written) <= 21
-        assert s.layer.throttle.pending >= 379
+        assert len(written) <= 101  # the burst of one address, not 400 fsync'd entries
+        assert s.layer.throttle.pending >= 299
         s.mono.advance(61)  # the summary is due
         _legit(s, jpeg)
         summary = [e for e in s.entries() if e["action"] == "audit.suppressed"]
-        assert len(summary) == 1 and summary[0]["detail"]["count"] >= 379
+        assert len(summary) == 1 and summary[0]["detail"]["count"] >= 299
         assert set(summary[0]["detail"]["statuses"]) <= {"401", "404", "429"}
-    _restart_and_verify(s, tiny_bundle, tmp_path, jpeg, **sec)
+    _restart_and_verify(s, tiny_bundle, tmp_path, jpeg)
 
 
 def test_held_back_counts_are_written_at_shutdown(
     tmp_path: Path, tiny_bundle: Path, auth_db_template: Any
 ) -> None:
-    with secured_app(tiny_bundle, tmp_path, auth_db_template, audit_anonymous_burst=2) as s:
-        for _ in range(10):
+    with secured_app(tiny_bundle, tmp_path, auth_db_template) as s:
+        for _ in range(110):
             s.client.get("/v1/models")
     summary = [e for e in s.entries() if e["action"] == "audit.suppressed"]
-    assert [e["detail"]["count"] for e in summary] == [8]
+    assert [e["detail"]["count"] for e in summary] == [10]  # 100 written, 10 counted
 
 
 # 7: 500s on hostile JSON ----------------------------------------------------------------------
@@ -261,10 +260,10 @@ def test_load_errors_over_http_hide_paths(tmp_path: Path, tiny_bundle: Path) -> 
 def test_anonymous_requests_do_not_use_up_a_clients_budget(
     tmp_path: Path, tiny_bundle: Path, auth_db_template: Any, jpeg: bytes
 ) -> None:
-    sec = {"predict_burst_per_ip": 5, "anonymous_burst_per_ip": 10, "predict_burst_per_key": 50}
+    sec = {"predict_burst_per_ip": 5, "predict_burst_per_key": 50}
     with secured_app(tiny_bundle, tmp_path, auth_db_template, **sec) as s:
         codes = [s.client.post(PREDICT, content=jpeg, headers=RAW).status_code for _ in range(400)]
-        assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
+        assert set(codes) <= {401, 429} and 429 in codes  # anonymous: their own budget
         bad = {"Authorization": "Bearer cvd_000000000000_" + "A" * 43}
         assert s.client.post(PREDICT, content=jpeg, headers={**RAW, **bad}).status_code == 429
         for _ in range(5):  # the same address, with a valid key: its own budget is whole
