@@ -351,6 +351,8 @@ def test_head_answers_like_get(srv: Secured, tiny_bundle: Path) -> None:
     assert r.status_code == 200 and r.content == b""
     assert r.headers["content-length"] == get.headers["content-length"]
     assert srv.client.head("/v1/models").status_code == 401
+    last = srv.entries()[-1]["detail"]
+    assert (last["method"], last["route"], last["status"]) == ("HEAD", "/v1/models", 401)
     with serving(tiny_bundle) as c:
         assert c.head("/metrics").status_code == 200
         assert 'method="HEAD"' in c.get("/metrics").text

@@ -155,18 +155,19 @@ class AuditThrottle:
         """Summaries to write now (counts older than ``flush_s``, or all), forgotten here."""
         out = []
         with self._lock:
-            for client in list(self._held):
-                held = self._held[client]
-                if everything or now - held.first >= self.flush_s:
-                    del self._held[client]
-                    out.append(
-                        {
-                            "client": client,
-                            "count": held.count,
-                            "statuses": {str(k): v for k, v in sorted(held.statuses.items())},
-                            "over_s": round(held.last - held.first, 3),
-                        }
-                    )
+            while self._held:  # oldest first (insertion order): stop at the first not due
+                client, held = next(iter(self._held.items()))
+                if not everything and now - held.first < self.flush_s:
+                    break
+                del self._held[client]
+                out.append(
+                    {
+                        "client": client,
+                        "count": held.count,
+                        "statuses": {str(k): v for k, v in sorted(held.statuses.items())},
+                        "over_s": round(held.last - held.first, 3),
+                    }
+                )
         return out
 
     @property

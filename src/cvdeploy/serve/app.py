@@ -221,7 +221,9 @@ class _HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET", "cvdeploy_method": "HEAD"}, receive, headers_only)
+        # in place: the audit middleware outside sees the route and caller of this request
+        scope["method"], scope["cvdeploy_method"] = "GET", "HEAD"
+        await self.app(scope, receive, headers_only)
 
 
 _PREDICT_PATH = re.compile(r"^/v1/models/[^/]+/predict/?$")
