@@ -162,8 +162,11 @@ def test_cli_prune_and_checkpoints_catch_a_cut_tail(tmp_path: Path, key: bytes) 
     assert len(rotated_files(path)) == 2
     _fill(path, key, 3)  # after the prune record
     ck = tmp_path / "elsewhere" / "checkpoints.jsonl"
+    lock = path.with_name("audit.log.lock")
+    lock.unlink()
     r = runner.invoke(app, ["audit", "checkpoint", str(path), *kf, "--out", str(ck)])
     assert r.exit_code == 0, r.output
+    assert not lock.exists()  # a checkpoint only reads the log (another host can take it)
     assert read_checkpoints(ck, key)[0]["seq"] == verify_log(rotated_files(path), key).last_seq
     r = runner.invoke(app, ["audit", "verify", str(path), *kf, "--checkpoint", str(ck)])
     assert r.exit_code == 0, r.output

@@ -296,14 +296,9 @@ class AuditLog:
         return entry
 
     def _current_number(self) -> int:
-        try:
-            first = json.loads(_first_line(self.path))
-        except (ValueError, RecursionError, OSError):
-            first = None
-        if isinstance(first, dict) and first.get("action") == HEADER_ACTION:
-            number = (first.get("detail") or {}).get("file")
-            if isinstance(number, int) and number >= 1:
-                return number
+        number = _header_number(self.path)
+        if number is not None:
+            return number
         numbers = [_file_number(q, self.path) for q in rotated_files(self.path)[:-1]]
         return 1 + max((n for n in numbers if n is not None), default=0)
 
@@ -533,11 +528,39 @@ def write_checkpoint(log: Path | str, key: bytes, out: Path | str) -> dict[str, 
     Raises:
         InputError: The log does not exist or its last entry does not verify.
     """
-    if not rotated_files(log):
+    files = rotated_files(log)
+    if not files:
         raise InputError(f"audit log {log} does not exist")
-    record = AuditLog(log, key).checkpoint()
-    _append_line(Path(out), record)
-    return record
+    # read only (no lock, nothing written next to the log): a reader on another host can
+    # take checkpoints; a torn last line is skipped, as a writer would
+    for path in reversed(files):
+        line, _, _ = _tail(path)
+        if line is None:
+            continue
+        entry = _parse(line, path)
+        if not hmac.compare_digest(entry_mac(key, entry), str(entry.get("mac", ""))):
+            raise InputError(
+                f"the last entry of audit log {path} does not verify with this key",
+                hint="check --key-file, then run `cvdeploy audit verify`",
+            )
+        number = _header_number(path) or _file_number(path, Path(log)) or len(files)
+        record = _checkpoint(key, int(entry["seq"]), str(entry["mac"]), number, time.time())
+        _append_line(Path(out), record)
+        return record
+    raise InputError(f"audit log {log} holds no entry yet")
+
+
+def _header_number(path: Path) -> int | None:
+    """The file number its header entry names (``None`` without a header)."""
+    try:
+        first = json.loads(_first_line(path))
+    except (ValueError, RecursionError, OSError):
+        return None
+    if isinstance(first, dict) and first.get("action") == HEADER_ACTION:
+        number = (first.get("detail") or {}).get("file")
+        if isinstance(number, int) and number >= 1:
+            return number
+    return None
 
 
 def prune(log: Path | str, key: bytes, *, keep: int) -> list[str]:
