@@ -93,7 +93,7 @@ def _tiny(tmp: Path) -> tuple[Path, bytes]:
 
 def part_fuzz(args: argparse.Namespace) -> dict[str, Any]:
     from fastapi.testclient import TestClient
-    from tests.reliability.fuzzing import fuzz
+    from tests.reliability.fuzzing import fuzz, fuzz_stateful
     from tests.serve.conftest import wait_ready
     from tests.serve.secured import make_db
 
@@ -130,6 +130,12 @@ def part_fuzz(args: argparse.Namespace) -> dict[str, Any]:
                     _brief(runs[f"secured:{who or 'anonymous'}"]),
                     flush=True,
                 )
+            admin = {"Authorization": f"Bearer {keys['admin']}"}
+            report = fuzz_stateful(
+                client, app.openapi(), headers=admin, examples=max(5, args.fuzz_examples // 5)
+            )
+            runs["secured:admin:stateful"] = report.to_dict()
+            print("fuzz secured stateful:", _brief(runs["secured:admin:stateful"]), flush=True)
         audit_ok = verify_log(rotated_files(tmp / "audit.log"), load_key(key_file)).ok
     return _stamp(
         {

@@ -135,3 +135,56 @@ def fuzz(
 def _keep(report: FuzzReport, label: str, status: int, message: str) -> None:
     if len(report.failures) < 50:
         report.failures.append({"operation": label, "status": status, "problem": message})
+
+
+def fuzz_stateful(
+    client: Any,
+    schema_dict: Mapping[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    examples: int = 20,
+    steps: int = 8,
+) -> FuzzReport:
+    """Follow the schema's OpenAPI links (create a key, then revoke it by the id answered)
+    in sequences of up to ``steps`` calls; the same checks as :func:`fuzz`."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, settings
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        status_code_conformance,
+    )
+    from schemathesis.core.transport import Response
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance]
+    report = FuzzReport()
+    machine = schemathesis.openapi.from_dict(dict(schema_dict)).as_state_machine()
+
+    class Machine(machine):  # type: ignore[misc, valid-type]
+        def call(self, case: Any, **kwargs: Any) -> Any:
+            kw = case.as_transport_kwargs(base_url="http://testserver")
+            kw = {k: v for k, v in kw.items() if k not in _SKIP}
+            kw["headers"] = {**(kw.get("headers") or {}), **(headers or {})}
+            request = client.build_request(**kw)
+            request.read()
+            r = client.send(request)
+            report.requests += 1
+            report.by_status[r.status_code] += 1
+            return Response.from_any(r)
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            try:
+                case.validate_response(response, checks=checks, headers=dict(headers or {}))
+            except (Exception, BaseExceptionGroup) as exc:
+                _keep(report, case.operation.label, response.status_code, str(exc)[:300])
+
+    Machine.TestCase.settings = settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    Machine.TestCase().runTest()
+    return report

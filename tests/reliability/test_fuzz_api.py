@@ -1,7 +1,8 @@
 """API fuzzing with schemathesis, in process, against the plain and the secured server.
 
-About 1,300 generated requests here (``make fuzz``: 20 times as many): no 5xx, every status
-and content type documented in the OpenAPI schema, the audit log intact afterwards.
+About 1,300 generated requests here (``make fuzz``: 20 times as many), and sequences that
+follow the schema's OpenAPI links (stateful): no 5xx, every status and content type
+documented in the OpenAPI schema, the audit log intact afterwards.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_fuzz_the_secured_server(tiny_bundle: Path, tmp_path: Path) -> None:
     from cvdeploy.security.audit import load_key, rotated_files, verify_log, write_key
     from cvdeploy.serve.app import create_app
     from cvdeploy.serve.config import ServeConfig
-    from tests.reliability.fuzzing import fuzz
+    from tests.reliability.fuzzing import fuzz, fuzz_stateful
     from tests.serve.conftest import wait_ready
     from tests.serve.secured import make_db
 
@@ -65,6 +66,13 @@ def test_fuzz_the_secured_server(tiny_bundle: Path, tmp_path: Path) -> None:
             report = fuzz(client, schema, examples=n * fuzz_scale(), headers=hdr, seed=2)
             _assert_clean(report)
             total += report.requests
+        # stateful: the OpenAPI link from a created key to its revocation is followed
+        admin = {"Authorization": f"Bearer {keys['admin']}"}
+        report = fuzz_stateful(client, schema, headers=admin, examples=6 * fuzz_scale())
+        _assert_clean(report)
+        total += report.requests
     assert total > 600
+    revoked = [x for x in (tmp_path / "audit.log").read_text().splitlines() if "key.revoke" in x]
+    assert revoked  # a key created by one call was revoked by the next, through the link
     report = verify_log(rotated_files(tmp_path / "audit.log"), load_key(key_file))
     assert report.ok, report.problems

@@ -23,7 +23,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -87,10 +87,10 @@ class KeyRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    label: str = Field(min_length=1, max_length=64)
-    role: str
-    models: list[str] | None = None
-    expires_in_s: float | None = Field(None, gt=0)
+    label: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    role: Literal["viewer", "predictor", "operator", "admin"]
+    models: list[str] | None = Field(None, max_length=64)
+    expires_in_s: float | None = Field(None, gt=0, le=10 * 365 * 86_400)
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -573,14 +573,41 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
     )
     add_route(app, "/v1/auth/whoami", whoami, methods=["GET"], permission="whoami")
     add_route(app, "/v1/admin/users", list_users, methods=["GET"], permission="users")
-    add_route(app, "/v1/admin/keys", list_keys, methods=["GET"], permission="users")
-    add_route(app, "/v1/admin/keys", create_key, methods=["POST"], permission="users")
+    add_route(
+        app,
+        "/v1/admin/keys",
+        list_keys,
+        methods=["GET"],
+        permission="users",
+        operation_id="list_keys",
+    )
+    add_route(
+        app,
+        "/v1/admin/keys",
+        create_key,
+        methods=["POST"],
+        permission="users",
+        operation_id="create_key",
+        # an OpenAPI link: a created key's id revokes it (schemathesis follows it, stateful)
+        responses={
+            200: {
+                "description": "the new key (shown once) and its public information",
+                "links": {
+                    "RevokeKey": {
+                        "operationId": "revoke_key",
+                        "parameters": {"key_id": "$response.body#/info/id"},
+                    }
+                },
+            }
+        },
+    )
     add_route(
         app,
         "/v1/admin/keys/{key_id}",
         revoke_key,
         methods=["DELETE"],
         permission="users",
+        operation_id="revoke_key",
         responses=error_responses(404),
     )
 
