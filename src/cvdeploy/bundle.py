@@ -35,6 +35,7 @@ from pydantic import (
 from cvdeploy.errors import BundleError, IntegrityError, StorageError, UsageError
 from cvdeploy.failpoints import failpoint
 from cvdeploy.fsutil import pid_alive, pid_prefix, sweep_stale
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.precision import (
     InferencePrecision,
     inference_precision_for,
@@ -470,7 +471,7 @@ class Bundle:
                 hint="create one with `cvdeploy import` or `cvdeploy export`",
             )
         try:
-            raw = json.loads(mf.read_text(encoding="utf-8"))
+            raw = json_loads(mf.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
             raise BundleError(f"{mf} is not valid JSON: {str(exc)[:300]}") from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None

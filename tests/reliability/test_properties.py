@@ -267,3 +267,54 @@ def test_registry_state_machine(tmp_path_factory: pytest.TempPathFactory) -> Non
     run = RegistryMachine.TestCase
     run.settings = settings(max_examples=25, stateful_step_count=12, deadline=None)
     run().runTest()
+
+
+_DEEP = r"""
+import sys
+from pathlib import Path
+sys.setrecursionlimit(2**31 - 1)  # as onnx2tf does when it is imported
+deep = "[" * 200_000 + "]" * 200_000
+d = Path(sys.argv[1])
+from cvdeploy.errors import CvdeployError
+from cvdeploy.bundle import Bundle
+(d / "b").mkdir()
+(d / "b" / "bundle.json").write_text(deep)
+try:
+    Bundle.load(d / "b")
+except CvdeployError as e:
+    print("bundle:", type(e).__name__)
+from cvdeploy.export.sources import read_spec_file
+(d / "spec.json").write_text(deep)
+try:
+    read_spec_file(d / "spec.json")
+except CvdeployError as e:
+    print("spec:", type(e).__name__)
+from cvdeploy.serve.registry import ModelRegistry
+(d / "reg").mkdir()
+(d / "reg" / "registry.json").write_text(deep)
+try:
+    ModelRegistry(d / "reg").state()
+except CvdeployError as e:
+    print("registry:", type(e).__name__)
+from cvdeploy.security.audit import verify_log
+(d / "a.log").write_text(deep + "\n")
+print("audit:", [p["problem"] for p in verify_log([d / "a.log"], b"k" * 32).problems])
+"""
+
+
+def test_deep_json_with_a_raised_recursion_limit_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """onnx2tf raises the recursion limit of the whole process at import; a file nested
+    200,000 deep then overflowed the C stack (a segmentation fault) instead of raising."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _DEEP, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.split("\n")[:4] == [
+        "bundle: BundleError",
+        "spec: SpecError",
+        "registry: InputError",
+        "audit: ['not_json']",
+    ], r.stdout

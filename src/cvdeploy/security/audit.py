@@ -45,6 +45,7 @@ from typing import Any
 
 from cvdeploy.errors import AuditUnavailable, InputError, UsageError
 from cvdeploy.failpoints import armed, failpoint
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.security.audit_format import (
     GENESIS,
     HEADER_ACTION,
@@ -178,7 +179,7 @@ def _tail(path: Path) -> tuple[bytes | None, int, bytes]:
 
 def _parse(raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        entry = json.loads(raw)
+        entry = json_loads(raw)
     except (ValueError, RecursionError):
         entry = None
     if not isinstance(entry, dict):
@@ -553,7 +554,7 @@ def write_checkpoint(log: Path | str, key: bytes, out: Path | str) -> dict[str, 
 def _header_number(path: Path) -> int | None:
     """The file number its header entry names (``None`` without a header)."""
     try:
-        first = json.loads(_first_line(path))
+        first = json_loads(_first_line(path))
     except (ValueError, RecursionError, OSError):
         return None
     if isinstance(first, dict) and first.get("action") == HEADER_ACTION:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvdeploy.errors import InputError
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.security.audit_format import (
     GENESIS,
     HEADER_ACTION,
@@ -41,7 +41,7 @@ def read_checkpoints(path: Path | str, key: bytes) -> list[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
+            rec = json_loads(raw)
         except (ValueError, RecursionError):
             rec = None
         if not isinstance(rec, dict) or rec.get("kind") != "cvdeploy-audit-checkpoint":
@@ -103,7 +103,7 @@ def _lines(path: Path) -> list[_Line]:
         complete = offset + len(raw) < len(data)
         if raw.strip():
             try:
-                entry = json.loads(raw)
+                entry = json_loads(raw)
             except (ValueError, RecursionError):
                 entry = None
             out.append(

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import io
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from starlette.types import Message
 
 from cvdeploy.data.io import _jpeg_is_complete, decode_image_bytes
 from cvdeploy.errors import ApiError, ImageDecodeError
+from cvdeploy.jsonsafe import depth_ok
 from cvdeploy.pipeline.results import Detections
 
 __all__ = [
@@ -48,25 +48,12 @@ __all__ = [
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of a JSON body the server parses (checked before parsing: 400 beyond)."""
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
 
 
 def json_depth_ok(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``body``'s brackets nest at most ``max_depth`` deep (strings skipped).
-
-    A linear scan in C (two regular expressions), run before ``json.loads``, whose
-    recursion a body nested 100,000 levels deep would otherwise exhaust.
-    """
-    depth = 0
-    for m in _JSON_BRACKETS.finditer(_JSON_STRING.sub(b"", body)):
-        if m.group() in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                return False
-        else:
-            depth -= 1
-    return True
+    """Whether ``body``'s brackets nest at most ``max_depth`` deep (strings skipped): a
+    linear scan before ``json.loads`` (see :mod:`cvdeploy.jsonsafe`)."""
+    return depth_ok(body, max_depth)
 
 
 def loads_bounded(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:

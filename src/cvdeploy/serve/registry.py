@@ -28,6 +28,7 @@ from cvdeploy.bundle import Bundle, now
 from cvdeploy.errors import BundleError, InputError, UsageError
 from cvdeploy.failpoints import failpoint
 from cvdeploy.fsutil import write_atomic
+from cvdeploy.jsonsafe import loads as json_loads
 
 __all__ = [
     "STAGES",
@@ -79,7 +80,7 @@ class ModelRegistry:
     def state(self) -> dict[str, Any]:
         """The current state (a fresh copy)."""
         try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            data = json_loads(self.state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
             raise InputError(
                 f"registry state {self.state_path} cannot be read: {exc}",
