@@ -148,7 +148,7 @@ def fuzz_stateful(
     """Follow the schema's OpenAPI links (create a key, then revoke it by the id answered)
     in sequences of up to ``steps`` calls; the same checks as :func:`fuzz`."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import HealthCheck, Phase, reject, settings
     from schemathesis.checks import (
         content_type_conformance,
         not_a_server_error,
@@ -165,8 +165,12 @@ def fuzz_stateful(
             kw = case.as_transport_kwargs(base_url="http://testserver")
             kw = {k: v for k, v in kw.items() if k not in _SKIP}
             kw["headers"] = {**(kw.get("headers") or {}), **(headers or {})}
-            request = client.build_request(**kw)
-            request.read()
+            try:
+                request = client.build_request(**kw)
+                request.read()  # a body httpx cannot build is not a request: step rejected
+            except Exception:
+                report.unsendable += 1
+                reject()
             r = client.send(request)
             report.requests += 1
             report.by_status[r.status_code] += 1
