@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint layers typecheck unit bench bench-table soak clean \
-	container-tools base-image package-test bench-deploy
+.PHONY: venv demo test test-fast lint layers typecheck unit bench bench-table soak load fuzz \
+	reliability clean container-tools base-image package-test bench-deploy
 
 # torch is pinned first (the CPU wheel), then every other package is installed under a
 # constraint that keeps that torch: nothing may pull a multi-GB CUDA build.
@@ -67,12 +67,27 @@ bench: venv
 bench-table: venv
 	$(PY) benchmarks/update_readme.py
 
-# Memory under steady load: `cvdeploy serve` on loopback for SOAK_SECONDS (10 minutes), RSS
-# sampled every 5 s; writes benchmarks/results/serve_soak.json with a flat/growing verdict.
-SOAK_SECONDS ?= 600
+# Reliability (benchmarks/reliability.py, benchmarks/results/reliability.json, README
+# "Reliability"). `make reliability`: the counts (fuzzing, attacks, faults; ~15 min, any
+# machine). `make load`: mixed valid and invalid traffic at 32 in flight for LOAD_SECONDS
+# (10 min). `make soak`: the same mix for SOAK_SECONDS (1 hour), RSS flat within 5 %.
+# Timing figures need a quiet machine. `make fuzz`: the fuzz and property tests, 20x longer.
+# (benchmarks/serve_soak.py is the earlier valid-traffic-only soak, run directly.)
+SOAK_SECONDS ?= 3600
+LOAD_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 500
 
 soak: venv
-	$(PY) benchmarks/serve_soak.py --seconds $(SOAK_SECONDS)
+	$(PY) benchmarks/reliability.py soak --soak-seconds $(SOAK_SECONDS)
+
+load: venv
+	$(PY) benchmarks/reliability.py load --load-seconds $(LOAD_SECONDS)
+
+reliability: venv
+	$(PY) benchmarks/reliability.py fuzz attacks faults --fuzz-examples $(FUZZ_EXAMPLES)
+
+fuzz: venv
+	CVDEPLOY_FUZZ=long $(PY) -m pytest tests/reliability/test_fuzz_api.py tests/reliability/test_properties.py $(PYTEST_ARGS)
 
 # The container image, built and run for real (tests/deploy/test_container.py): podman (with
 # runc, the cgroupfs manager and catatonit for pods) from Debian, and a local base image made

@@ -40,3 +40,45 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def test_sweep_stale_removes_only_what_dead_processes_left(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from cvdeploy.fsutil import pid_prefix, sweep_stale
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    (tmp_path / f"cvdeploy-onnx2tf-{pid}-abc").mkdir()
+    (tmp_path / f"cvdeploy-onnx2tf-{pid}-abc" / "x").write_text("x")
+    mine = tmp_path / pid_prefix("cvdeploy-onnx2tf-")
+    mine.mkdir()
+    (tmp_path / "cvdeploy-onnx2tf-nopid").mkdir()
+    removed = sweep_stale(tmp_path, "cvdeploy-onnx2tf-")
+    assert [p.name for p in removed] == [f"cvdeploy-onnx2tf-{pid}-abc"]
+    assert mine.exists() and (tmp_path / "cvdeploy-onnx2tf-nopid").exists()
+    assert str(os.getpid()) in mine.name
+
+
+def test_a_killed_bundle_swap_is_repaired_by_the_next_edit(tmp_path: Path) -> None:
+    """Between the two renames of the fallback swap the bundle is aside: put it back."""
+    import shutil
+
+    from cvdeploy.bundle import _recover
+
+    target = tmp_path / "b"
+    (target).mkdir()
+    (target / "bundle.json").write_text("{}")
+    aside = tmp_path / ".b.old-999999999-1"
+    shutil.move(target, aside)
+    (tmp_path / ".b.staging-999999999-x").mkdir()
+    _recover(target)
+    assert (target / "bundle.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

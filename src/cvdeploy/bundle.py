@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -32,7 +33,10 @@ from pydantic import (
     model_validator,
 )
 
-from cvdeploy.errors import BundleError, IntegrityError, UsageError
+from cvdeploy.errors import BundleError, IntegrityError, StorageError, UsageError
+from cvdeploy.failpoints import failpoint
+from cvdeploy.fsutil import pid_alive, pid_prefix, sweep_stale
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.precision import (
     InferencePrecision,
     inference_precision_for,
@@ -521,9 +525,9 @@ class Bundle:
                 hint="create one with `cvdeploy import` or `cvdeploy export`",
             )
         try:
-            raw = json.loads(mf.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{mf} is not valid JSON: {exc}") from exc
+            raw = json_loads(mf.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
+            raise BundleError(f"{mf} is not valid JSON: {str(exc)[:300]}") from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if version != SCHEMA_VERSION:
             raise BundleError(
@@ -668,7 +672,10 @@ class BundleEdit:
         """Stage in a sibling temporary directory, then swap it in."""
         parent = self.target.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=parent))
+        _recover(self.target.resolve())
+        self.staging = Path(
+            tempfile.mkdtemp(prefix=pid_prefix(f".{self.target.name}.staging-"), dir=parent)
+        )
         try:
             if self._source is not None:
                 _link_tree(self._source, self.staging)
@@ -683,7 +690,17 @@ class BundleEdit:
             )
             self._write_manifest()
             run_bundle_hooks(self.staging, self.manifest)
+            failpoint("bundle.staged")
             _swap_in(self.staging, self.target)
+        except OSError as exc:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise StorageError(
+                f"cannot write bundle {self.target}: {exc.strerror}",
+                hint="free space (or fix the permissions) where the bundle is written; "
+                "nothing was changed",
+            ) from None
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise
@@ -868,6 +885,12 @@ class BundleEdit:
             os.fsync(f.fileno())
 
 
+_STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
+"""Write failures answered as a :class:`~cvdeploy.errors.StorageError` (not a traceback)."""
+
+
 def _check_id(artifact_id: str) -> None:
     ok = artifact_id and all(c.isalnum() or c in "-_." for c in artifact_id)
     if not ok or artifact_id.startswith(".") or artifact_id in {"samples"}:
@@ -901,11 +924,38 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        ``False`` where the system or file system cannot (the caller renames twice).
+    """
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Replace ``target`` by ``staging`` with renames (the old one is removed afterwards)."""
+    """Replace ``target`` by ``staging``: one atomic exchange where the system has it, so a
+    crash at any moment leaves the old bundle or the new one at ``target``; else two
+    renames, and a crash between them is repaired by the next edit (:func:`_recover`)."""
+    if target.exists() and _exchange(staging, target):
+        _fsync_dir(target.parent)
+        shutil.rmtree(staging, ignore_errors=True)  # now the old bundle
+        return
     old: Path | None = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{id(staging):x}")
+        old = target.with_name(f"{pid_prefix(f'.{target.name}.old-')}{id(staging):x}")
         os.rename(target, old)
     try:
         os.rename(staging, target)
@@ -916,3 +966,17 @@ def _swap_in(staging: Path, target: Path) -> None:
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """Clean up after a process killed while changing ``target``: its staging folders go;
+    an old bundle moved aside and never replaced is put back."""
+    parent = target.parent
+    if not target.exists():
+        for old in sorted(parent.glob(f".{target.name}.old-*")):
+            pid = old.name.rsplit(".old-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and (old / MANIFEST).is_file():
+                os.rename(old, target)
+                break
+    sweep_stale(parent, f".{target.name}.staging-")
+    sweep_stale(parent, f".{target.name}.old-")

@@ -30,6 +30,8 @@ CheckFailed            1     500   server_error
 TokenError             2     401   unauthorized         ``WWW-Authenticate: Bearer``
 ServerBusy             2     503   overloaded           ``Retry-After`` (Overloaded, Draining)
 DeadlineExceeded       2     504   deadline_exceeded
+AuditUnavailable       2     503   audit_unavailable    the audit log cannot be written
+StorageError           2     500   storage_error        a file cannot be written (disk full)
 ApiError               2     (given per instance)
 =====================  ====  ====  ===================  =================================
 """
@@ -41,6 +43,7 @@ from types import MappingProxyType
 
 __all__ = [
     "ApiError",
+    "AuditUnavailable",
     "BackendUnavailable",
     "BundleError",
     "CheckFailed",
@@ -56,6 +59,7 @@ __all__ = [
     "ServerBusy",
     "ShapeError",
     "SpecError",
+    "StorageError",
     "TokenError",
     "UsageError",
 ]
@@ -244,3 +248,20 @@ class DeadlineExceeded(CvdeployError):
 
     http_status = 504
     code = "deadline_exceeded"
+
+
+class AuditUnavailable(ServerBusy):
+    """The audit log cannot be written (disk full, I/O error): nothing is acknowledged
+    unrecorded, so the request is refused (HTTP 503) and the log is left as it was."""
+
+    code = "audit_unavailable"
+
+
+class StorageError(CvdeployError):
+    """A file could not be written: the disk is full, read-only, or not writable by us.
+
+    Raised instead of the bare ``OSError`` where cvdeploy writes its own files (bundles),
+    after undoing the partial write: nothing is left half-written.
+    """
+
+    code = "storage_error"

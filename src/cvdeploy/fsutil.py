@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+from cvdeploy.failpoints import failpoint
+
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` all at once: a temporary file beside it, fsync, rename.
@@ -32,9 +34,56 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        failpoint("fsutil.write_atomic.written")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
+
+
+def pid_prefix(prefix: str) -> str:
+    """``prefix`` + this process's id + ``-``: temporary names that :func:`sweep_stale` can
+    tell apart from those of a live process."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale(parent: Path, prefix: str) -> list[Path]:
+    """Remove ``parent/prefix<pid>-*`` files and folders whose process is gone.
+
+    A process killed while working (``kill -9``, a crash) cannot clean its temporary files
+    up; the next run does, here. Entries of live processes (this one included) are kept.
+
+    Returns:
+        What was removed.
+    """
+    import shutil
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(parent).glob(prefix + "*"))
+    except OSError:
+        return removed
+    for p in entries:
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed

@@ -62,6 +62,8 @@ FAILING: dict[str, list[str] | None] = {
     "keys revoke": ["nokey", "--db", "{db}"],
     "audit keygen": ["{file}"],
     "audit verify": [f"{NOPE}/audit.log"],
+    "audit checkpoint": [f"{NOPE}/audit.log", "--key-file", "{file}", "--out", f"{NOPE}/c"],
+    "audit prune": [f"{NOPE}/audit.log", "--keep", "1", "--key-file", "{file}"],
 }
 """A failing invocation per command; ``{file}`` is an existing non-database file, ``{db}`` a
 fresh database, ``{nonempty}`` a folder that is not the command's."""

@@ -13,6 +13,7 @@ from cvdeploy.cli.main import app
 from cvdeploy.errors import InputError, UsageError
 from cvdeploy.security.audit import (
     GENESIS,
+    HEADER_ACTION,
     AuditLog,
     load_key,
     rotated_files,
@@ -47,7 +48,8 @@ def _verify(path: Path, key_file: Path) -> tuple[bool, list[tuple[int, str]]]:
 def test_intact_log_verifies_and_chains(log: tuple[Path, Path]) -> None:
     path, key_file = log
     entries = [json.loads(x) for x in _lines(path)]
-    assert entries[0]["prev"] == GENESIS and [e["seq"] for e in entries] == list(range(1, 7))
+    assert entries[0]["prev"] == GENESIS and [e["seq"] for e in entries] == list(range(1, 8))
+    assert entries[0]["action"] == HEADER_ACTION and entries[0]["detail"]["file"] == 1
     assert all(b["prev"] == a["mac"] for a, b in itertools.pairwise(entries))
     assert _verify(path, key_file) == (True, [])
     assert (path.stat().st_mode & 0o777) == 0o600
@@ -96,7 +98,7 @@ def test_wrong_key_fails_every_entry(log: tuple[Path, Path], tmp_path: Path) -> 
     path, _ = log
     other = write_key(tmp_path / "other.key")
     ok, problems = _verify(path, other)
-    assert not ok and len(problems) == 6
+    assert not ok and len(problems) == 7  # the header and the six entries
     with pytest.raises(InputError, match="does not verify"):
         AuditLog(path, load_key(other))  # a server never appends with the wrong key
 
@@ -112,12 +114,13 @@ def test_rotation_keeps_the_chain_and_reopen_continues(tmp_path: Path) -> None:
     files = rotated_files(path)
     assert len(files) >= 3 and files[-1] == path
     report = verify_log(files, load_key(key_file))
-    assert report.ok and report.entries == 21, report.problems
+    assert report.ok and report.entries == 21 + len(files), report.problems  # + a header each
     first_new = json.loads(_lines(files[1])[0])
+    assert first_new["action"] == HEADER_ACTION and first_new["detail"]["file"] == 2
     assert first_new["prev"] == json.loads(_lines(files[0])[-1])["mac"]
-    # the newest file alone starts mid-chain: fine, noted
+    # the newest file alone: the files before it are missing (nothing recorded pruning them)
     alone = verify_log([path], load_key(key_file))
-    assert alone.ok and alone.notes
+    assert not alone.ok and alone.problems[0]["problem"] == "files_missing"
     # deleting a whole rotated file in the middle breaks the chain
     report = verify_log([files[0], *files[2:]], load_key(key_file))
     assert not report.ok and report.problems[0]["file"] == str(files[2])
@@ -127,9 +130,9 @@ def test_cli_keygen_and_verify(log: tuple[Path, Path], tmp_path: Path) -> None:
     path, key_file = log
     runner = CliRunner()
     r = runner.invoke(app, ["audit", "verify", str(path), "--key-file", str(key_file), "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["entries"] == 6
+    assert r.exit_code == 0 and json.loads(r.stdout)["entries"] == 7
     lines = _lines(path)
-    lines[4] = lines[4].replace('"n":4', '"n":5')
+    lines[4] = lines[4].replace('"n":3', '"n":5')
     _write(path, lines)
     r = runner.invoke(app, ["audit", "verify", str(path), "--key-file", str(key_file)])
     assert r.exit_code == 1

@@ -113,7 +113,14 @@ def test_users_keys_and_jwt_commands(tmp_path: Path) -> None:
     # the audit log has every change, by the CLI user, and no secrets
     text = (tmp_path / "audit.log").read_text()
     actions = [json.loads(x)["action"] for x in text.splitlines()]
-    assert actions == ["user.add", "user.set_role", "key.create", "key.revoke", "user.remove"]
+    assert actions == [
+        "audit.open",
+        "user.add",
+        "user.set_role",
+        "key.create",
+        "key.revoke",
+        "user.remove",
+    ]
     assert PASSWORD not in text and created["key"] not in text and uri not in text
     assert verify_log([tmp_path / "audit.log"], load_key(key_file)).ok
     # the database holds no plaintext key and is private
@@ -133,14 +140,23 @@ def test_registry_promote_and_rollback_are_audited(tmp_path: Path) -> None:
     assert _run("registry", "promote", str(reg.root), "tiny", "2", *audit)[0] == 0
     assert _run("registry", "rollback", str(reg.root), "tiny", *audit)[0] == 0
     assert _run("registry", "promote", str(reg.root), "tiny", "9", *audit)[0] == 2
-    entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [(e["action"], e["detail"]["version"], e["outcome"]) for e in entries] == [
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    entries = [json.loads(x) for x in lines if json.loads(x)["action"] != "audit.open"]
+    # the intent is written before the registry changes, the outcome after
+    assert [(e["action"], e["detail"].get("version"), e["outcome"]) for e in entries] == [
+        ("registry.promote", "2", "started"),
         ("registry.promote", "2", "ok"),
+        ("registry.rollback", None, "started"),
         ("registry.rollback", "1", "ok"),
+        ("registry.promote", "9", "started"),
         ("registry.promote", "9", "failed"),
     ]
     assert entries[-1]["detail"]["error"]
     assert entries[0]["actor"].startswith("cli:")
+    ops = [e["detail"]["op"] for e in entries]
+    assert ops[0] == ops[1] != ops[2] == ops[3]
+    history = reg.model("tiny")["history"]
+    assert [h.get("op") for h in history[-2:]] == [ops[0], ops[2]]  # the registry names it
     code, _, err = _run("registry", "promote", str(reg.root), "tiny", "2", "--audit-log", "x")
     assert code == 2 and "go together" in err
 
@@ -189,7 +205,8 @@ def test_cli_server_with_tls_auth_and_audit(
         assert c.get("/login").status_code == 200
     assert "browsers log in at /login" in " ".join(log.read_text().split())  # rich wraps
     entries = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [(e["action"], e["outcome"]) for e in entries if e["action"] != "jwt.rotate"] == [
+    skip = ("jwt.rotate", "audit.open")
+    assert [(e["action"], e["outcome"]) for e in entries if e["action"] not in skip] == [
         ("predict", "denied"),
         ("predict", "ok"),
         ("GET /metrics", "denied"),

@@ -161,3 +161,29 @@ def test_platform_probe_not_ready(tiny_bundle: Path) -> None:
         assert c.get("/ping").status_code == 503
         r = c.post("/invocations", content=b"x", headers={"content-type": "image/jpeg"})
         assert r.status_code == 503
+
+
+def test_platform_routes_share_the_json_depth_check_and_the_pixel_budget(
+    tiny_bundle: Path,
+) -> None:
+    """A Vertex body nested 5,000 deep is a 400 (not a crash), and the platforms' routes
+    go through the same per-request pixel budget as /v1/models/{name}/predict (413)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    env = {"AIP_HTTP_PORT": "8080", "AIP_PREDICT_ROUTE": "/p", "AIP_HEALTH_ROUTE": "/h"}
+    plat = resolve_platform("auto", env)
+    with serving(tiny_bundle, platform=plat, max_request_pixels=200_000, max_pixels=100_000) as c:
+        deep = b'{"instances": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+        r = c.post("/p", content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+        assert "nested" in r.json()["error"]["message"]
+        r = c.post("/p", json={"instances": [{"b64": b64}] * 3})
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "request_too_many_pixels"
+        assert c.post("/p", json={"instances": [{"b64": b64}] * 2}).status_code == 200

@@ -371,31 +371,104 @@ def audit_verify(
     key_file: Annotated[
         Path, typer.Option(envvar="CVDEPLOY_AUDIT_KEY_FILE", help="audit HMAC key file")
     ],
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="checkpoint file (cvdeploy audit checkpoint) kept elsewhere: also find "
+            "entries cut off the end (repeatable)"
+        ),
+    ] = None,
     json_out: _Json = False,
 ) -> None:
-    """Check every entry's MAC and the chain; exit 1 and name the line on tampering.
+    """Check every entry's MAC, the chain and the file headers; exit 1 and name the line.
 
-    Given one LOG, its rotated predecessors (LOG.1, LOG.2, ...) are checked with it.
+    Given one LOG, its rotated predecessors (LOG.1, LOG.2, ...) are checked with it. Found:
+    edits, forgeries, insertions, deletions and reordering anywhere, entries deleted from
+    the start of a file, rotated files removed without an audit.prune entry, a line torn by
+    a crash. Entries cut off the END of the newest file are found only against a checkpoint
+    taken earlier and kept elsewhere (--checkpoint).
     """
     from cvdeploy.errors import InputError
-    from cvdeploy.security.audit import load_key, rotated_files, verify_log
+    from cvdeploy.security.audit import load_key, read_checkpoints, rotated_files, verify_log
 
     files = rotated_files(logs[0]) if len(logs) == 1 else list(logs)
     if not files:
         raise InputError(f"audit log {logs[0]} does not exist")
-    report = verify_log(files, load_key(key_file))
+    key = load_key(key_file)
+    cks = [c for f in checkpoint or [] for c in read_checkpoints(f, key)]
+    report = verify_log(files, key, checkpoints=cks)
     summary: dict[str, Any] = report.to_dict()
     if json_out:
         print_json(summary)
     elif report.ok:
-        out_console().print(f"ok: {report.entries} entries in {len(files)} file(s), chain intact")
+        out_console().print(
+            f"ok: {report.entries} entries in {len(files)} file(s), chain intact"
+            + (f", {len(cks)} checkpoint(s) matched" if cks else "")
+        )
+        for note in report.notes:
+            err_console().print(f"note: {note}")
     else:
         con = out_console()
         for p in report.problems:
-            con.print(f"{p['file']}:{p['line']}: {p['problem']}: {p['message']}")
+            where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
+            con.print(f"{where}: {p['problem']}: {p['message']}")
     if not report.ok:
         first = report.problems[0]
+        at = f" line {first['line']}" if first["line"] is not None else ""
         raise CheckFailed(
             f"audit log tampered: {len(report.problems)} problem(s), first at "
-            f"{first['file']} line {first['line']} ({first['problem']})"
+            f"{first['file']}{at} ({first['problem']})"
         )
+
+
+@audit_app.command("checkpoint")
+@handle_errors
+def audit_checkpoint(
+    log: Annotated[Path, typer.Argument(help="the audit log")],
+    key_file: Annotated[
+        Path, typer.Option(envvar="CVDEPLOY_AUDIT_KEY_FILE", help="audit HMAC key file")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="checkpoint file to append to: keep it on another host")
+    ],
+    json_out: _Json = False,
+) -> None:
+    """Append a checkpoint (the newest entry's number and MAC) to --out.
+
+    The external anchor against a cut tail: run it on a schedule (cron) and keep the file
+    where whoever can write the log cannot (another host, write-once storage); `audit
+    verify --checkpoint FILE` then reports a log that ends before a checkpoint.
+    """
+    from cvdeploy.security.audit import load_key, write_checkpoint
+
+    record = write_checkpoint(log, load_key(key_file), out)
+    if json_out:
+        print_json(record)
+        return
+    out_console().print(f"checkpoint of entry {record['seq']} appended to {out}")
+
+
+@audit_app.command("prune")
+@handle_errors
+def audit_prune(
+    log: Annotated[Path, typer.Argument(help="the audit log")],
+    keep: Annotated[int, typer.Option(min=0, help="rotated files to keep (newest)")],
+    key_file: Annotated[
+        Path, typer.Option(envvar="CVDEPLOY_AUDIT_KEY_FILE", help="audit HMAC key file")
+    ],
+    json_out: _Json = False,
+) -> None:
+    """Remove old rotated files, recorded first in an audit.prune entry.
+
+    A rotated file removed any other way is reported by `audit verify` (files_missing).
+    Archive the files elsewhere first if you must keep them.
+    """
+    from cvdeploy.security.audit import load_key, prune
+
+    removed = prune(log, load_key(key_file), keep=keep)
+    if json_out:
+        print_json({"removed": removed})
+        return
+    out_console().print(
+        f"removed {len(removed)} file(s): {', '.join(removed)}" if removed else "nothing to remove"
+    )

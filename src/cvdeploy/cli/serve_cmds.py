@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cvdeploy.cli.common import err_console, handle_errors, out_console, print_json
 from cvdeploy.errors import BackendUnavailable, CvdeployError, UsageError
+from cvdeploy.failpoints import failpoint
 
 if TYPE_CHECKING:
     from cvdeploy.security.audit import AuditLog
@@ -65,26 +66,41 @@ def _open_audit(log: Path | None, key_file: Path | None) -> AuditLog | None:
 @contextlib.contextmanager
 def _audited(
     audit: AuditLog | None, action: str, target: str, detail: dict[str, Any]
-) -> Iterator[None]:
-    """Record ``action`` (ok, or failed with the error) once the block has run."""
+) -> Iterator[str | None]:
+    """Record the intent of ``action`` first, then its outcome once the block has run.
+
+    The intent (``outcome: started``, with an operation id the registry's history repeats)
+    is written and fsync'd before anything changes, so a process killed at any moment
+    leaves no change unaudited: a ``started`` entry without an outcome names it.
+
+    Yields:
+        The operation id (``None`` without an audit log).
+    """
     if audit is None:
-        yield
+        yield None
         return
+    import secrets
+
     from cvdeploy.security.audit import cli_actor
 
+    op = secrets.token_hex(6)
+    audit.record(
+        actor=cli_actor(), action=action, outcome="started", target=target, op=op, **detail
+    )
     try:
-        yield
+        yield op
     except CvdeployError as exc:
         audit.record(
             actor=cli_actor(),
             action=action,
             outcome="failed",
             target=target,
+            op=op,
             error=exc.message,
             **detail,
         )
         raise
-    audit.record(actor=cli_actor(), action=action, outcome="ok", target=target, **detail)
+    audit.record(actor=cli_actor(), action=action, outcome="ok", target=target, op=op, **detail)
 
 
 @handle_errors
@@ -323,8 +339,9 @@ def registry_promote(
 
     audit = _open_audit(audit_log, audit_key_file)
     detail: dict[str, Any] = {"registry": str(registry), "stage": stage, "version": version}
-    with _audited(audit, "registry.promote", name, detail):
-        before = ModelRegistry(registry).promote(name, version, stage=stage)
+    with _audited(audit, "registry.promote", name, detail) as op:
+        before = ModelRegistry(registry).promote(name, version, stage=stage, op=op)
+        failpoint("registry.promote.applied")
         detail["previous"] = before
     if json_out:
         print_json({"model": name, "stage": stage, "version": version, "previous": before})
@@ -361,9 +378,10 @@ def registry_rollback(
     audit = _open_audit(audit_log, audit_key_file)
     detail: dict[str, Any] = {"registry": str(registry)}
     rechecked: dict[str, Any] = {}
-    with _audited(audit, "registry.rollback", name, detail):
+    with _audited(audit, "registry.rollback", name, detail) as op:
         gate = _parity_recheck(key_file, key_env, rechecked) if check else None
-        current, target = ModelRegistry(registry).rollback(name, check=gate)
+        current, target = ModelRegistry(registry).rollback(name, check=gate, op=op)
+        failpoint("registry.promote.applied")
         detail.update(previous=current, version=target)
     if json_out:
         print_json({"model": name, "from": current, "to": target, "recheck": rechecked or None})

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvdeploy import jsonsafe
 from cvdeploy.bundle import Bundle
 from cvdeploy.data import image_paths
 from cvdeploy.data.io import IMAGE_SUFFIXES
@@ -141,8 +142,8 @@ def read_done(out: Path) -> set[str]:
     with out.open("rb") as f:
         for raw in f:
             try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = jsonsafe.loads(raw)
+            except ValueError:
                 break  # a line cut short by a crash: everything after it is redone
             if not raw.endswith(b"\n") or not isinstance(rec, dict) or "image" not in rec:
                 break

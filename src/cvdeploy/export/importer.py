@@ -8,7 +8,6 @@ families; flags override what was read. What cannot be determined is asked for i
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from cvdeploy.bundle import Bundle, Provenance
 from cvdeploy.coconames import COCO80
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CvdeployError, InputError, ModelLoadError, SpecError, UsageError
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.pipeline.heads import class_scores_shape, get_head
 from cvdeploy.spec import PRESETS, Decoder, IOSpec, ModelSpec, Preprocess, TensorSpec
 
@@ -93,9 +93,9 @@ def read_names_file(path: Path) -> tuple[str, ...]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise InputError(f"names file {path} is not valid: {exc}") from exc
+            data = json_loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (ValueError, RecursionError, yaml.YAMLError) as exc:  # JSON, too deep
+            raise InputError(f"names file {path} is not valid: {str(exc)[:300]}") from None
         if isinstance(data, dict) and "names" in data:
             data = data["names"]
         names = _names_from(data)

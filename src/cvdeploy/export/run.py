@@ -33,6 +33,7 @@ from cvdeploy.export.base import (
     parse_targets,
 )
 from cvdeploy.export.gate import GATE_IMAGES, gate_images, gate_reference, run_gate
+from cvdeploy.fsutil import pid_prefix, sweep_stale
 from cvdeploy.runtime import RUNTIMES
 from cvdeploy.spec import IOSpec, ModelSpec, TensorSpec
 
@@ -286,7 +287,7 @@ def _export_from_torch(
 
     ts = resolve_torch_source(source, spec_file=spec_file, imgsz=opts.imgsz)
     spec = ts.spec
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-samples-") as tmp:
+    with _temporary("cvdeploy-samples-") as tmp:
         fallback = [] if data is not None else _synthetic_samples(spec.task, Path(tmp), GATE_IMAGES)
         paths = gate_images(data, fallback)
         images = _load_images(paths)
@@ -424,3 +425,10 @@ def _export_from_bundle(
                 + "; ".join(f"{o.artifact_id}: {o.message}" for o in outcomes)
             )
     return ExportReport(target.path, src_art.id, outcomes, notes)
+
+
+def _temporary(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder named with this process's id; those left by killed processes
+    (``kill -9`` gives no chance to clean up) are removed first."""
+    sweep_stale(Path(tempfile.gettempdir()), prefix)
+    return tempfile.TemporaryDirectory(prefix=pid_prefix(prefix))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from cvdeploy.errors import InputError, SpecError, UsageError
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.spec import PRESETS, Decoder, ModelSpec, Preprocess
 
 
@@ -52,10 +52,10 @@ def read_spec_file(path: Path) -> ModelSpec:
         raise InputError(f"spec file {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json_loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         return ModelSpec.model_validate(data)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec file {path} is not valid: {exc}") from exc
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:  # JSON, UTF-8, too deep
+        raise SpecError(f"spec file {path} is not valid: {str(exc)[:300]}") from None
     except ValidationError as exc:
         raise SpecError(
             f"spec file {path} is not a valid model spec:\n{exc}",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvdeploy.errors import BackendUnavailable, CheckFailed, ModelLoadError, UsageError
+from cvdeploy.fsutil import pid_prefix, sweep_stale
 from cvdeploy.runtime.tensorrt import tensorrt_unavailable
 from cvdeploy.spec import IOSpec, TensorSpec
 
@@ -75,7 +76,7 @@ def export_tensorrt(ctx: ExportContext, out_dir: Path) -> Produced:
     if reason:
         raise BackendUnavailable(f"cannot export tensorrt: {reason}")
     shape = target_input_shape(ctx, "tensorrt", dynamic_size_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-trt-") as tmp:
+    with _temporary("cvdeploy-trt-") as tmp:
         if ctx.torch_module is not None:
             if ctx.precision == "int8":
                 raise UsageError("INT8 TensorRT needs a Q/DQ ONNX source, not a torch model")
@@ -166,3 +167,10 @@ def _build(
         layout="NCHW",
     )
     return bytes(serialized), io, facts
+
+
+def _temporary(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder named with this process's id; those left by killed processes
+    (``kill -9`` gives no chance to clean up) are removed first."""
+    sweep_stale(Path(tempfile.gettempdir()), prefix)
+    return tempfile.TemporaryDirectory(prefix=pid_prefix(prefix))

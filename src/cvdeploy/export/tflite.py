@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cvdeploy.errors import CheckFailed, ModelLoadError, UsageError
+from cvdeploy.fsutil import pid_prefix, sweep_stale
 from cvdeploy.spec import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def export_tflite(ctx: ExportContext, out_dir: Path) -> Produced:
                 hint="give --imgsz H,W to fix it (a dynamic batch is kept)",
             )
     shape = target_input_shape(ctx, "tflite", dynamic_size_ok=False)
-    with tempfile.TemporaryDirectory(prefix="cvdeploy-onnx2tf-") as tmp_s:
+    with _temporary("cvdeploy-onnx2tf-") as tmp_s:
         tmp = Path(tmp_s)
         if ctx.torch_module is not None:
             onnx_file, onnx_facts = _torch_to_onnx(ctx, tmp, shape)
@@ -270,3 +271,10 @@ def tflite_io(path: Path, source_io: IOSpec) -> IOSpec:
         outputs=tuple(out_specs),
         layout="NHWC",
     )
+
+
+def _temporary(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder named with this process's id; those left by killed processes
+    (``kill -9`` gives no chance to clean up) are removed first."""
+    sweep_stale(Path(tempfile.gettempdir()), prefix)
+    return tempfile.TemporaryDirectory(prefix=pid_prefix(prefix))

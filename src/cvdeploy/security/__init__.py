@@ -22,7 +22,7 @@ from cvdeploy.security.crypto import (
     key_from_options,
     model_loader,
 )
-from cvdeploy.security.ratelimit import Lockout, RateLimiter
+from cvdeploy.security.ratelimit import AuditThrottle, Lockout, RateLimiter
 from cvdeploy.security.rbac import Principal, is_allowed
 from cvdeploy.security.signing import (
     require_signed,
@@ -37,6 +37,7 @@ __all__ = [
     "KEY_PREFIX",
     "LOADABLE_FORMATS",
     "AuditLog",
+    "AuditThrottle",
     "Lockout",
     "ModelKey",
     "Principal",

@@ -161,13 +161,22 @@ class TokenService:
         self.ttl_s = ttl_s
         self.clock = clock
 
-    def issue(self, subject: str, *, now: float | None = None) -> tuple[str, int]:
-        """A signed token for ``subject``; returns ``(token, expires_in_s)``."""
+    def issue(
+        self, subject: str, *, uid: str | None = None, now: float | None = None
+    ) -> tuple[str, int]:
+        """A signed token for ``subject``; returns ``(token, expires_in_s)``.
+
+        Args:
+            subject: The user name (``sub``).
+            uid: The account id (``uid`` claim): the token is refused once the account is
+                removed, even if a new one takes the same name.
+            now: Issue time (tests).
+        """
         import jwt
 
         t = int(self.clock() if now is None else now)
         key = self.active()
-        claims = {
+        claims: dict[str, Any] = {
             "sub": subject,
             "iss": self.issuer,
             "aud": self.audience,
@@ -176,6 +185,8 @@ class TokenService:
             "exp": t + self.ttl_s,
             "jti": secrets.token_hex(8),
         }
+        if uid is not None:
+            claims["uid"] = uid
         token = jwt.encode(claims, key.secret, algorithm=self.ALGORITHM, headers={"kid": key.kid})
         return token, self.ttl_s
 
@@ -188,6 +199,10 @@ class TokenService:
         Raises:
             TokenError: Anything wrong (alg ``none`` included).
         """
+        return str(self.verify_claims(token)["sub"])
+
+    def verify_claims(self, token: str) -> dict[str, Any]:
+        """Like :meth:`verify`, returning every claim (``sub``, ``uid``, ``exp``...)."""
         import jwt
 
         try:
@@ -215,4 +230,4 @@ class TokenService:
             raise TokenError("token not valid yet") from None
         except jwt.PyJWTError:
             raise TokenError("token invalid") from None
-        return str(claims["sub"])
+        return dict(claims)

@@ -7,9 +7,9 @@ deterministically and one monotonic clock serves the whole server.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Lockout", "RateLimiter"]
+__all__ = ["AuditThrottle", "Lockout", "RateLimiter"]
 
 
 @dataclass(slots=True)
@@ -94,3 +94,92 @@ class Lockout:
     def success(self, key: str) -> None:
         """Forget the failures of ``key``."""
         self._state.pop(key, None)
+
+
+class AuditThrottle:
+    """Holds back the audit entries of repeated anonymous failures, counting them instead.
+
+    Every anonymous refusal (401, 404, 405...) used to be one fsync'd audit entry, so
+    anyone could fill the log's disk. Now each client address may write ``burst`` entries
+    and then ``rate`` per second (and all addresses together ``total_burst`` /
+    ``total_rate``); what is held back is counted per address and written as one summary
+    entry (``audit.suppressed``: how many, which statuses) within ``flush_s`` seconds.
+
+    Args:
+        rate: Entries per second per address.
+        burst: Entries an address may write at once.
+        total_rate: Entries per second over all addresses.
+        total_burst: Entries at once over all addresses.
+        flush_s: Most seconds a count waits before its summary is written.
+        max_keys: Most addresses tracked; beyond it counts go to the address ``*``.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        total_rate: float,
+        total_burst: int,
+        flush_s: float = 60.0,
+        max_keys: int = 10_000,
+    ) -> None:
+        import threading
+
+        self.per = RateLimiter(rate=rate, burst=burst, max_keys=max_keys)
+        self.total = RateLimiter(rate=total_rate, burst=total_burst, max_keys=1)
+        self.flush_s = flush_s
+        self.max_keys = max_keys
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, client: str, now: float) -> bool:
+        """Whether an entry for ``client`` may be written now (else call :meth:`hold`)."""
+        with self._lock:
+            if self.per.take(client, now) > 0:
+                return False
+            return self.total.take("*", now) <= 0
+
+    def hold(self, client: str, status: int, now: float) -> None:
+        """Count an entry that was not written."""
+        with self._lock:
+            key = client if client in self._held or len(self._held) < self.max_keys else "*"
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = _Held(first=now)
+            held.count += 1
+            held.last = now
+            held.statuses[status] = held.statuses.get(status, 0) + 1
+
+    def due(self, now: float, *, everything: bool = False) -> list[dict[str, object]]:
+        """Summaries to write now (counts older than ``flush_s``, or all), forgotten here."""
+        out = []
+        with self._lock:
+            while self._held:  # oldest first (insertion order): stop at the first not due
+                client, held = next(iter(self._held.items()))
+                if not everything and now - held.first < self.flush_s:
+                    break
+                del self._held[client]
+                out.append(
+                    {
+                        "client": client,
+                        "count": held.count,
+                        "statuses": {str(k): v for k, v in sorted(held.statuses.items())},
+                        "over_s": round(held.last - held.first, 3),
+                    }
+                )
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Entries held back and not yet summarised."""
+        with self._lock:
+            return sum(h.count for h in self._held.values())
+
+
+@dataclass(slots=True)
+class _Held:
+    first: float
+    last: float = 0.0
+    count: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)

@@ -35,12 +35,14 @@ class Principal:
         id: User name or API key id (never the secret).
         role: One of :data:`ROLES`.
         models: Models this principal may touch (``None``: all).
+        uid: The account's id (users): tokens are bound to it, not to the name.
     """
 
     kind: str
     id: str
     role: str
     models: frozenset[str] | None = None
+    uid: str | None = None
 
     @property
     def label(self) -> str:

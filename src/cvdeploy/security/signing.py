@@ -21,6 +21,7 @@ from typing import Any
 from cvdeploy.bundle import MANIFEST, Bundle, now, run_bundle_hooks, sha256_file
 from cvdeploy.errors import BundleError, CheckFailed, InputError, UsageError
 from cvdeploy.fsutil import write_atomic
+from cvdeploy.jsonsafe import loads as json_loads
 from cvdeploy.security.crypto import require_cryptography
 
 __all__ = [
@@ -144,8 +145,8 @@ def canonical_manifest(bundle_dir: Path) -> bytes:
     """
     mf = Path(bundle_dir) / MANIFEST
     try:
-        data = json.loads(mf.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json_loads(mf.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSON, UTF-8, nested too deep
         raise BundleError(f"cannot read {mf}: {exc.__class__.__name__}") from None
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -281,7 +282,7 @@ def verify_bundle(bundle_dir: Path, public_key: Any) -> VerifyReport:
         rep.problems.append(f"the bundle is not signed: {SIGNATURE_FILE} is missing")
     else:
         try:
-            sig = json.loads(sig_file.read_text(encoding="utf-8"))
+            sig = json_loads(sig_file.read_text(encoding="utf-8"))
             if not isinstance(sig, dict) or sig.get("format") != FORMAT:
                 raise ValueError("unknown format")
             raw_sig = base64.b64decode(str(sig["signature"]), validate=True)
@@ -310,7 +311,7 @@ def verify_bundle(bundle_dir: Path, public_key: Any) -> VerifyReport:
 def _file_problems(d: Path, rep: VerifyReport) -> list[str]:
     """Every listed file that is missing or differs from the manifest."""
     try:
-        data = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+        data = json_loads((d / MANIFEST).read_text(encoding="utf-8"))
         refs = [f for a in data.get("artifacts", []) for f in a.get("files", [])]
         refs += list(data.get("samples", []))
     except (OSError, ValueError, AttributeError, TypeError):

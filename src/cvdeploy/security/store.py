@@ -42,7 +42,8 @@ __all__ = ["KeyInfo", "SecurityStore", "UserInfo", "validate_name"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, models TEXT, pw_hash TEXT NOT NULL,
-    totp_secret TEXT, totp_last_step INTEGER NOT NULL DEFAULT -1, created REAL NOT NULL);
+    totp_secret TEXT, totp_last_step INTEGER NOT NULL DEFAULT -1, created REAL NOT NULL,
+    uid TEXT);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, label TEXT NOT NULL, role TEXT NOT NULL, models TEXT,
     salt BLOB NOT NULL, hash BLOB NOT NULL, created REAL NOT NULL, expires REAL,
@@ -148,6 +149,12 @@ class SecurityStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # databases made before account ids: give every user one (tokens carry it)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+            if "uid" not in columns:
+                db.execute("ALTER TABLE users ADD COLUMN uid TEXT")
+            for (name,) in db.execute("SELECT name FROM users WHERE uid IS NULL").fetchall():
+                db.execute("UPDATE users SET uid=? WHERE name=?", (secrets.token_hex(8), name))
 
     def as_actor(self, actor: str) -> SecurityStore:
         """The same store, recording changes in the audit log as made by ``actor``."""
@@ -202,8 +209,16 @@ class SecurityStore:
             if db.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
                 raise UsageError(f"user {name!r} exists", hint="cvdeploy users set-role / remove")
             db.execute(
-                "INSERT INTO users (name, role, models, pw_hash, created) VALUES (?,?,?,?,?)",
-                (name, role, _scope(models), hash_password(password), time.time()),
+                "INSERT INTO users (name, role, models, pw_hash, created, uid) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    name,
+                    role,
+                    _scope(models),
+                    hash_password(password),
+                    time.time(),
+                    secrets.token_hex(8),  # a new account: a new id, even under an old name
+                ),
             )
         self._record("user.add", name, role=role, models=models)
         return self.user(name)
@@ -275,12 +290,13 @@ class SecurityStore:
         """
         with self._db() as db:
             row = db.execute(
-                "SELECT role, models, pw_hash, totp_secret, totp_last_step FROM users WHERE name=?",
+                "SELECT role, models, pw_hash, totp_secret, totp_last_step, uid FROM users "
+                "WHERE name=?",
                 (name,),
             ).fetchone()
         if not verify_password(row[2] if row else None, password) or row is None:
             return None, "bad_password"
-        role, models, _, seed, _ = row
+        role, models, _, seed, _, uid = row
         if seed is None:
             if require_mfa:
                 return None, "mfa_not_enrolled"
@@ -296,16 +312,23 @@ class SecurityStore:
             if n == 0:
                 return None, "totp_replayed"
         scope = _models(models)
-        return Principal("user", name, role, None if scope is None else frozenset(scope)), "ok"
+        principal = Principal("user", name, role, None if scope is None else frozenset(scope), uid)
+        return principal, "ok"
 
-    def principal_for_user(self, name: str) -> Principal | None:
-        """The current role and scope of a user (``None`` if removed)."""
+    def principal_for_user(self, name: str, uid: str | None = None) -> Principal | None:
+        """The current role and scope of a user (``None`` if removed).
+
+        Args:
+            name: The user name (a token's ``sub``).
+            uid: The account id the token was issued to: a user removed and added again
+                under the same name is another account, and the old tokens are refused.
+        """
         with self._db() as db:
-            row = db.execute("SELECT role, models FROM users WHERE name=?", (name,)).fetchone()
-        if row is None:
+            row = db.execute("SELECT role, models, uid FROM users WHERE name=?", (name,)).fetchone()
+        if row is None or (uid is not None and not hmac.compare_digest(str(row[2]), uid)):
             return None
         scope = _models(row[1])
-        return Principal("user", name, row[0], None if scope is None else frozenset(scope))
+        return Principal("user", name, row[0], None if scope is None else frozenset(scope), row[2])
 
     # API keys ---------------------------------------------------------------------------
     def create_key(

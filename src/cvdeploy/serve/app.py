@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -33,14 +35,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvdeploy.errors import CvdeployError
+from cvdeploy.errors import ApiError, CvdeployError
 from cvdeploy.pipeline.predictor import StageTimes
 from cvdeploy.serve.config import ServeConfig
+from cvdeploy.serve.inputs import PixelBudget, json_depth_ok
 from cvdeploy.serve.logging_store import RequestLog
 from cvdeploy.serve.models import ModelManager, PredictorFactory
 from cvdeploy.serve.monitoring import LiveStats, ServeMetrics
 from cvdeploy.serve.routes import add_routes
-from cvdeploy.serve.state import PUBLIC_ROUTES, ServeState, require
+from cvdeploy.serve.state import PUBLIC_ROUTES, ServeState, method_label, require
 from cvdeploy.version import __version__
 
 __all__ = ["PUBLIC_ROUTES", "ServeState", "create_app", "require"]
@@ -77,6 +80,7 @@ def create_app(
             config.log_dir, sample_rate=config.sample_rate, max_bytes=config.log_max_bytes
         )
     state = ServeState(config, metrics, stats, manager, log)
+    state.decode_budget = PixelBudget(config.decode_budget_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +108,9 @@ def create_app(
         openapi_url=None,
     )
     app.state.cvdeploy = state
+    app.add_middleware(_BodyGuard, max_bytes=config.max_json_bytes)
     app.add_middleware(_MetricsMiddleware, metrics=metrics, stats=stats)
+    app.add_middleware(_HeadAsGet)
     _add_error_handlers(app)
     add_routes(app)
     if config.platform is not None:
@@ -195,7 +201,106 @@ class _MetricsMiddleware:
             dt = time.perf_counter() - t0
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, scope.get("method", "?"), str(status)).inc()
+            method = method_label(scope.get("cvdeploy_method", scope.get("method")))
+            self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path).observe(dt)
             if path.endswith("/predict"):
                 self.stats.request(dt, status)
+
+
+class _HeadAsGet:
+    """Answers ``HEAD`` like ``GET`` without the body (as Starlette does for plain routes):
+    the headers, status and ``Content-Length`` of the ``GET`` answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        # in place: the audit middleware outside sees the route and caller of this request
+        scope["method"], scope["cvdeploy_method"] = "GET", "HEAD"
+        await self.app(scope, receive, headers_only)
+
+
+_PREDICT_PATH = re.compile(r"^/v1/models/[^/]+/predict/?$")
+
+
+class _BodyGuard:
+    """Bounds the bodies of every route but predict (which has ``max_body_bytes`` and its
+    own JSON parser): at most ``max_bytes`` (413), and a JSON body nested at most
+    :data:`cvdeploy.serve.inputs.MAX_JSON_DEPTH` deep (400), checked before any parser
+    sees it. A deeply nested or huge JSON body is answered as bad input, never a 500."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _PREDICT_PATH.match(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _refuse(send, self._too_large())
+            return
+        chunks, n, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            n += len(message.get("body", b""))
+            if n > self.max_bytes:
+                await _refuse(send, self._too_large())
+                return
+            chunks.append(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if body and ctype.endswith(b"json") and not json_depth_ok(body):
+            await _refuse(
+                send, ApiError(400, "bad_json", "the JSON body is nested too deeply to parse")
+            )
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            "body_too_large",
+            f"request body exceeds the limit of {self.max_bytes} bytes for this route",
+        )
+
+
+async def _refuse(send: Send, exc: ApiError) -> None:
+    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

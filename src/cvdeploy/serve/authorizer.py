@@ -18,21 +18,23 @@ send it (``SameSite``) nor do anything with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cvdeploy.errors import ApiError, UsageError
+from cvdeploy.errors import ApiError, AuditUnavailable, UsageError
 from cvdeploy.security import (
     KEY_PREFIX,
     AuditLog,
+    AuditThrottle,
     Lockout,
     Principal,
     RateLimiter,
@@ -44,7 +46,14 @@ from cvdeploy.security import (
     validate_name,
 )
 from cvdeploy.security import load_audit_key as load_key
-from cvdeploy.serve.state import PUBLIC_ROUTES, add_route
+from cvdeploy.serve.state import (
+    PAGE_HEADERS,
+    PUBLIC_ROUTES,
+    SCOPE,
+    add_route,
+    error_responses,
+    method_label,
+)
 
 __all__ = ["AuditMiddleware", "SecurityLayer", "install_security"]
 
@@ -78,10 +87,10 @@ class KeyRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    label: str = Field(min_length=1, max_length=64)
-    role: str
-    models: list[str] | None = None
-    expires_in_s: float | None = Field(None, gt=0)
+    label: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    role: Literal["viewer", "predictor", "operator", "admin"]
+    models: list[str] | None = Field(None, max_length=64)
+    expires_in_s: float | None = Field(None, gt=0, le=10 * 365 * 86_400)
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -115,7 +124,12 @@ class SecurityLayer:
         self.audit: AuditLog | None = None
         if config.audit_log is not None and config.audit_key_file is not None:
             self.audit = AuditLog(
-                config.audit_log, load_key(config.audit_key_file), max_bytes=config.audit_max_bytes
+                config.audit_log,
+                load_key(config.audit_key_file),
+                max_bytes=config.audit_max_bytes,
+                max_files=config.audit_max_files,
+                checkpoint_path=config.audit_checkpoint_file,
+                checkpoint_every_s=config.audit_checkpoint_every_s,
             )
         self.store = SecurityStore(config.auth_db, audit=self.audit, actor="server")
         self.tokens = TokenService(
@@ -129,13 +143,26 @@ class SecurityLayer:
         self.per_key = RateLimiter(rate=c.predict_rate_per_key, burst=c.predict_burst_per_key)
         self.per_ip = RateLimiter(rate=c.predict_rate_per_ip, burst=c.predict_burst_per_ip)
         self.auth_ip = RateLimiter(rate=c.auth_rate_per_ip, burst=c.auth_burst_per_ip)
+        self.anon_ip = RateLimiter(rate=c.anonymous_rate_per_ip, burst=c.anonymous_burst_per_ip)
+        self.throttle = AuditThrottle(
+            rate=c.audit_anonymous_rate,
+            burst=c.audit_anonymous_burst,
+            total_rate=c.audit_anonymous_total_rate,
+            total_burst=c.audit_anonymous_total_burst,
+            flush_s=c.audit_summary_s,
+        )
         self.lockout = Lockout(
             after=c.lockout_after, base_s=c.lockout_base_s, max_s=c.lockout_max_s
         )
 
     # authorization ----------------------------------------------------------------------
     async def authorize(self, request: Request, permission: str) -> None:
-        """The app's authorizer: validate the model name, limit, authenticate, check role.
+        """The app's authorizer: validate the model name, authenticate, check role, limit.
+
+        Requests without valid credentials draw on their own per-address budget
+        (``anonymous_rate_per_ip``: 401, then 429); authenticated predictions on the
+        per-credential and the authenticated per-address budgets. Anonymous traffic from
+        an address therefore never uses up a client's budget at that address.
 
         Raises:
             ApiError: 400 bad model name, 401 no or bad credentials, 403 role or model
@@ -152,10 +179,14 @@ class SecurityLayer:
             if permission == "login":
                 self._limit(self.auth_ip, client, "too many login attempts from this address")
             return
-        if permission == "predict":
-            self._limit(self.per_ip, client, "too many requests from this address")
-        principal = await self.authenticate(request, permission)
+        try:
+            principal = await self.authenticate(request, permission)
+        except ApiError as exc:
+            if exc.http_status == 401:
+                self._limit(self.anon_ip, client, "too many requests without valid credentials")
+            raise
         request.state.cvdeploy_actor = principal.label
+        setattr(request.state, SCOPE, principal.models)
         if not is_allowed(principal, permission, None if name is None else str(name)):
             raise ApiError(
                 403,
@@ -165,6 +196,7 @@ class SecurityLayer:
             )
         if permission == "predict":
             self._limit(self.per_key, principal.label, "too many requests for this credential")
+            self._limit(self.per_ip, client, "too many requests from this address")
 
     def _limit(self, limiter: RateLimiter, key: str, message: str) -> None:
         wait = limiter.take(key, self.monotonic())
@@ -200,12 +232,12 @@ class SecurityLayer:
             raise _unauthorized("credentials required: Authorization: Bearer <token or API key>")
         if from_cookie:  # only access tokens issued by /v1/auth/session live in the cookie
             try:
-                subject = self.tokens.verify(cred)
+                claims = self.tokens.verify_claims(cred)
             except TokenError as exc:
                 self._note(request, reason=f"session cookie: {exc}")
                 self._to_login(request)
                 raise _unauthorized(f"session refused: {exc}; log in again at /login") from None
-            return await self._user(request, subject)
+            return await self._user(request, claims)
         if cred.startswith(KEY_PREFIX + "_"):
             principal, reason = await asyncio.to_thread(
                 self.store.check_key, cred, now=self.clock()
@@ -215,14 +247,19 @@ class SecurityLayer:
                 raise _unauthorized("invalid, expired or revoked API key")
             return principal
         try:
-            subject = self.tokens.verify(cred)
+            claims = self.tokens.verify_claims(cred)
         except TokenError as exc:
             self._note(request, reason=str(exc))
             raise _unauthorized(f"access token refused: {exc}") from None
-        return await self._user(request, subject)
+        return await self._user(request, claims)
 
-    async def _user(self, request: Request, subject: str) -> Principal:
-        user = await asyncio.to_thread(self.store.principal_for_user, subject)
+    async def _user(self, request: Request, claims: dict[str, Any]) -> Principal:
+        """The account a token was issued to: bound to its id, not only its name."""
+        uid = claims.get("uid")
+        if not isinstance(uid, str):
+            self._note(request, reason="token without account id")
+            raise _unauthorized("access token refused: log in again")
+        user = await asyncio.to_thread(self.store.principal_for_user, str(claims["sub"]), uid)
         if user is None:
             self._note(request, reason="token user removed")
             raise _unauthorized("access token refused: unknown user")
@@ -269,7 +306,7 @@ class SecurityLayer:
             self._note(request, reason=reason, locked_for_s=wait)
             raise _unauthorized("invalid user name, password or one-time code")
         self.lockout.success(user)
-        token, ttl = self.tokens.issue(principal.id)
+        token, ttl = self.tokens.issue(principal.id, uid=principal.uid)
         return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
 
     # audit ----------------------------------------------------------------------------------
@@ -287,7 +324,16 @@ class SecurityLayer:
             return
         state = scope.get("state") or {}
         params = scope.get("path_params") or {}
-        method = str(scope.get("method", "?"))
+        method = method_label(scope.get("cvdeploy_method", scope.get("method")))
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        actor = str(state.get(_ACTOR, "anonymous"))[:80]
+        now = self.monotonic()
+        for summary in self.throttle.due(now):
+            self._summary(summary)
+        if actor == "anonymous" and status >= 400 and not self.throttle.admit(address, now):
+            self.throttle.hold(address, status, now)  # counted, written as a summary later
+            return
         outcome = (
             "ok"
             if status < 400
@@ -295,7 +341,6 @@ class SecurityLayer:
             if status in (401, 403, 429)
             else ("refused" if status < 500 else "error")
         )
-        client = scope.get("client")
         detail: dict[str, Any] = {
             "method": method,
             "route": path,
@@ -303,18 +348,35 @@ class SecurityLayer:
             "client": client[0] if client else None,
             "permission": permission,
         }
+        if method == "OTHER":
+            detail["raw_method"] = str(scope.get("method", "?"))[:32]
         if "x-model-version" in headers:
             detail["version"] = headers["x-model-version"]
         if method == "POST" and permission == "predict":
             detail["request_bytes"] = _content_length(scope)
         detail.update(state.get(_NOTE) or {})
         self.audit.record(
-            actor=str(state.get(_ACTOR, "anonymous"))[:80],
+            actor=actor,
             action=_ACTIONS.get(str(permission), f"{method} {path}"),
             outcome=outcome,
             target=str(params.get("name") or params.get("key_id") or "") or None,
             **detail,
         )
+
+    def _summary(self, summary: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                actor="anonymous",
+                action="audit.suppressed",
+                outcome="denied",
+                reason="refused anonymous requests over the audit rate, counted",
+                **summary,
+            )
+
+    def flush(self) -> None:
+        """Write the summaries of every held-back entry (at shutdown)."""
+        for summary in self.throttle.due(self.monotonic(), everything=True):
+            self._summary(summary)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -332,21 +394,32 @@ class AuditMiddleware:
         self.layer = layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.layer.audit is not None:
+            await self.app(scope, receive, self._flush_at_shutdown(send))
+            return
         if scope["type"] != "http" or self.layer.audit is None:
             await self.app(scope, receive, send)
             return
         recorded = False
+        refused = False  # the audit log could not be written: answered 503 instead
 
         async def send_after_audit(message: Message) -> None:
-            nonlocal recorded
+            nonlocal recorded, refused
+            if refused:
+                return
             if message["type"] == "http.response.start" and not recorded:
                 recorded = True
                 headers = {
                     k.decode("latin-1"): v.decode("latin-1") for k, v in message.get("headers", [])
                 }
-                await asyncio.to_thread(
-                    self.layer.record_request, scope, int(message["status"]), headers
-                )
+                try:
+                    await asyncio.to_thread(
+                        self.layer.record_request, scope, int(message["status"]), headers
+                    )
+                except AuditUnavailable as exc:
+                    refused = True  # never acknowledge an action unrecorded
+                    await _send_error(send, exc)
+                    return
             await send(message)
 
         try:
@@ -354,8 +427,36 @@ class AuditMiddleware:
         except Exception:
             if not recorded:
                 recorded = True
-                await asyncio.to_thread(self.layer.record_request, scope, 500, {})
+                with contextlib.suppress(AuditUnavailable):
+                    await asyncio.to_thread(self.layer.record_request, scope, 500, {})
             raise
+
+    def _flush_at_shutdown(self, send: Send) -> Send:
+        async def flushing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.layer.flush)
+            await send(message)
+
+        return flushing
+
+
+async def _send_error(send: Send, exc: AuditUnavailable) -> None:
+    import json
+
+    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"5"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_security(app: FastAPI, config: SecurityConfig) -> SecurityLayer:
@@ -457,7 +558,7 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
         return resp
 
     async def login_page(request: Request, next: str = "/dashboard") -> HTMLResponse:
-        return HTMLResponse(login_html(next))
+        return HTMLResponse(login_html(next), headers=PAGE_HEADERS)
 
     add_route(app, "/v1/auth/token", token, methods=["POST"], permission="login")
     add_route(app, "/v1/auth/session", session, methods=["POST"], permission="login")
@@ -472,9 +573,43 @@ def _add_routes(app: FastAPI, layer: SecurityLayer) -> None:
     )
     add_route(app, "/v1/auth/whoami", whoami, methods=["GET"], permission="whoami")
     add_route(app, "/v1/admin/users", list_users, methods=["GET"], permission="users")
-    add_route(app, "/v1/admin/keys", list_keys, methods=["GET"], permission="users")
-    add_route(app, "/v1/admin/keys", create_key, methods=["POST"], permission="users")
-    add_route(app, "/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"], permission="users")
+    add_route(
+        app,
+        "/v1/admin/keys",
+        list_keys,
+        methods=["GET"],
+        permission="users",
+        operation_id="list_keys",
+    )
+    add_route(
+        app,
+        "/v1/admin/keys",
+        create_key,
+        methods=["POST"],
+        permission="users",
+        operation_id="create_key",
+        # an OpenAPI link: a created key's id revokes it (schemathesis follows it, stateful)
+        responses={
+            200: {
+                "description": "the new key (shown once) and its public information",
+                "links": {
+                    "RevokeKey": {
+                        "operationId": "revoke_key",
+                        "parameters": {"key_id": "$response.body#/info/id"},
+                    }
+                },
+            }
+        },
+    )
+    add_route(
+        app,
+        "/v1/admin/keys/{key_id}",
+        revoke_key,
+        methods=["DELETE"],
+        permission="users",
+        operation_id="revoke_key",
+        responses=error_responses(404),
+    )
 
 
 def _cookie_attributes(request: Request) -> dict[str, Any]:

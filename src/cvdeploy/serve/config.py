@@ -53,6 +53,11 @@ class ServeConfig(BaseModel):
         max_body_bytes: Largest accepted request body (413 beyond).
         max_pixels: Largest accepted image, width x height, read from the header (413 beyond).
         max_images: Most images in one request.
+        max_request_pixels: Most pixels (sum of width x height of its images, read from
+            the headers) in one request (413 beyond).
+        decode_budget_pixels: Most pixels decoded and held at once by all requests together
+            (about 3 bytes each); a request waits for its share, until its deadline (503).
+        max_json_bytes: Largest body of the routes other than predict (log-in, admin).
         reduced_decode: Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when
             the smaller image still covers the model input (see
             :func:`cvdeploy.serve.inputs.jpeg_reduction`); boxes are answered in the sent
@@ -88,6 +93,9 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1)
     max_images: int = Field(32, ge=1)
+    max_request_pixels: int = Field(100_000_000, ge=1)
+    decode_budget_pixels: int = Field(200_000_000, ge=1)
+    max_json_bytes: int = Field(64 * 1024, ge=1024)
     reduced_decode: bool = True
     warmup_runs: int = Field(2, ge=0)
     poll_interval_s: float = Field(1.0, gt=0)

@@ -9,8 +9,11 @@ to fix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
+import contextlib
 import io
 import json
 import warnings
@@ -26,16 +29,134 @@ from starlette.types import Message
 
 from cvdeploy.data.io import _jpeg_is_complete, decode_image_bytes
 from cvdeploy.errors import ApiError, ImageDecodeError
+from cvdeploy.jsonsafe import depth_ok
 from cvdeploy.pipeline.results import Detections
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "ApiError",
     "DecodedImage",
+    "PixelBudget",
     "decode_checked",
+    "image_pixels",
     "jpeg_reduction",
+    "json_depth_ok",
+    "loads_bounded",
     "read_body",
     "split_images",
 ]
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of a JSON body the server parses (checked before parsing: 400 beyond)."""
+
+
+def json_depth_ok(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``body``'s brackets nest at most ``max_depth`` deep (strings skipped): a
+    linear scan before ``json.loads`` (see :mod:`cvdeploy.jsonsafe`)."""
+    return depth_ok(body, max_depth)
+
+
+def loads_bounded(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for untrusted bodies: depth checked first, every failure a 400.
+
+    Raises:
+        ApiError: 400 ``bad_json`` (not JSON, nested too deeply, or a number too long to
+            convert).
+    """
+    if not json_depth_ok(body, max_depth):
+        raise ApiError(400, "bad_json", f"the JSON body is nested deeper than {max_depth} levels")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit
+        raise ApiError(400, "bad_json", f"the JSON body cannot be parsed: {exc}") from None
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded (and held) at once across requests.
+
+    A request takes its pixel count before its images are decoded and gives it back when
+    it is answered, so the decoded images in memory never exceed ``capacity`` pixels
+    (about 3 bytes each) however many requests arrive; the others wait, first come first
+    served, until their deadline (then 503).
+
+    Args:
+        capacity: Most pixels held at once.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, n: int, *, timeout: float) -> int:
+        """Take ``min(n, capacity)`` pixels, waiting at most ``timeout`` s; returns them.
+
+        Raises:
+            ApiError: 503 ``decode_busy`` when the pixels were not free in time.
+        """
+        n = min(n, self.capacity)
+        if not self._waiters and self.used + n <= self.capacity:
+            self.used += n
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout=max(timeout, 0.0))
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():  # granted just as the wait ended
+                self.release(n)
+            else:
+                fut.cancel()
+                self._remove(entry)
+            raise ApiError(
+                503,
+                "decode_busy",
+                "the server is decoding as many pixels as its memory allows; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release(n)
+            else:
+                fut.cancel()
+                self._remove(entry)
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        """Give ``n`` pixels back and wake the waiters that now fit (in order)."""
+        self.used -= n
+        while self._waiters:
+            m, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self.used + m > self.capacity:
+                break
+            self._waiters.popleft()
+            self.used += m
+            fut.set_result(None)
+
+    def _remove(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(entry)
+        self.release(0)
+
+
+def image_pixels(source: str, data: bytes) -> int:
+    """``width x height`` of an encoded image from its header (0 when it is not an image:
+    :func:`decode_checked` then answers why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        return 2**62
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return 0
+    return int(w) * int(h)
 
 
 @dataclass(slots=True)
@@ -137,10 +258,7 @@ async def split_images(
 
 
 def _json_images(body: bytes) -> list[tuple[str, bytes]]:
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"the JSON body cannot be parsed: {exc}") from None
+    doc = loads_bounded(body)
     if isinstance(doc, dict) and isinstance(doc.get("image"), str):
         encoded = [doc["image"]]
     elif isinstance(doc, dict) and isinstance(doc.get("images"), list):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -63,7 +64,7 @@ class RequestLog:
         self.max_bytes = max_bytes
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        _private_tree(self.root)
         with self._connect() as db:
             db.executescript(_SCHEMA)
         self._bytes = self._stored_bytes()
@@ -109,7 +110,9 @@ class RequestLog:
         entry_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
         name = entry_id + _EXT.get(image[:2], ".img")
         with self._lock:
-            (self.root / "images" / name).write_bytes(image)
+            fd = os.open(self.root / "images" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(image)
             with self._connect() as db:
                 db.execute(
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -148,6 +151,28 @@ class RequestLog:
     def entries(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest entries first."""
         return read_entries(self.root, limit=limit)
+
+
+def _private_tree(root: Path) -> None:
+    """The log folder, its ``images/`` and the index, readable by the server's user only.
+
+    Sampled requests are user data: folders 0700 and files 0600 whatever the umask, also
+    for a folder made by an older version (its files are tightened once, here). SQLite
+    creates its journal files with the index's mode.
+    """
+    images = root / "images"
+    for d in (root, images):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    index = root / INDEX
+    os.close(os.open(index, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in [index, *(root / f"{INDEX}{x}" for x in ("-journal", "-wal", "-shm"))]:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, 0o600)
+    with os.scandir(images) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False) and e.stat().st_mode & 0o077:
+                os.chmod(e.path, 0o600)
 
 
 def read_entries(root: Path, *, limit: int | None = None) -> list[dict[str, Any]]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from cvdeploy import jsonsafe
 from cvdeploy.errors import ApiError, UsageError
 from cvdeploy.pipeline.predictor import Thresholds
 from cvdeploy.serve.config import PLATFORMS, PlatformConfig
@@ -183,8 +183,8 @@ def _vertex_instances(
     body: bytes, max_images: int
 ) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = jsonsafe.loads(body)
+    except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply
         raise ApiError(400, "bad_json", f"the JSON body cannot be parsed: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
         raise ApiError(

@@ -26,7 +26,9 @@ from typing import Any
 
 from cvdeploy.bundle import Bundle, now
 from cvdeploy.errors import BundleError, InputError, UsageError
+from cvdeploy.failpoints import failpoint
 from cvdeploy.fsutil import write_atomic
+from cvdeploy.jsonsafe import loads as json_loads
 
 __all__ = [
     "STAGES",
@@ -78,8 +80,8 @@ class ModelRegistry:
     def state(self) -> dict[str, Any]:
         """The current state (a fresh copy)."""
         try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json_loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # JSON, UTF-8, nested too deep
             raise InputError(
                 f"registry state {self.state_path} cannot be read: {exc}",
                 hint="restore it from a backup; it is only written atomically by cvdeploy",
@@ -89,8 +91,13 @@ class ModelRegistry:
         return data
 
     def _write(self, state: dict[str, Any]) -> None:
+        # under the lock no other writer is between its temp file and its rename, so any
+        # temp file of the state is a leftover of a killed process
+        for stray in self.root.glob(f".{STATE_FILE}.*.tmp"):
+            stray.unlink(missing_ok=True)
         text = json.dumps(state, indent=2, sort_keys=True)
         write_atomic(self.state_path, text.encode("utf-8"), mode=0o600)
+        failpoint("registry.state.written")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -194,8 +201,12 @@ class ModelRegistry:
             self._write(state)
         return name, version
 
-    def promote(self, name: str, version: str, *, stage: str = "production") -> str | None:
+    def promote(
+        self, name: str, version: str, *, stage: str = "production", op: str | None = None
+    ) -> str | None:
         """Put a version at a stage; returns the version that was there before.
+
+        ``op`` (the audit entry's operation id) is kept in the history entry.
 
         Raises:
             UsageError: Unknown model, version or stage.
@@ -221,13 +232,18 @@ class ModelRegistry:
                     "version": version,
                     "stage": stage,
                     "replaced": before,
+                    **({"op": op} if op else {}),
                 }
             )
             self._write(state)
         return before
 
     def rollback(
-        self, name: str, *, check: Callable[[Path], None] | None = None
+        self,
+        name: str,
+        *,
+        check: Callable[[Path], None] | None = None,
+        op: str | None = None,
     ) -> tuple[str, str]:
         """Put the previous production version back; returns ``(from, to)``.
 
@@ -236,6 +252,7 @@ class ModelRegistry:
             check: Called with the target version's bundle directory before the switch
                 (under the lock); raising stops the rollback and nothing changes
                 (``cvdeploy registry rollback`` re-checks parity there).
+            op: The audit entry's operation id, kept in the history entry.
 
         Raises:
             UsageError: The model has no earlier production version.
@@ -259,6 +276,7 @@ class ModelRegistry:
                     "action": "rollback",
                     "version": target,
                     "replaced": current,
+                    **({"op": op} if op else {}),
                 }
             )
             self._write(state)

@@ -7,6 +7,7 @@ import functools
 import importlib.resources
 import importlib.util
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,18 +17,45 @@ from typing import Any
 import cv2
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 
 from cvdeploy.errors import ApiError, DeadlineExceeded
 from cvdeploy.pipeline.draw import draw as draw_result
 from cvdeploy.pipeline.predictor import StageTimes, Thresholds
 from cvdeploy.pipeline.results import Classification
-from cvdeploy.serve.inputs import DecodedImage, decode_checked, read_body, split_images
+from cvdeploy.serve.inputs import (
+    DecodedImage,
+    decode_checked,
+    image_pixels,
+    read_body,
+    split_images,
+)
 from cvdeploy.serve.models import LoadedVersion
-from cvdeploy.serve.state import ServeState, add_route, state_of
+from cvdeploy.serve.state import (
+    PAGE_HEADERS,
+    ServeState,
+    add_route,
+    error_responses,
+    model_scope,
+    state_of,
+)
 from cvdeploy.version import __version__
 
-__all__ = ["DOCS_ASSETS", "Prediction", "add_routes", "model_input_size", "run_prediction"]
+__all__ = [
+    "DOCS_ASSETS",
+    "Prediction",
+    "add_routes",
+    "model_input_size",
+    "public_errors",
+    "public_text",
+    "run_prediction",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +104,45 @@ _PREDICT_BODY = {
 }
 
 
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.+~-]+/)*([\w.+~-]+)")
+_MODEL_LABEL = re.compile(r'model="((?:[^"\\]|\\.)*)"')
+
+
+def public_text(message: str) -> str:
+    """``message`` without the server's absolute paths (each becomes ``.../NAME``).
+
+    Load errors name the bundle files that failed; over HTTP, callers (viewers included)
+    learn which file, not where the registry lives on the host.
+    """
+    return _ABS_PATH.sub(lambda m: f".../{m.group(1)}", message)
+
+
+def public_errors(errors: dict[str, str], seen: frozenset[str] | None = None) -> dict[str, str]:
+    """The model errors a caller may see (its model scope), with paths removed."""
+    return {n: public_text(e) for n, e in errors.items() if seen is None or n in seen}
+
+
+def _public_registry(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A registry entry without the absolute paths the bundles were added from."""
+    if info is None:
+        return None
+    versions = {
+        v: {k: x for k, x in (meta or {}).items() if k != "source"}
+        for v, meta in (info.get("versions") or {}).items()
+    }
+    return {**info, "versions": versions}
+
+
+def _only_models(text: bytes, seen: frozenset[str]) -> bytes:
+    """Prometheus text without the samples labelled with a model outside ``seen``."""
+    keep = []
+    for line in text.decode("utf-8").splitlines():
+        m = None if line.startswith("#") else _MODEL_LABEL.search(line)
+        if m is None or m.group(1) in seen:
+            keep.append(line)
+    return ("\n".join(keep) + "\n").encode("utf-8")
+
+
 def _model(st: ServeState, name: str) -> LoadedVersion:
     loaded = st.manager.current.get(name)
     if loaded is not None:
@@ -85,7 +152,7 @@ def _model(st: ServeState, name: str) -> LoadedVersion:
             503,
             "model_not_ready",
             f"model {name!r} is not loaded yet"
-            + (f": {st.manager.errors[name]}" if name in st.manager.errors else ""),
+            + (f": {public_text(st.manager.errors[name])}" if name in st.manager.errors else ""),
             headers={"Retry-After": str(st.config.retry_after_s)},
         )
     known = ", ".join(sorted(st.manager.current)) or "none"
@@ -148,6 +215,40 @@ async def run_prediction(
     cfg = st.config
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cfg.request_timeout_s - (time.perf_counter() - t0)
+    sizes = await asyncio.to_thread(lambda: [image_pixels(s, d) for s, d in parts])
+    # an image over max_pixels is refused (413) by decode_checked before decoding
+    pixels = sum(n for n in sizes if n <= cfg.max_pixels)
+    if pixels > cfg.max_request_pixels:
+        raise ApiError(
+            413,
+            "request_too_many_pixels",
+            f"the {len(parts)} images of this request hold {pixels} pixels, over the "
+            f"limit of {cfg.max_request_pixels} per request; send fewer or smaller images",
+        )
+    budget = st.decode_budget
+    held = 0
+    if budget is not None:
+        held = await budget.acquire(pixels, timeout=deadline - loop.time())
+    try:
+        return await _answer(st, name, parts, thresholds, t0=t0, fit=fit, deadline=deadline)
+    finally:
+        if budget is not None:
+            budget.release(held)
+
+
+async def _answer(
+    st: ServeState,
+    name: str,
+    parts: list[tuple[str, bytes]],
+    thresholds: Thresholds,
+    *,
+    t0: float,
+    fit: tuple[int, int] | None,
+    deadline: float,
+) -> Prediction:
+    """Decode, batch, run and record one request (its pixels already held)."""
+    cfg = st.config
+    loop = asyncio.get_running_loop()
     images = await asyncio.to_thread(
         lambda: [decode_checked(s, d, max_pixels=cfg.max_pixels, fit=fit) for s, d in parts]
     )
@@ -188,7 +289,8 @@ def add_routes(app: FastAPI) -> None:
         if st.manager.ready and models:
             return JSONResponse({"ready": True, "models": models})
         return JSONResponse(
-            {"ready": False, "models": models, "errors": st.manager.errors}, status_code=503
+            {"ready": False, "models": models, "errors": public_errors(st.manager.errors)},
+            status_code=503,
         )
 
     async def predict(
@@ -223,6 +325,7 @@ def add_routes(app: FastAPI) -> None:
 
     async def list_models(request: Request) -> dict[str, Any]:
         st = state_of(request)
+        seen = model_scope(request)
         return {
             "models": [
                 {
@@ -233,15 +336,17 @@ def add_routes(app: FastAPI) -> None:
                     "queue_depth": m.batcher.depth,
                 }
                 for n, m in sorted(st.manager.current.items())
+                if seen is None or n in seen
             ],
-            "errors": st.manager.errors,
+            "errors": public_errors(st.manager.errors, seen),
         }
 
     async def get_model(request: Request, name: str) -> dict[str, Any]:
         st = state_of(request)
         info = _model(st, name).describe()
-        info["registry"] = await asyncio.to_thread(st.manager.registry_info, name)
-        info["last_error"] = st.manager.errors.get(name)
+        registry = await asyncio.to_thread(st.manager.registry_info, name)
+        info["registry"] = _public_registry(registry)
+        info["last_error"] = public_errors(st.manager.errors).get(name)
         return info
 
     async def reload_model(request: Request, name: str) -> Response:
@@ -255,7 +360,7 @@ def add_routes(app: FastAPI) -> None:
             "model": name,
             "outcome": outcome,
             "version": cur.version if cur else None,
-            "error": st.manager.errors.get(name),
+            "error": public_errors(st.manager.errors).get(name),
         }
         return JSONResponse(body, status_code=409 if outcome == "failed" else 200)
 
@@ -263,10 +368,15 @@ def add_routes(app: FastAPI) -> None:
         st = state_of(request)
         for n, m in st.manager.current.items():
             st.metrics.queue_depth.labels(n).set(m.batcher.depth)
-        return Response(st.metrics.exposition(), media_type="text/plain; version=0.0.4")
+        text = st.metrics.exposition()
+        seen = model_scope(request)
+        if seen is not None:
+            text = _only_models(text, seen)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def live_stats(request: Request) -> dict[str, Any]:
         st = state_of(request)
+        seen = model_scope(request)
         snap = st.stats.snapshot()
         snap["models"] = [
             {
@@ -274,15 +384,22 @@ def add_routes(app: FastAPI) -> None:
                 "queue_depth": m.batcher.depth,
                 "inflight": m.batcher.inflight,
             }
-            for m in st.manager.current.values()
+            for n, m in st.manager.current.items()
+            if seen is None or n in seen
         ]
-        snap["errors"] = st.manager.errors
+        snap["errors"] = public_errors(st.manager.errors, seen)
         snap["sampling"] = {"rate": st.config.sample_rate, "enabled": st.log is not None}
+        if seen is not None:
+            snap["recent"] = [r for r in snap["recent"] if r.get("model") in seen]
+            if not set(st.manager.current) <= seen:  # the counts mix models it may not see
+                snap["classes"] = {}
+                snap["confidence_bins"] = [0] * len(snap["confidence_bins"])
+            snap["scoped_to"] = sorted(seen)
         return snap
 
     async def dashboard() -> HTMLResponse:
         page = importlib.resources.files("cvdeploy.serve.dashboard") / "index.html"
-        return HTMLResponse(page.read_text(encoding="utf-8"))
+        return HTMLResponse(page.read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
     async def openapi(request: Request) -> dict[str, Any]:
         schema: dict[str, Any] = request.app.openapi()
@@ -290,7 +407,7 @@ def add_routes(app: FastAPI) -> None:
 
     async def docs() -> HTMLResponse:
         # Swagger UI from the server itself (fastapi-offline's copy), never from a CDN.
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="cvdeploy API",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
@@ -298,6 +415,8 @@ def add_routes(app: FastAPI) -> None:
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
         )
+        page.headers.update(PAGE_HEADERS)
+        return page
 
     async def docs_asset(asset: str) -> Response:
         path = _docs_assets().get(asset)
@@ -311,7 +430,9 @@ def add_routes(app: FastAPI) -> None:
         return FileResponse(path, media_type=_ASSET_TYPES[path.suffix], headers=_ASSET_CACHE)
 
     add_route(app, "/healthz", healthz, methods=["GET"], permission=None)
-    add_route(app, "/readyz", readyz, methods=["GET"], permission=None)
+    add_route(
+        app, "/readyz", readyz, methods=["GET"], permission=None, responses=error_responses(503)
+    )
     add_route(
         app,
         "/v1/models/{name}/predict",
@@ -319,11 +440,43 @@ def add_routes(app: FastAPI) -> None:
         methods=["POST"],
         permission="predict",
         openapi_extra=_PREDICT_BODY,
+        responses={
+            200: {
+                "description": "detections or classes (JSON), or the drawn image (draw=true)",
+                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **error_responses(400, 404, 413, 415, 503, 504),
+        },
     )
     add_route(app, "/v1/models", list_models, methods=["GET"], permission="read")
-    add_route(app, "/v1/models/{name}", get_model, methods=["GET"], permission="read")
-    add_route(app, "/v1/models/{name}/reload", reload_model, methods=["POST"], permission="reload")
-    add_route(app, "/metrics", prometheus, methods=["GET"], permission="metrics")
+    add_route(
+        app,
+        "/v1/models/{name}",
+        get_model,
+        methods=["GET"],
+        permission="read",
+        responses=error_responses(400, 404, 503),
+    )
+    add_route(
+        app,
+        "/v1/models/{name}/reload",
+        reload_model,
+        methods=["POST"],
+        permission="reload",
+        responses={
+            409: {"description": "the version failed to load (the current one keeps serving)"},
+            **error_responses(400, 404),
+        },
+    )
+    add_route(
+        app,
+        "/metrics",
+        prometheus,
+        methods=["GET"],
+        permission="metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     add_route(app, "/v1/stats", live_stats, methods=["GET"], permission="metrics")
     add_route(
         app, "/dashboard", dashboard, methods=["GET"], permission="metrics", include_in_schema=False
