@@ -82,7 +82,7 @@ def zoo_train(
         ),
     ],
     model: Annotated[
-        str, typer.Option(help="detector-n | detector-s | classifier-n")
+        str, typer.Option(help="detector-n | detector-s | detector-p | classifier-n")
     ] = "detector-n",
     epochs: Annotated[
         int | None, typer.Option(help="epochs (default: until the time budget)")
