@@ -326,25 +326,24 @@ def _compress_rows(r: Results) -> list[Row]:
                 )
             )
     elif isinstance(prune, dict) and prune.get("status") in ("refused", "failed"):
-        msg = prune.get("message") or prune.get("error")
+        msg = str(prune.get("message") or prune.get("error")).splitlines()[0]
         rows.append(
             (f"detector-n pruning{quick}", f"{prune['status']}: {msg}", "<= 0.7x", "**no**")
         )
     d = _get(ph, "distill")
     ratio = _num(_get(d, "summary", "map_ratio"))
-    if ratio is not None:
-        free = _num(_get(d, "label_free", "map50_95"))
-        lab = _num(_get(d, "labelled", "map50_95"))
+    free = _num(_get(d, "label_free", "map50_95"))
+    lab = _num(_get(d, "labelled", "map50_95"))
+    if ratio is not None or (free is not None and lab is not None):
+        both = "" if free is None or lab is None else f"{free:.4f} vs {lab:.4f}"
         rows.append(
             (
                 f"label-free distillation of {_get(d, 'student')} from detector-n vs the same "
                 f"student trained with labels, {_get(d, 'budget_minutes')} min each: "
                 "mAP50-95 ratio" + quick,
-                f"{ratio:.2f} ({free:.4f} vs {lab:.4f})"
-                if free is not None and lab is not None
-                else f"{ratio:.2f}",
+                f"{ratio:.2f} ({both})" if ratio is not None else f"n/a ({both})",
                 ">= 0.95",
-                _met(ratio >= 0.95),
+                _met(None if ratio is None else ratio >= 0.95),
             )
         )
     y = _get(ph, "yolox", "summary")
@@ -352,10 +351,11 @@ def _compress_rows(r: Results) -> list[Row]:
         t, st = _num(y.get("teacher_map50_95")), _num(y.get("student_map50_95"))
         lr = _num(y.get("student_latency_ratio"))
         if t is not None and st is not None:
+            who = str(_get(ph, "yolox", "student") or "a zoo student").split(" (")[0]
             rows.append(
                 (
-                    "YOLOX-Nano (imported ONNX) as the teacher of zoo:detector-n on coco128 "
-                    "without labels: mAP50-95 on coco128, student latency" + quick,
+                    f"YOLOX-Nano (imported ONNX) as the teacher of {who} "
+                    "on coco128 without labels: mAP50-95 on coco128, student latency" + quick,
                     f"teacher {t:.4f}, student {st:.4f}"
                     + ("" if lr is None else f"; student at {lr:.2f}x the teacher's p50"),
                     "works end to end (128 images: a trade-off, reported)",
