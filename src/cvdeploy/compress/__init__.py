@@ -8,6 +8,8 @@ Public API:
   by self-distillation;
 - :func:`distill_model` with :class:`DistillOptions`: a zoo (or ``module:factory``) student
   learns from any runnable bundle;
+- :func:`qat_model` with :class:`QatOptions`: quantization-aware training (torchao PT2E)
+  from PTQ, exported as an explicit Q/DQ ONNX INT8 artifact;
 - :class:`CompressReport` / :class:`ModelRow`: the result table;
 - :class:`TrainingInterrupted`: raised on Ctrl-C after the state was saved (``--resume``).
 
@@ -18,6 +20,7 @@ from cvdeploy.compress.distill import DistillOptions, distill_model
 from cvdeploy.compress.loop import LoopOptions, LoopResult, TrainingInterrupted
 from cvdeploy.compress.measure import ModelRow
 from cvdeploy.compress.pruning import PruneOptions, prune_model
+from cvdeploy.compress.qat import QatOptions, qat_model
 from cvdeploy.compress.report import CompressReport
 
 __all__ = [
@@ -27,7 +30,9 @@ __all__ = [
     "LoopResult",
     "ModelRow",
     "PruneOptions",
+    "QatOptions",
     "TrainingInterrupted",
     "distill_model",
     "prune_model",
+    "qat_model",
 ]
