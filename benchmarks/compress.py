@@ -144,30 +144,36 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
     src = Bundle.load(t / "source")
     pb = export_candidate(Bundle.load(pruned), runtime="openvino", gate_data=train)
     int8: dict[str, str] = {}
+    res["int8_refused"] = {}
     for backend in ("openvino", "onnxruntime"):
         say(f"quantizing the pruned model to INT8 ({backend})")
-        q = quantize_bundle(
-            pb,
-            train,
-            options=QuantizeOptions(
-                backend=backend,
-                calib_size=300,
-                force=a.quick,
-                measure=False,
-                progress=False,
-                threads=a.threads,
-            ),
-            log=say,
-        )
+        try:
+            q = quantize_bundle(
+                pb,
+                train,
+                options=QuantizeOptions(
+                    backend=backend,
+                    calib_size=300,
+                    force=a.quick,
+                    measure=False,
+                    progress=False,
+                    threads=a.threads,
+                ),
+                log=say,
+            )
+        except CheckFailed as exc:  # refused by its gate: recorded, the rest still measured
+            say(f"INT8 ({backend}) refused: {str(exc).splitlines()[0]}")
+            res["int8_refused"][backend] = str(exc)
+            continue
+        finally:
+            pb = Bundle.load(pruned)
         int8[backend] = q.artifact
-        pb = Bundle.load(pruned)
     models = {
         "source onnx-fp32": (src, "onnx-fp32"),
         "pruned onnx-fp32": (pb, "onnx-fp32"),
         "source openvino-fp32": (src, "openvino-fp32"),
         "pruned openvino-fp32": (pb, "openvino-fp32"),
-        f"pruned {int8['openvino']}": (pb, int8["openvino"]),
-        f"pruned {int8['onnxruntime']}": (pb, int8["onnxruntime"]),
+        **{f"pruned {art}": (pb, art) for art in int8.values()},
     }
     rounds = 1 if a.quick else a.rounds
     say(f"timing {len(models)} artifacts in {rounds} alternating rounds")
@@ -212,6 +218,8 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
         ),
         "recovery_minutes": res["recovery_seconds"] / 60,
     }
+    for backend, msg in res["int8_refused"].items():
+        res["summary"][f"int8_{backend}"] = {"status": "refused", "message": msg, "met": False}
     for backend, art in int8.items():
         k = f"pruned {art}"
         d = {

@@ -312,6 +312,16 @@ def _compress_rows(r: Results) -> list[Row]:
             )
         for backend in ("openvino", "onnxruntime"):
             v = s.get(f"int8_{backend}") or {}
+            if v.get("status") == "refused":
+                rows.append(
+                    (
+                        f"detector-n pruned + INT8 ({backend}){quick}",
+                        "refused by its gate: " + str(v.get("message")).splitlines()[0],
+                        "<= 0.4x, <= 0.03",
+                        "**no**",
+                    )
+                )
+                continue
             ratio = _num(v.get("latency_ratio_vs_onnx_fp32_original"))
             drop = _num(v.get("map_drop_vs_original"))
             if ratio is None or drop is None:

@@ -200,6 +200,7 @@ def test_compress_rows(ur: ModuleType, tmp_path: Path) -> None:
                 "map_drop_vs_original": 0.02,
                 "met": True,
             },
+            "int8_onnxruntime": {"status": "refused", "message": "gate said no\n  hint: x"},
         },
     }
     phases = {
@@ -219,6 +220,7 @@ def test_compress_rows(ur: ModuleType, tmp_path: Path) -> None:
     assert "| 0.60x (6.0 vs 10.0 ms), drop 0.0100, 40% of channels removed" in table
     assert "OpenVINO end to end, batch 1, 2 threads" in table
     assert "| 0.35x, drop 0.0200 | <= 0.4x, <= 0.03 | yes |" in table
+    assert "| refused by its gate: gate said no | <= 0.4x, <= 0.03 | **no** |" in table
     assert "| 1.25 (0.5000 vs 0.4000) | >= 0.95 | yes |" in table
     assert "teacher 0.2500, student 0.0500" in table
     assert "| 96.0%, 9.8 min | >= 95%, <= 10 min | yes |" in table
