@@ -320,7 +320,9 @@ def qat_cmd(
     out: Annotated[Path, typer.Option(help="bundle to write (FP32, PTQ and QAT artifacts)")],
     init: Annotated[str, typer.Option(help="start from: ptq (calibrated ranges)")] = "ptq",
     minutes: Minutes = 10.0,
-    iters: Iters = None,
+    iters: Annotated[
+        int | None, typer.Option(help="optimizer steps, instead of or with --minutes")
+    ] = None,
     backend: Annotated[
         str,
         typer.Option(
