@@ -5,9 +5,9 @@ The performance table sits between the markers ``<!-- bench:begin -->`` and
 ``<!-- precision:begin -->`` and ``<!-- precision:end -->``; everything outside them is left
 as it is. Each row quotes one benchmark's JSON
 (``e2e_vs_naive.json``, ``pipeline_overhead.json``, ``quantize.json``,
-``quantize_zoo.json``, ``bench_repeat.json``, ``serve_load.json``) against the target
-it measures; a missing file or field gives a "not run" row rather than an error, so the
-table always says what was measured and what was not. Nothing is timed here.
+``quantize_zoo.json``, ``bench_repeat.json``, ``serve_load.json``, ``compress.json``)
+against the target it measures; a missing file or field gives a "not run" row rather than
+an error, so the table always says what was measured and what was not. Nothing is timed here.
 
 Usage::
 
@@ -273,6 +273,119 @@ def _serve_rows(r: Results) -> list[Row]:
     return rows
 
 
+def _compress_rows(r: Results) -> list[Row]:
+    """``compress.json`` (``benchmarks/compress.py``): pruning, pruned + INT8, label-free
+    distillation, YOLOX-Nano as a teacher, classifier-n. Nothing when it was not run."""
+    data = r.get("compress")
+    if not isinstance(data, dict):
+        return []
+    ph = _get(data, "phases") or {}
+    quick = " (`--quick` check, not a measurement)" if data.get("quick") else ""
+    rows: list[Row] = []
+    prune = _get(ph, "prune")
+    s = _get(prune, "summary")
+    if isinstance(s, dict):
+        rows_ms = _get(prune, "rows") or {}
+        mins = _num(s.get("recovery_minutes"))
+        ch = _num(s.get("channel_ratio"))
+        for rt, label in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")):
+            v = s.get(rt) or {}
+            ratio, drop = _num(v.get("latency_ratio")), _num(v.get("map_drop"))
+            if ratio is None or drop is None:
+                continue
+            fmt = "onnx-fp32" if rt == "onnxruntime" else "openvino-fp32"
+            a = _num(_get(rows_ms, f"pruned {fmt}", "p50_ms"))
+            b = _num(_get(rows_ms, f"source {fmt}", "p50_ms"))
+            ms = f" ({a:.1f} vs {b:.1f} ms)" if a is not None and b is not None else ""
+            extra = ""
+            if rt == "onnxruntime" and ch is not None and mins is not None:
+                extra = f", {ch:.0%} of channels removed, {mins:.1f} min of recovery"
+            rows.append(
+                (
+                    f"detector-n pruned (recovered without labels), {label} end to end, batch 1, "
+                    f"{data.get('threads')} threads: latency vs the original, mAP50-95 drop"
+                    + quick,
+                    f"{ratio:.2f}x{ms}, drop {drop:.4f}{extra}",
+                    "<= 0.7x, <= 0.02" + (", <= 10 min" if rt == "onnxruntime" else ""),
+                    _met(v.get("met")),
+                )
+            )
+        for backend in ("openvino", "onnxruntime"):
+            v = s.get(f"int8_{backend}") or {}
+            if v.get("status") == "refused":
+                rows.append(
+                    (
+                        f"detector-n pruned + INT8 ({backend}){quick}",
+                        "refused by its gate: " + str(v.get("message")).splitlines()[0],
+                        "<= 0.4x, <= 0.03",
+                        "**no**",
+                    )
+                )
+                continue
+            ratio = _num(v.get("latency_ratio_vs_onnx_fp32_original"))
+            drop = _num(v.get("map_drop_vs_original"))
+            if ratio is None or drop is None:
+                continue
+            rows.append(
+                (
+                    f"detector-n pruned + INT8 (`{v.get('artifact')}`): end to end vs the "
+                    "ONNX Runtime FP32 original, mAP50-95 drop" + quick,
+                    f"{ratio:.2f}x, drop {drop:.4f}",
+                    "<= 0.4x, <= 0.03",
+                    _met(v.get("met")),
+                )
+            )
+    elif isinstance(prune, dict) and prune.get("status") in ("refused", "failed"):
+        msg = str(prune.get("message") or prune.get("error")).splitlines()[0]
+        rows.append(
+            (f"detector-n pruning{quick}", f"{prune['status']}: {msg}", "<= 0.7x", "**no**")
+        )
+    d = _get(ph, "distill")
+    ratio = _num(_get(d, "summary", "map_ratio"))
+    free = _num(_get(d, "label_free", "map50_95"))
+    lab = _num(_get(d, "labelled", "map50_95"))
+    if ratio is not None or (free is not None and lab is not None):
+        both = "" if free is None or lab is None else f"{free:.4f} vs {lab:.4f}"
+        rows.append(
+            (
+                f"label-free distillation of {_get(d, 'student')} from detector-n vs the same "
+                f"student trained with labels, {_get(d, 'budget_minutes')} min each: "
+                "mAP50-95 ratio" + quick,
+                f"{ratio:.2f} ({both})" if ratio is not None else f"n/a ({both})",
+                ">= 0.95",
+                _met(None if ratio is None else ratio >= 0.95),
+            )
+        )
+    y = _get(ph, "yolox", "summary")
+    if isinstance(y, dict):
+        t, st = _num(y.get("teacher_map50_95")), _num(y.get("student_map50_95"))
+        lr = _num(y.get("student_latency_ratio"))
+        if t is not None and st is not None:
+            who = str(_get(ph, "yolox", "student") or "a zoo student").split(" (")[0]
+            rows.append(
+                (
+                    f"YOLOX-Nano (imported ONNX) as the teacher of {who} "
+                    "on coco128 without labels: mAP50-95 on coco128, student latency" + quick,
+                    f"teacher {t:.4f}, student {st:.4f}"
+                    + ("" if lr is None else f"; student at {lr:.2f}x the teacher's p50"),
+                    "works end to end (128 images: a trade-off, reported)",
+                    "yes",
+                )
+            )
+    c = _get(ph, "classifier", "summary")
+    top1, mins = _num(_get(c, "top1")), _num(_get(c, "train_minutes"))
+    if top1 is not None and mins is not None:
+        rows.append(
+            (
+                "classifier-n (shipped): top-1 on its generated val split, training time",
+                f"{top1:.1%}, {mins:.1f} min",
+                ">= 95%, <= 10 min",
+                _met(top1 >= 0.95 and mins <= 10),
+            )
+        )
+    return rows
+
+
 SECTIONS: list[Callable[[Results], list[Row]]] = [
     _e2e_rows,
     _overhead_rows,
@@ -280,6 +393,7 @@ SECTIONS: list[Callable[[Results], list[Row]]] = [
     _quantize_zoo_rows,
     _repeat_rows,
     _serve_rows,
+    _compress_rows,
 ]
 """Row builders, one per benchmark, in table order."""
 SOURCES = (
@@ -291,6 +405,7 @@ SOURCES = (
     "quantize_zoo",
     "bench_repeat",
     "serve_load",
+    "compress",
 )
 """The result files the rows quote."""
 

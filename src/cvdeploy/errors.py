@@ -27,6 +27,7 @@ BundleError            2     500   server_error         the server's own files (
 ModelLoadError         2     500   server_error         the server's own model files
 BackendUnavailable     2     500   server_error
 CheckFailed            1     500   server_error
+Interrupted            130   500   server_error         Ctrl-C, state saved for --resume
 TokenError             2     401   unauthorized         ``WWW-Authenticate: Bearer``
 ServerBusy             2     503   overloaded           ``Retry-After`` (Overloaded, Draining)
 DeadlineExceeded       2     504   deadline_exceeded
@@ -54,6 +55,7 @@ __all__ = [
     "ImageDecodeError",
     "InputError",
     "IntegrityError",
+    "Interrupted",
     "ModelLoadError",
     "Overloaded",
     "ServerBusy",
@@ -190,6 +192,12 @@ class CheckFailed(CvdeployError):
     """A verification ran and failed (parity gate, accuracy budget, ...)."""
 
     exit_code = 1
+
+
+class Interrupted(CvdeployError):
+    """Long work (training) was interrupted and its state saved: rerun with ``--resume``."""
+
+    exit_code = 130
 
 
 # serving ------------------------------------------------------------------------------------

@@ -179,3 +179,51 @@ def test_e2e_rows_per_cpu_kind_and_precision_table(ur: ModuleType, tmp_path: Pat
     assert ur.main(["--results", str(d), "--readme", str(readme)]) == 0
     assert "`openvino-bf16` | bf16" in readme.read_text()
     assert ur.main(["--results", str(d), "--readme", str(readme), "--check"]) == 0
+
+
+def test_compress_rows(ur: ModuleType, tmp_path: Path) -> None:
+    d = _fake_results(tmp_path / "r")
+    prune = {
+        "status": "done",
+        "rows": {
+            "pruned onnx-fp32": {"p50_ms": 6.0},
+            "source onnx-fp32": {"p50_ms": 10.0},
+        },
+        "summary": {
+            "onnxruntime": {"latency_ratio": 0.6, "map_drop": 0.01, "met": True},
+            "openvino": {"latency_ratio": 0.75, "map_drop": 0.01, "met": False},
+            "channel_ratio": 0.4,
+            "recovery_minutes": 9.5,
+            "int8_openvino": {
+                "artifact": "openvino-int8",
+                "latency_ratio_vs_onnx_fp32_original": 0.35,
+                "map_drop_vs_original": 0.02,
+                "met": True,
+            },
+            "int8_onnxruntime": {"status": "refused", "message": "gate said no\n  hint: x"},
+        },
+    }
+    phases = {
+        "prune": prune,
+        "distill": {
+            "student": "zoo:detector-p",
+            "budget_minutes": 4.0,
+            "label_free": {"map50_95": 0.5},
+            "labelled": {"map50_95": 0.4},
+            "summary": {"map_ratio": 1.25},
+        },
+        "yolox": {"summary": {"teacher_map50_95": 0.25, "student_map50_95": 0.05}},
+        "classifier": {"summary": {"top1": 0.96, "train_minutes": 9.8}},
+    }
+    (d / "compress.json").write_text(json.dumps({"threads": 2, "phases": phases}))
+    table = ur.render_table(ur.load_results(d))
+    assert "| 0.60x (6.0 vs 10.0 ms), drop 0.0100, 40% of channels removed" in table
+    assert "OpenVINO end to end, batch 1, 2 threads" in table
+    assert "| 0.35x, drop 0.0200 | <= 0.4x, <= 0.03 | yes |" in table
+    assert "| refused by its gate: gate said no | <= 0.4x, <= 0.03 | **no** |" in table
+    assert "| 1.25 (0.5000 vs 0.4000) | >= 0.95 | yes |" in table
+    assert "teacher 0.2500, student 0.0500" in table
+    assert "| 96.0%, 9.8 min | >= 95%, <= 10 min | yes |" in table
+    assert "`compress.json`" in table
+    (d / "compress.json").write_text(json.dumps({"quick": True, "phases": {"prune": prune}}))
+    assert "`--quick` check, not a measurement" in ur.render_table(ur.load_results(d))

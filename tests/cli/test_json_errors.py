@@ -27,6 +27,12 @@ FAILING: dict[str, list[str] | None] = {
     "eval": [NOPE, "--data", f"{NOPE}/d.yaml"],
     "quantize": [NOPE, "--data", f"{NOPE}/imgs"],
     "deploy": [f"{NOPE}/m.onnx", "--data", f"{NOPE}/d.yaml", "--out", f"{NOPE}/o"],
+    "prune": ["zoo:no-such-model", "--data", f"{NOPE}/imgs", "--out", f"{NOPE}/o"],
+    "distill": [
+        *("--teacher", NOPE, "--student", "zoo:detector-p"),
+        *("--data", f"{NOPE}/imgs", "--out", f"{NOPE}/o"),
+    ],
+    "qat": ["zoo:no-such-model", "--data", f"{NOPE}/imgs", "--out", f"{NOPE}/o"],
     "package": [NOPE, "--target", "docker", "--out", f"{NOPE}/pkg"],
     "batch": [NOPE, "--data", f"{NOPE}/imgs", "--out", f"{NOPE}/p.jsonl"],
     "card": [NOPE],

@@ -88,7 +88,7 @@ def test_classifier_logits(batch: int) -> None:
 
 
 def test_registry_of_names() -> None:
-    assert available_models() == ["classifier-n", "detector-n", "detector-s"]
+    assert available_models() == ["classifier-n", "detector-n", "detector-p", "detector-s"]
     assert model_task("detector-s") == "detect"
     assert model_task("classifier-n") == "classify"
     with pytest.raises(UsageError, match="detector-n"):

@@ -9,6 +9,7 @@ import typer
 from cvdeploy.cli import (
     bench_cmds,
     bundle_cmds,
+    compress_cmds,
     deploy_cmds,
     env_cmds,
     export_cmds,
@@ -56,6 +57,9 @@ app.command("export")(export_cmds.export_cmd)
 app.command("predict")(run_cmds.predict_cmd)
 app.command("eval")(run_cmds.eval_cmd)
 app.command("quantize")(quantize_cmds.quantize_cmd)
+app.command("prune")(compress_cmds.prune_cmd)
+app.command("distill")(compress_cmds.distill_cmd)
+app.command("qat")(compress_cmds.qat_cmd)
 app.command("bench")(bench_cmds.bench_cmd)
 app.command("tune")(tune_cmds.tune_cmd)
 app.command("runtimes")(env_cmds.runtimes_cmd)

@@ -22,6 +22,11 @@ from cvdeploy.cli.common import (
 )
 from cvdeploy.errors import CheckFailed
 
+SYNTHETIC_CLASSIFY_TRAIN = 600
+"""Training images per class of `--data synthetic` for a classifier (3600 in all)."""
+SYNTHETIC_CLASSIFY_VAL = 100
+"""Validation images per class (600 in all)."""
+
 zoo_app = typer.Typer(
     help="The bundled small detector and classifier: list, train.", no_args_is_help=True
 )
@@ -75,17 +80,20 @@ def zoo_train(
         Path,
         typer.Option(
             help="YOLO data.yaml (detector) or class-folder tree "
-            "(classifier); `--data synthetic` generates one"
+            "(classifier); `--data synthetic` generates one (shapes: a detection set for "
+            "detectors, a class-folder set for classifiers)"
         ),
     ],
     model: Annotated[
-        str, typer.Option(help="detector-n | detector-s | classifier-n")
+        str, typer.Option(help="detector-n | detector-s | detector-p | classifier-n")
     ] = "detector-n",
     epochs: Annotated[
         int | None, typer.Option(help="epochs (default: until the time budget)")
     ] = None,
     minutes: Annotated[float | None, typer.Option(help="wall-clock training budget")] = None,
-    imgsz: Annotated[int, typer.Option(help="training input size")] = 256,
+    imgsz: Annotated[
+        int | None, typer.Option(help="training input size (default: detector 256, classifier 64)")
+    ] = None,
     batch: Annotated[
         int | None, typer.Option(help="batch size (default: detector 8, classifier 64)")
     ] = None,
@@ -97,7 +105,7 @@ def zoo_train(
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Train a zoo model, then evaluate the best checkpoint through the eval stage."""
-    from cvdeploy.data.synthetic import make_detection_dataset
+    from cvdeploy.data.synthetic import make_classification_dataset, make_detection_dataset
     from cvdeploy.errors import UsageError
     from cvdeploy.export import create_torch_bundle
     from cvdeploy.verify.evaluate import evaluate_bundle
@@ -106,12 +114,19 @@ def zoo_train(
     if epochs is None and minutes is None:
         raise UsageError("give --epochs N or --minutes M")
     task = model_task(model)
+    if imgsz is None:
+        imgsz = 256 if task == "detect" else 64
     if str(data) == "synthetic":
-        if task != "detect":
-            raise UsageError(
-                "--data synthetic generates a detection set; give a folder for a classifier"
+        if task == "detect":
+            data = make_detection_dataset(out / "data", seed=seed)
+        else:
+            data = make_classification_dataset(
+                out / "data",
+                n_per_class_train=SYNTHETIC_CLASSIFY_TRAIN,
+                n_per_class_val=SYNTHETIC_CLASSIFY_VAL,
+                imgsz=imgsz,
+                seed=seed,
             )
-        data = make_detection_dataset(out / "data", seed=seed)
     budget = minutes * 60 if minutes is not None else None
     t0 = time.perf_counter()
     if task == "detect":

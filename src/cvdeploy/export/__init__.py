@@ -7,6 +7,8 @@ Public API (other stages and workflows use these, never the modules behind them)
 - :func:`import_model` with :class:`ImportOverrides`: wrap an external ONNX file or
   OpenVINO IR into a bundle;
 - :func:`obfuscate_bundle`: an obfuscated ONNX artifact, gated like an export;
+- :func:`resolve_torch_source` -> :class:`TorchSource`: the torch module a SOURCE names (a
+  zoo model, a checkpoint, ``module:factory``), with its spec; :func:`zoo_spec`;
 - the vocabulary: :data:`EXPORTERS` (targets by format), :data:`PRECISIONS`,
   :data:`GPU_FORMATS`, :func:`parse_targets`, :func:`gate_images`.
 
@@ -34,6 +36,7 @@ from cvdeploy.export.importer import (
 )
 from cvdeploy.export.obfuscate import ObfuscateReport, obfuscate_bundle, obfuscate_model
 from cvdeploy.export.run import create_torch_bundle, export_model
+from cvdeploy.export.sources import TorchSource, resolve_torch_source, zoo_spec
 
 __all__ = [
     "EXPORTERS",
@@ -47,6 +50,7 @@ __all__ = [
     "ImportOverrides",
     "ObfuscateReport",
     "Produced",
+    "TorchSource",
     "artifact_id_for",
     "create_torch_bundle",
     "export_model",
@@ -57,4 +61,6 @@ __all__ = [
     "parse_targets",
     "read_model_facts",
     "read_names_file",
+    "resolve_torch_source",
+    "zoo_spec",
 ]

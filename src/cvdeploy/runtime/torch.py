@@ -30,21 +30,79 @@ BUILDERS.register(
     extra="torch",
     description="the bundled zoo architectures",
 )
+BUILDERS.register(
+    "pruned",
+    "cvdeploy.compress.rewrite:build_prunable",
+    requires=("torch",),
+    extra="torch",
+    description="a model as `cvdeploy prune` rewrote it (``pruned:zoo:NAME``, "
+    "``pruned:factory:module:function``); its channel counts come from the checkpoint",
+)
 
 
 def save_checkpoint(
-    path: Path, *, builder: str, num_classes: int, state_dict: dict[str, torch.Tensor]
+    path: Path,
+    *,
+    builder: str,
+    num_classes: int,
+    state_dict: dict[str, torch.Tensor],
+    shapes_from_weights: bool = False,
 ) -> None:
-    """Write a torch artifact checkpoint."""
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "builder": builder,
-            "num_classes": num_classes,
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-        },
-        path,
-    )
+    """Write a torch artifact checkpoint.
+
+    ``shapes_from_weights`` marks a model whose layers are narrower than its builder makes
+    them (a pruned model): loading resizes every convolution, norm and linear layer to the
+    stored weights before loading them (see :func:`conform_to_state_dict`).
+    """
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "builder": builder,
+        "num_classes": num_classes,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+    if shapes_from_weights:
+        payload["shapes_from_weights"] = True
+    torch.save(payload, path)
+
+
+def conform_to_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Resize ``module``'s Conv/BatchNorm/Linear layers (in place) to the shapes in
+    ``state_dict``, so that a physically pruned model's weights load into its architecture.
+
+    Only the tensors are replaced (uninitialised; load the state dict afterwards) and the
+    layers' size attributes updated; forward code that derives sizes from its layers or
+    inputs then runs unchanged.
+    """
+    nn = torch.nn
+    for name, mod in module.named_modules():
+        prefix = f"{name}." if name else ""
+        w = state_dict.get(f"{prefix}weight")
+        if isinstance(mod, nn.Conv2d) and w is not None and w.shape != mod.weight.shape:
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+            mod.out_channels = int(w.shape[0])
+            if depthwise:
+                mod.groups = mod.in_channels = int(w.shape[0])
+            else:
+                mod.in_channels = int(w.shape[1]) * mod.groups
+            mod.weight = nn.Parameter(torch.empty_like(w, dtype=mod.weight.dtype))
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0], dtype=mod.bias.dtype))
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            rm = state_dict.get(f"{prefix}running_mean")
+            n = int(rm.shape[0]) if rm is not None else (int(w.shape[0]) if w is not None else 0)
+            if n and n != mod.num_features:
+                mod.num_features = n
+                if mod.weight is not None:
+                    mod.weight = nn.Parameter(torch.empty(n))
+                    mod.bias = nn.Parameter(torch.empty(n))
+                if mod.running_mean is not None:
+                    mod.running_mean = torch.zeros(n)
+                    mod.running_var = torch.ones(n)
+        elif isinstance(mod, nn.Linear) and w is not None and w.shape != mod.weight.shape:
+            mod.out_features, mod.in_features = int(w.shape[0]), int(w.shape[1])
+            mod.weight = nn.Parameter(torch.empty_like(w, dtype=mod.weight.dtype))
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0], dtype=mod.bias.dtype))
 
 
 def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
@@ -87,6 +145,8 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise ModelLoadError(f"{path.name} is not a cvdeploy torch checkpoint")
     module = build_module(str(ckpt["builder"]), num_classes=int(ckpt["num_classes"]))
     try:
+        if ckpt.get("shapes_from_weights"):
+            conform_to_state_dict(module, ckpt["state_dict"])
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise ModelLoadError(

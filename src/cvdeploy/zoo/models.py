@@ -10,7 +10,7 @@ Two families:
 * a small image classifier (Conv-BN-SiLU stages, global average pooling, a linear layer)
   returning logits ``[B, nc]``.
 
-Sizes are named configs (``detector-n``, ``detector-s``, ``classifier-n``); use
+Sizes are named configs (``detector-p``, ``detector-n``, ``detector-s``, ``classifier-n``); use
 :func:`build_model` to get a freshly initialised model.
 """
 
@@ -105,6 +105,11 @@ DETECTOR_CONFIGS: MappingProxyType[str, DetectorConfig] = MappingProxyType(
             width=0.25, depth=0.34, max_channels=512, box_channels=32, cls_channels=32
         ),
         "detector-s": DetectorConfig(width=0.50, depth=0.34, max_channels=1024),
+        # A distillation student: 0.30x detector-n's MACs at 256 px (129 M against 436 M),
+        # 0.28x its parameters (0.42 M).
+        "detector-p": DetectorConfig(
+            width=0.125, depth=0.34, max_channels=512, box_channels=24, cls_channels=24
+        ),
     }
 )
 """Named detector sizes (read-only)."""

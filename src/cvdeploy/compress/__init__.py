@@ -1,0 +1,38 @@
+"""The compress stage: smaller models through pruning, distillation and quantization-aware
+training, each learning from a teacher's outputs on unlabeled images.
+
+Public API:
+
+- :func:`prune_model` with :class:`PruneOptions`: iterative physical channel pruning
+  (torch-pruning's DepGraph) judged by the exported artifact's measured latency, recovered
+  by self-distillation;
+- :func:`distill_model` with :class:`DistillOptions`: a zoo (or ``module:factory``) student
+  learns from any runnable bundle;
+- :func:`qat_model` with :class:`QatOptions`: quantization-aware training (torchao PT2E)
+  from PTQ, exported as an explicit Q/DQ ONNX INT8 artifact;
+- :class:`CompressReport` / :class:`ModelRow`: the result table;
+- :class:`TrainingInterrupted`: raised on Ctrl-C after the state was saved (``--resume``).
+
+Needs torch and torch-pruning (``pip install 'cvdeploy[compress]'``).
+"""
+
+from cvdeploy.compress.distill import DistillOptions, distill_model
+from cvdeploy.compress.loop import LoopOptions, LoopResult, TrainingInterrupted
+from cvdeploy.compress.measure import ModelRow
+from cvdeploy.compress.pruning import PruneOptions, prune_model
+from cvdeploy.compress.qat import QatOptions, qat_model
+from cvdeploy.compress.report import CompressReport
+
+__all__ = [
+    "CompressReport",
+    "DistillOptions",
+    "LoopOptions",
+    "LoopResult",
+    "ModelRow",
+    "PruneOptions",
+    "QatOptions",
+    "TrainingInterrupted",
+    "distill_model",
+    "prune_model",
+    "qat_model",
+]

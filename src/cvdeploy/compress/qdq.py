@@ -1,0 +1,288 @@
+"""Quantization-aware training with torchao's PT2E flow, exported as an explicit Q/DQ ONNX.
+
+Why torchao PT2E (and not NNCF's PyTorch QAT): with torch 2.13.0+cpu, NNCF 3.4's torch
+backend compiles a C++ extension at run time (``quantized_functions_cpu``), which needs a
+compiler and timed out here (60 s) on the first fake-quantized forward; ``torch.ao``'s eager
+QAT is deprecated in favour of torchao. torchao 0.18's PT2E flow is pure PyTorch:
+``torch.export`` -> ``prepare_qat_pt2e`` (fake quantization, conv-BN folding simulated) ->
+train -> ``convert_pt2e`` (quantize/dequantize ops), and torch's dynamo ONNX exporter
+(with onnxscript) writes those as ``QuantizeLinear``/``DequantizeLinear`` pairs: the
+FakeQuantize modules never reach the exporter (pytorch #167063) and nothing is decomposed
+into Mul/Round/Add (pytorch #127167), which :func:`qdq_structure` checks on every export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvdeploy.errors import BackendUnavailable, CheckFailed
+
+__all__ = ["DECOMPOSED_OPS", "export_qdq_onnx", "prepare_qat", "qdq_structure", "scheme_of"]
+
+DECOMPOSED_OPS = ("Round", "Floor", "Ceil")
+"""Ops that appear when a quantizer is decomposed into arithmetic instead of Q/DQ nodes."""
+OPSET = 21
+
+
+def _ao() -> Any:
+    # torchao's import warns that its CUDA kernels do not load on a CPU-only torch, and
+    # torch that a torchao enum registration is deprecated: neither concerns PT2E on CPU
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e as ao
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError as exc:  # pragma: no cover - an install problem
+        raise BackendUnavailable("QAT needs torchao: pip install 'cvdeploy[compress]'") from exc
+    finally:
+        for lg, lv in zip(quiet, levels, strict=True):
+            lg.setLevel(lv)
+    return ao, quantize_pt2e, x86
+
+
+def scheme_of(*, per_channel: bool, symmetric_activations: bool) -> dict[str, Any]:
+    """The quantization scheme as recorded with the artifact."""
+    return {
+        "weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
+        "activations": "int8 symmetric per-tensor"
+        if symmetric_activations
+        else "uint8 asymmetric per-tensor",
+        "quantized": "convolution/linear inputs and weights, and the ops torchao's "
+        "X86InductorQuantizer pairs with them (max-pool, add, concat)",
+        "float": "the detection head's decoding (DFL softmax, box arithmetic, sigmoid, "
+        "concatenations); the head's output convolutions are quantized",
+        "tool": "torchao PT2E (prepare_qat_pt2e / convert_pt2e), X86InductorQuantizer",
+    }
+
+
+def _config(*, per_channel: bool, symmetric_activations: bool) -> Any:
+    ao, _, _ = _ao()
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    extra: dict[str, Any] = {"eps": 2**-12}
+    act = QuantizationSpec(
+        dtype=torch.int8 if symmetric_activations else torch.uint8,
+        quant_min=-128 if symmetric_activations else 0,
+        quant_max=127 if symmetric_activations else 255,
+        qscheme=torch.per_tensor_symmetric if symmetric_activations else torch.per_tensor_affine,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=ao.FusedMovingAvgObsFakeQuantize.with_args(**extra),
+    )
+    weight_obs = (
+        ao.MovingAveragePerChannelMinMaxObserver if per_channel else ao.MovingAverageMinMaxObserver
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+        ch_axis=0,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=ao.FusedMovingAvgObsFakeQuantize.with_args(
+            observer=weight_obs, **extra
+        ),
+    )
+    return QuantizationConfig(act, act, weight, None, True)
+
+
+def _is_conv(node: Any) -> bool:
+    name = str(getattr(node.target, "__name__", node.target))
+    return node.op == "call_function" and name.split(".")[0] in ("conv2d", "linear", "addmm")
+
+
+def float_head(graph: Any) -> int:
+    """Keep the head's decoding in float: clear the quantization annotations of every node
+    between the last convolutions (those whose output reaches a graph output without another
+    convolution) and the outputs, and of those convolutions' outputs. Their inputs and
+    weights stay quantized, as ``cvdeploy quantize`` does. Returns the nodes changed."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    outputs = {n for n in graph.nodes if n.op == "output"}
+
+    def reaches_output(node: Any) -> bool:
+        seen, todo = set(), deque(node.users)
+        while todo:
+            u = todo.popleft()
+            if u in outputs:
+                return True
+            if u in seen or _is_conv(u):
+                continue
+            seen.add(u)
+            todo.extend(u.users)
+        return False
+
+    last = [n for n in graph.nodes if _is_conv(n) and reaches_output(n)]
+    region: set[Any] = set()
+    todo = deque(u for n in last for u in n.users)
+    while todo:
+        u = todo.popleft()
+        if u in region or u in outputs or _is_conv(u):
+            continue
+        region.add(u)
+        todo.extend(u.users)
+    key = "quantization_annotation"
+    for n in region:
+        n.meta[key] = QuantizationAnnotation(_annotated=True)
+    for n in last:
+        ann = n.meta.get(key)
+        if ann is not None:
+            ann.output_qspec = None
+    return len(region)
+
+
+def prepare_qat(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    *,
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+) -> torch.nn.Module:
+    """Export ``model`` (eval mode) and insert fake quantization for QAT.
+
+    The result is a ``torch.fx.GraphModule`` whose ``train()`` / ``eval()`` switch the
+    exported BatchNorm behaviour; its observers are enabled (calibrate it, then
+    :func:`freeze_ranges`).
+
+    Args:
+        model: The float model (not changed).
+        example: An example batch (at least 2 images: the batch dimension stays dynamic).
+        per_channel: Per-channel weight scales (per-tensor: the aggressive scheme).
+        symmetric_activations: int8 symmetric activations (TensorRT) instead of uint8.
+    """
+    ao, qpt2e, x86 = _ao()
+    cfg = _config(per_channel=per_channel, symmetric_activations=symmetric_activations)
+
+    class FloatHeadQuantizer(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            float_head(model.graph)
+            return model
+
+    quantizer = FloatHeadQuantizer().set_global(cfg)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = torch.export.export(
+            model.eval(), (example,), dynamic_shapes=({0: batch},), strict=False
+        ).module()
+        prepared = qpt2e.prepare_qat_pt2e(gm, quantizer)
+    ao.allow_exported_model_train_eval(prepared)
+    prepared.eval()
+    return prepared  # type: ignore[no-any-return]
+
+
+def freeze_ranges(prepared: torch.nn.Module) -> None:
+    """Stop the observers: the ranges found by calibration stay fixed while weights train."""
+    ao, _, _ = _ao()
+    prepared.apply(ao.disable_observer)
+
+
+def export_qdq_onnx(prepared: torch.nn.Module, out_file: Path, *, imgsz: int) -> None:
+    """Convert a prepared (calibrated / trained) model and write its Q/DQ ONNX (batch 1).
+
+    Raises:
+        CheckFailed: The exporter failed.
+    """
+    import copy
+
+    _, qpt2e, _ = _ao()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = qpt2e.convert_pt2e(copy.deepcopy(prepared))
+        x = torch.zeros(1, 3, imgsz, imgsz)
+        # the exporter warns that torchvision's ops are not registered (we have none)
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(
+                    converted,
+                    (x,),
+                    dynamo=True,
+                    opset_version=OPSET,
+                    verbose=False,
+                    input_names=["images"],
+                    output_names=["output0"],
+                )
+                assert program is not None
+                program.save(str(out_file))
+        except Exception as exc:  # the exporter raises many types
+            raise CheckFailed(
+                f"the Q/DQ ONNX export failed: {type(exc).__name__}: {exc}"[:400],
+                hint="is onnxscript installed? (pip install 'cvdeploy[compress]')",
+            ) from exc
+
+
+def qdq_structure(path: Path) -> dict[str, Any]:
+    """What the exported graph holds: Q/DQ pairs around its convolutions, float head.
+
+    Returns:
+        ``ops`` (counts by type), ``quantize``/``dequantize`` counts, ``convs`` and
+        ``convs_quantized`` (input and weight both dequantized from int8),
+        ``decomposed`` (ops of a decomposed quantizer, must be empty), ``head_qdq`` (Q/DQ
+        nodes between the last convolutions and the outputs, must be 0), ``head_ops``
+        (the ops there).
+    """
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    ops = Counter(n.op_type for n in g.node)
+    convs = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+    def dq(name: str) -> bool:
+        p = producer.get(name)
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    quantized = [c for c in convs if dq(c.input[0]) and len(c.input) > 1 and dq(c.input[1])]
+    # the head: from each conv whose output reaches a graph output without another conv
+    outputs = {o.name for o in g.output}
+
+    def reaches_output_without_conv(n: Any) -> bool:
+        seen, todo = set(), deque(n.output)
+        while todo:
+            t = todo.popleft()
+            if t in outputs:
+                return True
+            for c in consumers.get(t, []):
+                if c.op_type in ("Conv", "Gemm", "MatMul") or id(c) in seen:
+                    continue
+                seen.add(id(c))
+                todo.extend(c.output)
+        return False
+
+    last = [c for c in convs if reaches_output_without_conv(c)]
+    head_nodes: dict[int, Any] = {}
+    todo = deque(t for c in last for t in c.output)
+    while todo:
+        t = todo.popleft()
+        for c in consumers.get(t, []):
+            if c.op_type in ("Conv", "Gemm", "MatMul") or id(c) in head_nodes:
+                continue
+            head_nodes[id(c)] = c
+            todo.extend(c.output)
+    head_ops = Counter(n.op_type for n in head_nodes.values())
+    return {
+        "ops": dict(ops),
+        "quantize": ops.get("QuantizeLinear", 0),
+        "dequantize": ops.get("DequantizeLinear", 0),
+        "convs": len(convs),
+        "convs_quantized": len(quantized),
+        "decomposed": {k: ops[k] for k in DECOMPOSED_OPS if ops.get(k)},
+        "head_qdq": head_ops.get("QuantizeLinear", 0) + head_ops.get("DequantizeLinear", 0),
+        "head_ops": dict(head_ops),
+    }

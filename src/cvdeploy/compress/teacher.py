@@ -1,0 +1,197 @@
+"""Teachers: what the student learns from, on the same (augmented) images it sees.
+
+* :class:`TorchTeacher`: a torch module in eval mode (the unpruned model when pruning),
+  giving dense targets: its decoded output ``[B, 4 + nc, N]`` (or logits ``[B, nc]``).
+* :class:`BundleTeacher`: any bundle cvdeploy can run (an imported ONNX or OpenVINO model,
+  INT8 or not, no training code), through its own runtime at its recorded precision. When
+  its output layout, input size and preprocessing are the student's (a yolov8-layout
+  detector), it gives dense targets from the student's own input tensor; otherwise it runs
+  its own pipeline (its preprocessing, decoder and NMS) on the augmented image and gives
+  pseudo-labels: its boxes above a confidence, in the student's pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cvdeploy.bundle import Bundle
+from cvdeploy.errors import UsageError
+from cvdeploy.pipeline import Detections, Predictor, Thresholds, select_artifact
+from cvdeploy.runtime import RunnerOptions
+from cvdeploy.spec import ModelSpec
+
+__all__ = ["BundleTeacher", "Targets", "Teacher", "TorchTeacher"]
+
+DENSE_DECODERS = ("yolov8",)
+"""Decoders whose raw output is the zoo student's decoded layout ``[B, 4 + nc, N]``."""
+
+
+@dataclass
+class Targets:
+    """What the teacher says about one batch.
+
+    Attributes:
+        dense: Detection ``[B, 4 + nc, N]`` (``cx, cy, w, h`` pixels, class probabilities)
+            or classification probabilities ``[B, nc]``; ``None`` when not aligned.
+        boxes: Pseudo-labels ``[B, M, 5]`` ``(cls, x1, y1, x2, y2)`` in the student's pixels
+            (padding rows ``cls == -1``), or ``None``.
+    """
+
+    dense: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+
+
+class Teacher(Protocol):
+    """Gives targets for a batch of student inputs (RGB 0..1, the student's size)."""
+
+    description: str
+
+    def targets(self, x: torch.Tensor) -> Targets:
+        """Targets for the student input ``x`` ``[B, 3, s, s]``."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime."""
+        ...
+
+
+class TorchTeacher:
+    """A torch module as the teacher (dense targets).
+
+    Args:
+        module: The teacher (put in eval mode; its weights are not changed).
+        task: ``detect`` or ``classify``.
+    """
+
+    def __init__(self, module: torch.nn.Module, *, task: str) -> None:
+        self.module = module.eval()
+        self.task = task
+        self.description = f"torch {type(module).__name__}"
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> Targets:
+        """The teacher's decoded output (probabilities for a classifier)."""
+        out = self.module(x)
+        if isinstance(out, list | tuple):
+            out = out[0]
+        if self.task == "classify":
+            out = out.softmax(1)
+        return Targets(dense=out.detach().float())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _student_like(spec: ModelSpec, student_imgsz: int) -> bool:
+    pp = spec.preprocess
+    return (
+        spec.decoder.kind in DENSE_DECODERS
+        and tuple(spec.imgsz) == (student_imgsz, student_imgsz)
+        and pp.resize == "letterbox"
+        and pp.color == "rgb"
+        and abs(pp.scale - 1 / 255) < 1e-9
+        and tuple(pp.mean) == (0.0, 0.0, 0.0)
+        and tuple(pp.std) == (1.0, 1.0, 1.0)
+    )
+
+
+class BundleTeacher:
+    """Any runnable bundle as the teacher, through its own runtime.
+
+    Args:
+        bundle: The teacher bundle.
+        artifact: Which artifact (default: the bundle's recommended / preferred one).
+        student_imgsz: The student's input side.
+        pseudo_conf: Smallest teacher confidence kept as a pseudo-label.
+        threads: Runtime threads of the teacher.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        artifact: str | None = None,
+        student_imgsz: int,
+        pseudo_conf: float = 0.3,
+        threads: int | None = None,
+    ) -> None:
+        art = select_artifact(bundle, artifact)
+        self.spec = bundle.spec
+        self.artifact = art.id
+        self.pseudo_conf = pseudo_conf
+        self.student_imgsz = student_imgsz
+        self.task = self.spec.task
+        self.dense_ok = self.task == "classify" or _student_like(self.spec, student_imgsz)
+        self.predictor = Predictor.from_bundle(
+            bundle,
+            art.id,
+            options=RunnerOptions(threads=threads),
+            thresholds=Thresholds(conf=pseudo_conf, multi_label=False),
+            batch=64,
+        )
+        self.predictor.runner.load()
+        mode = "dense outputs" if self.dense_ok else f"pseudo-labels (conf >= {pseudo_conf})"
+        self.description = (
+            f"bundle {bundle.name} artifact {art.id} ({art.format}, {art.precision}), {mode}"
+        )
+        self._checked = False
+
+    def targets(self, x: torch.Tensor) -> Targets:
+        """Dense targets when aligned with the student, else pseudo-labels."""
+        step = self.predictor.runner.io.fixed_batch or self.predictor.batch
+        parts = [self._targets(x[i : i + step]) for i in range(0, x.shape[0], step)]
+        if parts[0].dense is not None:
+            return Targets(dense=torch.cat([p.dense for p in parts if p.dense is not None]))
+        boxes = [p.boxes for p in parts if p.boxes is not None]
+        m = max(b.shape[1] for b in boxes)
+        padded = [torch.nn.functional.pad(b, (0, 0, 0, m - b.shape[1]), value=-1.0) for b in boxes]
+        return Targets(boxes=torch.cat(padded))
+
+    def _targets(self, x: torch.Tensor) -> Targets:
+        if self.task == "detect" and self.dense_ok:
+            out = self.predictor.infer(x.numpy().astype(np.float32))[0]
+            return Targets(dense=torch.from_numpy(np.ascontiguousarray(out, np.float32)))
+        images = _to_bgr_uint8(x)
+        run = self.predictor.run_batch(images, keep_outputs=self.task == "classify")
+        if self.task == "classify":
+            assert run.outputs is not None
+            logits = torch.from_numpy(np.asarray(run.outputs[0], np.float32))
+            probs = logits.softmax(1) if self.spec.decoder.softmax else logits
+            return Targets(dense=probs)
+        return Targets(boxes=_pseudo_labels(run.results))
+
+    def close(self) -> None:
+        """Release the teacher's runtime."""
+        self.predictor.runner.close()
+
+
+def _to_bgr_uint8(x: torch.Tensor) -> list[np.ndarray]:
+    arr = (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [np.ascontiguousarray(a[..., ::-1]) for a in arr]
+
+
+def _pseudo_labels(results: list[Any]) -> torch.Tensor:
+    dets = [r for r in results if isinstance(r, Detections)]
+    m = max((len(d.scores) for d in dets), default=0)
+    out = torch.full((len(results), max(m, 1), 5), -1.0)
+    for k, d in enumerate(dets):
+        if len(d.scores):
+            out[k, : len(d.scores), 0] = torch.from_numpy(d.class_ids.astype(np.float32))
+            out[k, : len(d.scores), 1:] = torch.from_numpy(d.boxes.astype(np.float32))
+    return out
+
+
+def load_teacher_bundle(path: Path) -> Bundle:
+    """Load a teacher bundle, with a clear error when it is not one."""
+    path = Path(path)
+    if not (path / "bundle.json").is_file():
+        raise UsageError(
+            f"--teacher {path} is not a bundle (no bundle.json)",
+            hint="import an external model first: `cvdeploy import MODEL.onnx --out TEACHER`",
+        )
+    return Bundle.load(path)

@@ -1,0 +1,123 @@
+"""Distillation from an ONNX Runtime teacher bundle: the loss, resume, bad input, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cvdeploy.bundle import Bundle
+from cvdeploy.cli.main import app
+from cvdeploy.compress import DistillOptions, TrainingInterrupted, distill_model
+from cvdeploy.compress.data import load_train_images
+from cvdeploy.compress.loop import LoopOptions, distill_loop
+from cvdeploy.compress.loss import DistillLoss
+from cvdeploy.compress.teacher import BundleTeacher
+from cvdeploy.zoo import build_model
+
+
+def _images(det64: Path) -> Path:
+    return det64.parent / "images" / "train"
+
+
+def test_loss_decreases_with_an_onnx_runtime_teacher(onnx_teacher: Path, det64: Path) -> None:
+    teacher_bundle = Bundle.load(onnx_teacher)
+    assert {a.format for a in teacher_bundle.manifest.artifacts} >= {"onnx"}
+    teacher = BundleTeacher(teacher_bundle, artifact="onnx-fp32", student_imgsz=64)
+    assert teacher.dense_ok  # same layout, size and preprocessing: dense targets
+    names = teacher_bundle.spec.names
+    images = load_train_images(_images(det64), task="detect", names=names, imgsz=64, labels=False)
+    assert not images.labelled
+    student = build_model("detector-p", num_classes=len(names))
+    loss = DistillLoss(task="detect", num_classes=len(names), model=student)
+    res = distill_loop(
+        student, teacher, images, loss,
+        options=LoopOptions(max_steps=40, batch=8, lr=0.005, progress=False, ema_decay=0),
+    )  # fmt: skip
+    teacher.close()
+    assert res.steps == 40
+    assert res.mean_loss(first=False) < 0.95 * res.mean_loss(first=True)
+    assert set(res.parts) == {"kd_cls", "kd_box"}  # no labels were used
+
+
+def test_pseudo_labels_when_the_teacher_does_not_line_up(onnx_teacher: Path, det64: Path) -> None:
+    teacher = BundleTeacher(Bundle.load(onnx_teacher), student_imgsz=96, pseudo_conf=0.2)
+    assert not teacher.dense_ok
+    images = load_train_images(_images(det64), task="detect", names=teacher.spec.names, imgsz=96)
+    x, _ = images.batch([0, 1, 2, 3], rng=None, augment=False)
+    t = teacher.targets(x)
+    teacher.close()
+    assert t.dense is None and t.boxes is not None and t.boxes.shape[0] == 4
+    found = t.boxes[t.boxes[..., 0] >= 0]
+    assert len(found) and float(found[:, 1:].max()) <= 96.5
+
+
+def test_resume_after_interruption(tmp_path: Path, onnx_teacher: Path, det64: Path) -> None:
+    out = tmp_path / "student"
+    opts = DistillOptions(
+        student="zoo:detector-p", minutes=None, iters=12, labels=False, progress=False,
+        threads=None,
+    )  # fmt: skip
+
+    def interrupt(step: int, _loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="step 5"):
+        distill_model(onnx_teacher, _images(det64), out, options=opts, on_step=interrupt)
+    assert (tmp_path / "student.work" / "state.pt").is_file()
+    assert not out.exists()
+    # the same command without --resume refuses to clobber the saved state
+    from cvdeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="--resume"):
+        distill_model(onnx_teacher, _images(det64), out, options=opts)
+    seen: list[int] = []
+    rep = distill_model(
+        onnx_teacher, _images(det64), out,
+        options=DistillOptions(**{**opts.__dict__, "resume": True}),
+        on_step=lambda s, _l: seen.append(s),
+    )  # fmt: skip
+    assert seen[0] == 6 and seen[-1] == 12  # continued after step 5, to 12 in all
+    tr = rep.training[0]
+    assert tr["resumed_from"] == 5 and tr["iterations"] == 12
+    b = Bundle.load(out)
+    assert b.spec.names == Bundle.load(onnx_teacher).spec.names
+    assert b.artifact("onnx-fp32").latest("parity").passed  # type: ignore[union-attr]
+    assert b.manifest.history[-1].action == "distill"
+    assert not (tmp_path / "student.work").exists()
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    r = CliRunner().invoke(app, args)
+    return r.exit_code, r.output
+
+
+def test_bad_teacher_student_or_data_exit_2(
+    tmp_path: Path, onnx_teacher: Path, det64: Path
+) -> None:
+    base = ["distill", "--out", str(tmp_path / "o"), "--iters", "1"]
+    code, out = _run([*base, "--teacher", str(tmp_path), "--data", str(_images(det64))])
+    assert code == 2 and "not a bundle" in out
+    code, out = _run(
+        [*base, "--teacher", str(onnx_teacher), "--data", str(_images(det64)),
+         "--student", "zoo:classifier-n"]
+    )  # fmt: skip
+    assert code == 2 and "classify" in out
+    (tmp_path / "empty").mkdir()
+    code, out = _run([*base, "--teacher", str(onnx_teacher), "--data", str(tmp_path / "empty")])
+    assert code == 2 and "no usable images" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_distill_command_json(tmp_path: Path, onnx_teacher: Path, det64: Path) -> None:
+    code, text = _run(
+        ["distill", "--teacher", str(onnx_teacher), "--data", str(_images(det64)),
+         "--out", str(tmp_path / "s"), "--iters", "4", "--eval-data", str(det64), "--json"]
+    )  # fmt: skip
+    assert code == 0, text
+    rep = json.loads(text[text.index("{") :])
+    assert [r["name"] for r in rep["rows"]] == ["teacher", "student"]
+    assert rep["rows"][1]["macs"] > 0 and rep["rows"][0]["value"] is not None

@@ -1,0 +1,115 @@
+"""Quantization-aware training: the Q/DQ export, the gate, the loss, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cvdeploy.bundle import Bundle
+from cvdeploy.cli.main import app
+from cvdeploy.compress import QatOptions, TrainingInterrupted, qat_model
+from cvdeploy.compress.qdq import export_qdq_onnx, freeze_ranges, prepare_qat, qdq_structure
+from cvdeploy.zoo import load_zoo_model
+
+
+def _images(det64: Path) -> Path:
+    return det64.parent / "images" / "train"
+
+
+def test_qdq_export_is_clean_with_the_head_in_float(tmp_path: Path) -> None:
+    # per-channel here; the slow end-to-end test checks the per-tensor scheme's structure
+    model, _ = load_zoo_model("detector-n")
+    prepared = prepare_qat(model, torch.rand(2, 3, 64, 64), per_channel=True)
+    with torch.no_grad():
+        prepared(torch.rand(4, 3, 64, 64))
+    freeze_ranges(prepared)
+    export_qdq_onnx(prepared, tmp_path / "q.onnx", imgsz=64)
+    st = qdq_structure(tmp_path / "q.onnx")
+    assert st["decomposed"] == {}  # real QuantizeLinear/DequantizeLinear, no Mul/Round/Add
+    assert st["quantize"] > 0 and st["dequantize"] > st["quantize"]  # + weight DQs
+    assert st["convs_quantized"] == st["convs"] == 63  # input and weight both dequantized
+    assert st["head_qdq"] == 0  # the decoding stays in float
+    assert {"Softmax", "Sigmoid", "Concat"} <= set(st["head_ops"])
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    r = CliRunner().invoke(app, args)
+    return r.exit_code, r.output
+
+
+@pytest.mark.slow
+def test_qat_gate_loss_resume_and_explain(tmp_path: Path, onnx_teacher: Path, det64: Path) -> None:
+    out = tmp_path / "q"
+    opts = QatOptions(
+        minutes=None, iters=10, calib_size=16, per_channel=False, progress=False,
+        latency_rounds=1, eval_data=det64,
+    )  # fmt: skip
+
+    def interrupt(step: int, _loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    # the source is a bundle holding a torch artifact (detector-n at 64 px)
+    with pytest.raises(TrainingInterrupted):
+        qat_model(str(onnx_teacher), _images(det64), out, options=opts, on_step=interrupt)
+    rep = qat_model(
+        str(onnx_teacher), _images(det64), out,
+        options=QatOptions(**{**opts.__dict__, "resume": True}),
+    )  # fmt: skip
+    tr = rep.training[0]
+    assert tr["resumed_from"] == 4 and tr["iterations"] == 10
+    # the default lr (1e-4): 1e-3 moves a calibrated model too far for the gate in 10 steps
+    assert tr["loss_last"] < tr["loss_first"]
+    assert [r.name for r in rep.rows] == ["fp32", "ptq", "qat"]
+    assert all(r.value is not None and r.p50_ms for r in rep.rows)
+    assert "recovered" in rep.target and rep.target["scheme"]["weights"].endswith("per-tensor")
+    b = Bundle.load(out)
+    for art_id in ("onnx-int8-ptq", "onnx-int8-qat"):
+        art = b.artifact(art_id)
+        assert art.precision == "int8" and art.latest("parity").passed  # type: ignore[union-attr]
+        assert art.produced_by.options["qdq"]["head_qdq"] == 0
+        assert art.produced_by.options["scheme"]["activations"] == "uint8 asymmetric per-tensor"
+    # `quantize --explain` reads QAT artifacts too
+    code, text = _run(["quantize", "--explain", str(out), "--artifact", "onnx-int8-qat", "--json"])
+    assert code == 0, text
+    assert json.loads(text[text.index("{") :])["artifact"] == "onnx-int8-qat"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--backend", "tflite"], "unknown backend"),
+        (["--max-drop", "0.01"], "--eval-data"),
+        (["--init", "random"], "--init"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path: Path, det64: Path, extra: list[str], needle: str) -> None:
+    code, out = _run(
+        ["qat", "detector-n", "--data", str(_images(det64)), "--out", str(tmp_path / "o"), *extra]
+    )
+    assert code == 2, out
+    assert needle in out and "Traceback" not in out
+
+
+def test_bad_source_or_data_exit_2(tmp_path: Path, det64: Path) -> None:
+    code, out = _run(
+        ["qat", "nope-model", "--data", str(_images(det64)), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2 and "nope-model" in out
+    (tmp_path / "e").mkdir()
+    code, out = _run(
+        ["qat", "detector-n", "--data", str(tmp_path / "e"), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2 and "no usable images" in out
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(_images(det64).iterdir())[:3]:
+        shutil.copy(p, few / p.name)
+    code, out = _run(["qat", "detector-n", "--data", str(few), "--out", str(tmp_path / "o")])
+    assert code == 2 and "too few" in out and "Traceback" not in out
+    assert not (tmp_path / "o").exists()  # nothing half-written
