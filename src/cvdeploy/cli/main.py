@@ -7,6 +7,7 @@ import typer
 from cvdeploy.cli import (
     bench_cmds,
     bundle_cmds,
+    doctor_cmds,
     env_cmds,
     export_cmds,
     protect_cmds,
@@ -54,6 +55,8 @@ app.command("bench")(bench_cmds.bench_cmd)
 app.command("tune")(tune_cmds.tune_cmd)
 app.command("runtimes")(env_cmds.runtimes_cmd)
 app.command("env")(env_cmds.env_cmd)
+app.command("doctor")(doctor_cmds.doctor_cmd)
+serve_cmds.logs_app.command("drift")(doctor_cmds.logs_drift)
 app.command("demo")(zoo_cmds.demo_cmd)
 app.add_typer(zoo_cmds.zoo_app, name="zoo")
 app.command("serve")(serve_cmds.serve_cmd)
