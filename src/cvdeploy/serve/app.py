@@ -75,6 +75,10 @@ def create_app(
             config.log_dir, sample_rate=config.sample_rate, max_bytes=config.log_max_bytes
         )
     state = ServeState(config, metrics, stats, manager, log)
+    if config.drift.enabled and config.drift.sample_rate > 0:
+        from cvdeploy.serve.drift import DriftMonitor
+
+        state.drift = DriftMonitor(config.drift, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

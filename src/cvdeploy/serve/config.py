@@ -11,7 +11,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cvdeploy.errors import InputError, UsageError
 from cvdeploy.security import SecurityConfig, TLSConfig
 
-__all__ = ["ServeConfig", "load_config"]
+__all__ = ["DriftConfig", "ServeConfig", "load_config"]
+
+
+class DriftConfig(BaseModel):
+    """The rolling drift check (see :mod:`cvdeploy.serve.drift`).
+
+    Attributes:
+        enabled: Monitor models whose bundle holds a drift reference (``cvdeploy eval``
+            records one); bundles without one are not monitored.
+        sample_rate: Fraction of predicted images summarised into the window.
+        window: Images in the rolling window (the newest).
+        min_window: Images needed before the first test.
+        every: New samples between two tests.
+        alert_p_value: The window's p-value at or below which the alert is on; it is the
+            family-wise false-alarm rate of each test when nothing drifted.
+        permutations: Permutations of the MMD and class-mix tests.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    window: int = Field(200, ge=10, le=5000)
+    min_window: int = Field(50, ge=10)
+    every: int = Field(25, ge=1)
+    alert_p_value: float = Field(0.01, gt=0, lt=1)
+    permutations: int = Field(200, ge=50, le=5000)
+
+    def model_post_init(self, __context: Any) -> None:
+        """Check option combinations."""
+        if self.min_window > self.window:
+            raise ValueError("drift.min_window must not exceed drift.window")
 
 
 class ServeConfig(BaseModel):
@@ -50,6 +81,7 @@ class ServeConfig(BaseModel):
         tls: HTTPS certificate, key and optional client CA (``None``: plain HTTP).
         security: Authentication, RBAC, audit log and abuse limits (``None``: every
             route is open, as for a server on a trusted loopback).
+        drift: The rolling drift check over sampled requests (alert threshold, window).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +109,7 @@ class ServeConfig(BaseModel):
     trusted_public_key: Path | None = None
     tls: TLSConfig | None = None
     security: SecurityConfig | None = None
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""

@@ -155,6 +155,8 @@ def add_routes(app: FastAPI) -> None:
         timings = {k: round(v, 3) for k, v in timings.items()}
         payload = [_result_dict(im, r, model.names) for im, r in zip(images, results, strict=True)]
         _record(st, model, images, payload, timings)
+        if st.drift is not None:
+            st.drift.observe(model, images, results, st.background)
         headers = {"X-Model-Version": model.version, "X-Model-Artifact": model.artifact_id}
         if draw:
             canvas = draw_result(images[0].image, results[0], model.names)
@@ -230,6 +232,7 @@ def add_routes(app: FastAPI) -> None:
         ]
         snap["errors"] = st.manager.errors
         snap["sampling"] = {"rate": st.config.sample_rate, "enabled": st.log is not None}
+        snap["drift"] = st.drift.snapshot() if st.drift is not None else None
         return snap
 
     async def dashboard() -> HTMLResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 
@@ -18,6 +18,9 @@ from cvdeploy.serve.config import ServeConfig
 from cvdeploy.serve.logging_store import RequestLog
 from cvdeploy.serve.models import ModelManager
 from cvdeploy.serve.monitoring import LiveStats, ServeMetrics
+
+if TYPE_CHECKING:
+    from cvdeploy.serve.drift import DriftMonitor
 
 __all__ = ["PUBLIC_ROUTES", "Authorizer", "ServeState", "add_route", "allow_all", "require"]
 
@@ -56,6 +59,7 @@ class ServeState:
     log: RequestLog | None
     authorize: Authorizer = allow_all
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    drift: DriftMonitor | None = None
 
 
 def state_of(request: Request) -> ServeState:
