@@ -132,3 +132,27 @@ def test_no_float_source_is_a_clear_error(stack: Path, tmp_path: Path) -> None:
     edit_manifest(only, int8)
     with pytest.raises(UsageError, match="no float source"):
         float_source(Bundle.load(only), "onnx-fp32")
+
+
+def test_output_shares_name_the_layer_whose_error_reaches_the_output(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    imgs = _images(stack_root)
+    w = conv_stack_weights()
+    w["w2"] = w["w2"] * 1.3
+    add_onnx_artifact(
+        stack,
+        "onnx-bad",
+        conv_stack_onnx(tmp_path / "bad.onnx", weights=w),
+        precision="fp32",
+        source="onnx-fp32",
+    )
+    b = Bundle.load(stack)
+    rep = compare_layers(b, "onnx-bad", imgs, attribute=2)
+    shares = {s.layer: s.output_share for s in rep.layers}
+    assert all(v is not None for v in shares.values())
+    # taking conv2's own error out removes (almost) all of the output error; the others none
+    assert shares["conv2"] is not None and shares["conv2"] > 0.9, shares
+    assert all(abs(v or 0) < 0.05 for k, v in shares.items() if k != "conv2"), shares
+    off = compare_layers(b, "onnx-bad", imgs, attribute=0)
+    assert all(s.output_share is None for s in off.layers)

@@ -146,6 +146,13 @@ def doctor_cmd(
             "in float, and measure (on a copy; the bundle is not changed)"
         ),
     ] = True,
+    layer_shares: Annotated[
+        bool,
+        typer.Option(
+            help="measure each layer's share of the output error (one run per layer): the "
+            "layers to keep in float are chosen by it"
+        ),
+    ] = True,
     alpha: Annotated[float, typer.Option(help="false-alarm rate of the drift tests")] = 0.05,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     html: Annotated[Path | None, typer.Option(help="write the HTML report here")] = None,
@@ -193,6 +200,7 @@ def doctor_cmd(
         layer_images=layer_images,
         audit_images=audit_images,
         keep_float_trial=keep_float_trial,
+        layer_shares=layer_shares,
         alpha=alpha,
         threads=threads,
         progress=not json_out,

@@ -80,6 +80,9 @@ class DoctorOptions:
         audit_images: Images of each pipeline-variant score.
         parity_images: Images of the parity re-run.
         keep_float_trial: Re-quantize with the suggested layers kept in float and measure.
+        layer_shares: Measure each layer's share of the output error (one end-to-end run
+            per layer on two images): the layers to keep in float are chosen by it
+            (otherwise by their isolated error).
         alpha: False-alarm rate of the drift tests.
         threads: Runtime threads.
         progress: Show progress bars.
@@ -96,6 +99,7 @@ class DoctorOptions:
     audit_images: int = 16
     parity_images: int = 16
     keep_float_trial: bool = True
+    layer_shares: bool = True
     alpha: float = ALPHA
     threads: int | None = None
     progress: bool = True
@@ -420,7 +424,13 @@ def _layers(
             return _skip(f"{aid}: no FP32 ONNX/OpenVINO artifact to compare with")
         say(f"  comparing {aid} with {src.id} layer by layer on {len(images)} images")
         lr = compare_layers(
-            b, aid, images, source=src.id, threads=opts.threads, progress=opts.progress
+            b,
+            aid,
+            images,
+            source=src.id,
+            threads=opts.threads,
+            progress=opts.progress,
+            attribute=2 if opts.layer_shares else 0,
         )
         if (
             opts.keep_float_trial
@@ -472,10 +482,21 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
         )
     if lr.keep_float:
         t = lr.trial or {}
+        shares = any(s.output_share is not None for s in lr.layers)
         evidence = [
-            f"the {len(lr.keep_float)} layer(s) with the largest isolated error account for half "
-            "of it: "
-            + ", ".join(f"{k} ({s.local_db:.1f} dB)" for k in lr.keep_float if (s := lr.layer(k)))
+            (
+                "taking their own error out removes the most output error: "
+                + ", ".join(
+                    f"{k} ({s.output_share:.0%})"
+                    for k in lr.keep_float
+                    if (s := lr.layer(k)) and s.output_share is not None
+                )
+                if shares
+                else f"the {len(lr.keep_float)} layer(s) with the largest isolated error: "
+                + ", ".join(
+                    f"{k} ({s.local_db:.1f} dB)" for k in lr.keep_float if (s := lr.layer(k))
+                )
+            )
         ]
         rec = t.get("recovered")
         severity = "info"

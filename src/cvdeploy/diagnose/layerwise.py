@@ -15,10 +15,17 @@ similarity and the SQNR (signal-to-quantization-noise ratio, ``10 log10(sum a^2 
   outlier: 4 MAD below the layers' median (at least :data:`JUMP_MIN_DB`, at most twice
   that), and below what the artifact's number format gives a healthy layer
   (:data:`HEALTHY_DB`).
-- The layers **to keep in float** are those with the largest isolated noise-to-signal
-  ratio, enough of them to account for half of the total (at most :data:`MAX_KEEP`);
-  :func:`try_keep_float` re-quantizes with them kept in float (``cvdeploy quantize
-  --keep-float``) and measures how much of the accuracy gap closes.
+- A layer's **share of the output error** is measured by taking its own error out: the
+  artifact runs end to end with that one layer's output replaced by what it computed minus
+  its isolated error, and the error of the model's outputs (over the detection head's
+  scoring anchors, each channel scaled by the source's spread) is compared with the
+  unchanged run's. Errors amplify through the network, so a layer with a healthy isolated
+  SQNR can still carry much of the final error; this measures it.
+- The layers **to keep in float** are the fewest, largest shares first, whose shares add
+  up to half of all layers' (shares overlap: errors compound), at most :data:`MAX_KEEP`;
+  :func:`try_keep_float`
+  re-quantizes with them kept in float (``cvdeploy quantize --keep-float``) and measures
+  how much of the accuracy gap closes.
 """
 
 from __future__ import annotations
@@ -38,13 +45,17 @@ from cvdeploy.bundle import Artifact, Bundle
 from cvdeploy.diagnose.taps import TappedModel, match_points, tappable
 from cvdeploy.errors import UsageError
 from cvdeploy.pipeline import Predictor
+from cvdeploy.pipeline.heads import Head, get_head
 from cvdeploy.progress import track
 
 CAP_DB = 120.0
 JUMP_MIN_DB = 10.0
 MAX_KEEP = 8
-HEALTHY_DB = {"fp32": 60.0, "fp16": 35.0, "bf16": 30.0, "int8": 25.0}
-"""Isolated SQNR below which a layer can be a jump, by precision family (``int8-*``: int8)."""
+HEALTHY_DB = {"fp32": 60.0, "fp16": 35.0, "bf16": 30.0, "int8": 12.0}
+"""Isolated SQNR below which a layer can be a jump, by precision family (``int8-*``: int8).
+An 8-bit layer's own error is normally 25-45 dB below its signal; a badly quantized one can
+sit near 15 dB (the zoo detector's worst, measured); below 12 dB the error is a third of the
+signal's amplitude or more: broken, not merely coarse."""
 _BITS = {"int8": 8, "int8-bf16": 8, "int8-dynamic": 8, "bf16": 8, "fp16": 11, "fp32": 24}
 
 
@@ -61,6 +72,8 @@ class LayerStat:
         sqnr_db: Cumulative SQNR in dB (capped at :data:`CAP_DB`).
         local_db: Isolated SQNR in dB: the layer fed the float source's activations.
         drop_db: The worst input's cumulative SQNR minus this layer's (>= 0).
+        output_share: Share of the model's output error removed when this layer's own error
+            is taken out (``None``: not measured).
         inputs: Candidate layers feeding it.
     """
 
@@ -72,6 +85,7 @@ class LayerStat:
     sqnr_db: float
     local_db: float = CAP_DB
     drop_db: float = 0.0
+    output_share: float | None = None
     inputs: list[str] = field(default_factory=list)
 
     @property
@@ -167,6 +181,7 @@ def compare_layers(
     source: str | None = None,
     threads: int | None = None,
     progress: bool = False,
+    attribute: int = 4,
 ) -> LayerReport:
     """Compare every layer of ``artifact`` with its float source on real images.
 
@@ -177,6 +192,9 @@ def compare_layers(
         source: The float source (default: :func:`float_source`).
         threads: Runtime threads.
         progress: Show a progress bar.
+        attribute: Images on which each layer's share of the output error is measured
+            (one end-to-end run per layer and image; 0: not measured, and layers to keep
+            in float are chosen by their isolated error).
 
     Raises:
         UsageError: No images, an artifact that cannot be tapped, no float source, or no
@@ -210,14 +228,21 @@ def compare_layers(
     pre_cand = Predictor.from_bundle(bundle, cand.id, batch=1, imgsz=pre_src.imgsz)
     # per layer: sum a^2, sum e^2, sum ab, sum b^2 (end to end), sum e_local^2 (isolated)
     acc = np.zeros((len(pairs), 5), dtype=np.float64)
+    head = get_head(bundle.spec.decoder.kind)
+    kept: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]] = []
     with tm_src, tm_cand:
-        for img in track(images, total=len(images), description="layers", enabled=progress):
+        for n_img, img in enumerate(
+            track(images, total=len(images), description="layers", enabled=progress)
+        ):
             xs, _ = pre_src.preprocess([img])
             xc, _ = pre_cand.preprocess([img])
-            a_out = tm_src.run(xs)
-            b_out = tm_cand.run(xc)
+            a_outs, a_out = tm_src.run_all(xs)
+            b_outs, b_out = tm_cand.run_all(xc)
             fed = {ck: a_out[sk] for sk, ck in pairs if a_out[sk].shape == b_out[ck].shape}
             c_out = tm_cand.run_isolated(xc, fed)
+            if n_img < attribute:  # each layer's value with its own error taken out
+                own_out = {ck: b_out[ck] - (c_out[ck] - fed[ck]) for ck in fed}
+                kept.append((xc, a_outs, b_outs, own_out))
             for i, (sk, ck) in enumerate(pairs):
                 a = a_out[sk].astype(np.float64).ravel()
                 b = b_out[ck].astype(np.float64).ravel()
@@ -247,6 +272,8 @@ def compare_layers(
             local_db=_sqnr(s_aa, s_ll),
             inputs=[k for k in p.inputs],
         )
+    if kept:
+        _attribute(tm_cand, head, kept, stats, progress=progress)
     entry_db = min(CAP_DB, 6.02 * _BITS.get(cand.precision, 24) + 1.76)
     for st in stats.values():
         ins = [stats[k] for k in st.inputs if k in stats]
@@ -276,18 +303,61 @@ def compare_layers(
     )
 
 
+def _output_error(head: Head, src: list[np.ndarray], cand: list[np.ndarray]) -> float:
+    """Squared error of the candidate's outputs (a detection head: over the source's scoring
+    anchors, each channel scaled by the source's spread there)."""
+    if head.anchors_first is not None and len(src) == 1:
+        a, b = head.rows(src[0]), head.rows(cand[0])
+        sel = head.anchor_scores(src[0]) >= 0.05
+        if sel.any():
+            a, b = a[sel], b[sel]
+        a = a.reshape(-1, a.shape[-1]).astype(np.float64)
+        b = b.reshape(-1, b.shape[-1]).astype(np.float64)
+        sd = a.std(0) + 1e-6 * (np.abs(a).max() + 1e-12)
+        return float((((a - b) / sd) ** 2).sum())
+    return float(
+        sum(((x.astype(np.float64) - y) ** 2).sum() for x, y in zip(src, cand, strict=True))
+    )
+
+
+def _attribute(
+    tm: TappedModel,
+    head: Head,
+    kept: Sequence[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]],
+    stats: dict[str, LayerStat],
+    *,
+    progress: bool,
+) -> None:
+    """Each layer's share of the output error: its own error taken out, one run per layer."""
+    base = sum(_output_error(head, a, b) for _, a, b, _ in kept)
+    if base <= 0:
+        for st in stats.values():
+            st.output_share = 0.0
+        return
+    layers = [k for k in stats if all(k in own for *_, own in kept)]
+    for k in track(layers, total=len(layers), description="output shares", enabled=progress):
+        outs = tm.run_fed([x for x, *_ in kept], [{k: own[k]} for *_, own in kept])
+        err = sum(_output_error(head, a, o) for (_, a, _, _), o in zip(kept, outs, strict=True))
+        stats[k].output_share = (base - err) / base
+
+
 def suggest_keep_float(layers: Sequence[LayerStat], *, share: float = 0.5) -> list[str]:
-    """The fewest layers (at most :data:`MAX_KEEP`) whose isolated noise adds up to
-    ``share`` of all layers', noisiest first."""
-    ranked = sorted(layers, key=lambda s: -s.local_nsr)
-    total = sum(s.local_nsr for s in ranked)
+    """The fewest layers (at most :data:`MAX_KEEP`) that carry ``share`` of the output error,
+    largest first (by their isolated noise when the shares were not measured)."""
+    measured = any(s.output_share is not None for s in layers)
+    if measured:  # shares overlap (errors compound), so: half of their sum
+        weights = {s.layer: max(0.0, s.output_share or 0.0) for s in layers}
+    else:
+        weights = {s.layer: s.local_nsr for s in layers}
+    total = sum(weights.values())
+    ranked = sorted(layers, key=lambda s: -weights[s.layer])
     out: list[str] = []
     acc = 0.0
     for s in ranked:
-        if acc >= share * total or len(out) >= MAX_KEEP:
+        if acc >= share * total or len(out) >= MAX_KEEP or weights[s.layer] <= 0:
             break
         out.append(s.layer)
-        acc += s.local_nsr
+        acc += weights[s.layer]
     return out
 
 

@@ -129,6 +129,20 @@ class TappedModel:
         self._session = None
         self._isolated = None
 
+    def run_fed(
+        self, xs: Sequence[np.ndarray], feeds: Sequence[dict[str, np.ndarray]]
+    ) -> list[list[np.ndarray]]:
+        """The model's own outputs, per input, with the layers of the feeds replaced by the
+        given values (everything else computed as usual): how much does one layer's error
+        matter at the end? Every feed must name the same layers (one session for them)."""
+        if not feeds:
+            return []
+        key = tuple(sorted(feeds[0]))
+        session = self._impl.build(
+            [], self._threads, self.artifact.runtime_precision, cut=list(key)
+        )
+        return [[np.asarray(o) for o in session(x, f)[0]] for x, f in zip(xs, feeds, strict=True)]
+
     def run_isolated(self, x: np.ndarray, fed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every exposed layer's output when each layer is fed, instead of what the layers
         before it computed, the activations in ``fed`` (by layer key; the float source's):
