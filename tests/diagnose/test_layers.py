@@ -156,3 +156,29 @@ def test_output_shares_name_the_layer_whose_error_reaches_the_output(
     assert all(abs(v or 0) < 0.05 for k, v in shares.items() if k != "conv2"), shares
     off = compare_layers(b, "onnx-bad", imgs, attribute=0)
     assert all(s.output_share is None for s in off.layers)
+
+
+@pytest.mark.slow
+def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) -> None:
+    """Re-quantized with every layer kept in float, the INT8 artifact is back at the float
+    source's accuracy; the bundle itself is not changed."""
+    pytest.importorskip("onnxruntime.quantization")
+    from cvdeploy.diagnose.layerwise import try_keep_float
+    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
+
+    data = stack_root / "data" / "data.yaml"
+    quantize_bundle(
+        stack,
+        data,
+        options=QuantizeOptions(backend="onnxruntime", force=True, measure=False, progress=False),
+    )
+    b = Bundle.load(stack)
+    art = next(a.id for a in b.manifest.artifacts if a.precision.startswith("int8"))
+    before = (stack / "bundle.json").read_bytes()
+    t = try_keep_float(b, art, ["conv1", "conv2", "conv3"], data)
+    assert (stack / "bundle.json").read_bytes() == before
+    assert t["keep_float"] == ["conv1", "conv2", "conv3"] and "--keep-float 'conv2'" in t["command"]
+    assert t["map_keep"] == pytest.approx(t["map_fp32"], abs=0.02), t
+    assert t["recovered"] is None or t["recovered"] > 0.5, t
+    with pytest.raises(UsageError, match="not made by `cvdeploy quantize`"):
+        try_keep_float(b, "onnx-fp32", ["conv1"], data)
