@@ -778,7 +778,7 @@ def _drift(
         b,
         inp.prod_sources,
         artifact=ref.meta.get("artifact") or focus,
-        embeddings=ref.pca_mean is not None,
+        embeddings=ref.has_embeddings,
         embedding_layer=ref.meta.get("embedding_layer"),
         progress=opts.progress,
         threads=opts.threads,

@@ -296,19 +296,31 @@ class ReferenceSummary:
     """A reference set's statistics (see the module docstring).
 
     Attributes:
-        table: Per-image statistics; ``table.embeddings`` are already projected.
+        table: Per-image statistics; ``table.embeddings`` are projected on the reference's
+            own principal components (for display: the drift tests do not use them).
         pca_mean: Mean the embeddings were centred with (``None``: no embeddings).
         pca_components: ``(dims, channels)`` projection of the embeddings.
         meta: Artifact, dataset, embedding layer, threshold, images, created.
+        raw_embeddings: ``(images, channels)`` unprojected embeddings. :func:`compare`
+            fits its projection on the reference and the window together (a projection
+            fitted on the reference alone makes the two samples unequal under "no
+            shift"); a summary recorded without them (older versions) is compared on the
+            image statistics only.
     """
 
     table: FeatureTable
     pca_mean: np.ndarray | None = None
     pca_components: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    raw_embeddings: np.ndarray | None = None
+
+    @property
+    def has_embeddings(self) -> bool:
+        """Whether windows can be compared on the model's embeddings."""
+        return self.raw_embeddings is not None and len(self.raw_embeddings) >= 2
 
     def project(self, emb: np.ndarray | None) -> np.ndarray | None:
-        """Raw embeddings projected like the reference's."""
+        """Raw embeddings projected like the reference's (for display)."""
         if emb is None or self.pca_mean is None or self.pca_components is None:
             return None
         if emb.shape[1] != self.pca_mean.shape[0]:
@@ -318,15 +330,13 @@ class ReferenceSummary:
 
     @classmethod
     def from_table(cls, table: FeatureTable, meta: dict[str, Any]) -> ReferenceSummary:
-        """Fit the embedding projection on the table's raw embeddings."""
+        """Fit the embedding projection on the table's raw embeddings (kept too)."""
         mean = comps = None
-        projected = None
+        projected = raw = None
         if table.embeddings is not None and len(table.embeddings) >= 2:
             e = table.embeddings.astype(np.float64)
-            mean = e.mean(0)
-            _, sv, vt = np.linalg.svd(e - mean, full_matrices=False)
-            useful = int((sv > 1e-3 * sv[0]).sum()) if sv.size and sv[0] > 0 else 0
-            comps = vt[: max(1, min(EMBEDDING_DIMS, useful, len(e) - 1))]
+            raw = e
+            mean, comps = pca_fit(e)
             projected = (e - mean) @ comps.T
         t = FeatureTable(
             names=table.names,
@@ -335,7 +345,7 @@ class ReferenceSummary:
             embeddings=projected,
             ids=table.ids,
         )
-        return cls(t, mean, comps, dict(meta))
+        return cls(t, mean, comps, dict(meta), raw)
 
     def save(self, path: Path) -> None:
         """Write the summary as ``.npz``."""
@@ -355,6 +365,8 @@ class ReferenceSummary:
             arrays["pca_mean"] = self.pca_mean.astype(np.float32)
             assert self.pca_components is not None
             arrays["pca_components"] = self.pca_components.astype(np.float32)
+        if self.raw_embeddings is not None:
+            arrays["raw_embeddings"] = self.raw_embeddings.astype(np.float32)
         with path.open("wb") as f:
             np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
@@ -377,7 +389,36 @@ class ReferenceSummary:
                 z["pca_mean"].astype(np.float64) if "pca_mean" in z else None,
                 z["pca_components"].astype(np.float64) if "pca_components" in z else None,
                 json.loads(str(z["meta"])),
+                z["raw_embeddings"].astype(np.float64) if "raw_embeddings" in z else None,
             )
+
+
+def pca_fit(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the first (at most :data:`EMBEDDING_DIMS`) principal components of rows."""
+    mean = e.mean(0)
+    _, sv, vt = np.linalg.svd(e - mean, full_matrices=False)
+    useful = int((sv > 1e-3 * sv[0]).sum()) if sv.size and sv[0] > 0 else 0
+    comps = vt[: max(1, min(EMBEDDING_DIMS, useful, len(e) - 1))]
+    return mean, comps
+
+
+def pooled_projection(ref: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both samples projected on the principal components of the *pooled* sample.
+
+    The projection is a function of the pooled sample only (not of which rows are the
+    reference's), so permuting rows between the samples leaves it unchanged and the
+    permutation tests stay exact under "no shift". A projection fitted on the reference
+    alone concentrates the reference's variance on its components (an in-sample fit) while
+    the window's is not: with few reference images, a shift no matter the data.
+    """
+    r = np.asarray(ref, np.float64)
+    w = np.asarray(window, np.float64)
+    z = np.concatenate([r, w])
+    ok = np.all(np.isfinite(z), axis=0)
+    z = z[:, ok]
+    mean, comps = pca_fit(z)
+    p = (z - mean) @ comps.T
+    return p[: len(r)], p[len(r) :]
 
 
 def dataset_images(
@@ -637,12 +678,19 @@ def compare(
     common = [n for n in ref.names if n in window.names and (features is None or n in features)]
     r_cols = {n: ref.column(n) for n in common}
     w_cols = {n: window.column(n) for n in common}
-    w_emb = reference.project(window.embeddings) if window.embeddings is not None else None
-    use_emb = w_emb is not None and ref.embeddings is not None
+    r_raw, w_raw = reference.raw_embeddings, window.embeddings
+    use_emb = (
+        reference.has_embeddings
+        and r_raw is not None
+        and w_raw is not None
+        and len(w_raw) > 0
+        and w_raw.shape[1] == r_raw.shape[1]
+    )
     img_names = [n for n in common if n in IMAGE_FEATURES]
     if use_emb:
-        assert ref.embeddings is not None and w_emb is not None
-        vec_r, vec_w = ref.embeddings, w_emb
+        assert r_raw is not None and w_raw is not None
+        # fitted on reference + window: exchangeable under "no shift" (see pooled_projection)
+        vec_r, vec_w = pooled_projection(r_raw, w_raw)
     else:
         vec_r = np.stack([r_cols[n] for n in img_names], 1)
         vec_w = np.stack([w_cols[n] for n in img_names], 1)

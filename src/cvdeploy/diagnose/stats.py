@@ -197,17 +197,32 @@ def class_mix_test(
 
 
 def _standardize(ref: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both samples scaled by the reference's mean and standard deviation; columns that
-    are constant or not finite in the reference are dropped, remaining NaNs set to 0."""
-    ok = np.all(np.isfinite(ref), axis=0)
-    r, w = ref[:, ok], window[:, ok]
-    mu = r.mean(0)
-    sd = r.std(0)
-    # (nearly) constant in the reference: no scale to standardize by, nothing to test
+    """Both samples scaled by the *pooled* sample's mean and standard deviation; columns
+    constant in the pooled sample are dropped; a non-finite value is replaced by its
+    column's pooled mean, with a 0/1 column saying which values were known.
+
+    Pooled, not the reference's: the scaling is then a function of the pooled sample only,
+    unchanged when rows are permuted between the samples, so the permutation and held-out
+    tests built on it stay exact under "no shift". Scaled by the reference alone, the
+    reference has mean 0 and variance 1 exactly and the window does not, a difference a
+    classifier or MMD picks up in many dimensions with small samples.
+    """
+    r = np.asarray(ref, np.float64)
+    w = np.asarray(window, np.float64)
+    z = np.concatenate([r, w])
+    # unknown values (jpeg_quality of a PNG): the pooled mean, plus a column saying which
+    fin = np.isfinite(z)
+    part = ~np.all(fin, axis=0)
+    if part.any():
+        cnt = fin.sum(0)
+        fill = np.where(fin, z, 0.0).sum(0) / np.maximum(cnt, 1)
+        z = np.concatenate([np.where(fin, z, fill), fin[:, part].astype(np.float64)], axis=1)
+    mu = z.mean(0) if len(z) else np.zeros(z.shape[1])
+    sd = z.std(0) if len(z) else np.zeros(z.shape[1])
+    # (nearly) constant in the pooled sample: no scale to standardize by, nothing to test
     keep = sd > max(1e-12, 1e-6 * float(sd.max(initial=0.0)))
-    r = (r[:, keep] - mu[keep]) / sd[keep]
-    w = (w[:, keep] - mu[keep]) / sd[keep]
-    return r, np.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0)
+    zs = (z[:, keep] - mu[keep]) / sd[keep]
+    return zs[: len(r)], zs[len(r) :]
 
 
 def mmd_test(
@@ -220,9 +235,11 @@ def mmd_test(
 ) -> TestResult | None:
     """Maximum mean discrepancy (Gaussian kernel) with a permutation p-value.
 
-    Both samples are standardized by the reference; the bandwidth is the median distance
-    of the pooled sample. The statistic is the biased MMD^2 ``s^T K s`` with ``s`` = 1/m on
-    window rows and -1/n on reference rows, so all permutations are one matrix product.
+    Both samples are standardized by the pooled sample; the bandwidth is the median
+    distance of the pooled sample (both functions of the pooled sample only, so the
+    permutation p-value is exact under "no shift"). The statistic is the biased MMD^2
+    ``s^T K s`` with ``s`` = 1/m on window rows and -1/n on reference rows, so all
+    permutations are one matrix product.
 
     Args:
         ref: ``(n, d)`` reference vectors (at most ``max_ref`` rows are used, drawn at
@@ -286,11 +303,12 @@ def c2st(
     """Classifier two-sample test: can a classifier tell the window from the reference?
 
     The reference is subsampled to the window's size (balanced classes), both are
-    standardized by the reference, squares are added (shifts of spread, not only of the
-    mean), and the sample is split in halves at random. A logistic regression trained on
-    one half predicts the other; under "no shift" the labels of the held-out half are a
-    random arrangement, so the number of correct predictions has an exact hypergeometric
-    null distribution given how many were predicted "window".
+    standardized by the pooled sample (a scaling that does not depend on which rows are the
+    window's, so held-out labels stay exchangeable), squares are added (shifts of spread,
+    not only of the mean), and the sample is split in halves at random. A logistic
+    regression trained on one half predicts the other; under "no shift" the labels of the
+    held-out half are a random arrangement, so the number of correct predictions has an
+    exact hypergeometric null distribution given how many were predicted "window".
     """
     from scipy.stats import hypergeom
 
