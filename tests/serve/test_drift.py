@@ -94,6 +94,15 @@ def test_the_same_camera_stays_quiet(monitored: Path) -> None:
         assert _alert(c.get("/metrics").text) == 0.0
 
 
+def test_a_model_is_listed_before_its_first_sampled_image(monitored: Path) -> None:
+    # /v1/stats once showed drift.models empty with sampling on: windows were only made
+    # when an image was sampled
+    with serving(monitored, drift={**DRIFT, "sample_rate": 0.001}) as c:
+        m = c.get("/v1/stats").json()["drift"]["models"]["tiny"]
+        assert m["window"] == 0 and m["last"] is None and m["reference"]["images"] == 120
+        assert m["reason"] == ""
+
+
 def test_no_reference_no_monitoring_and_config_checks(tiny_bundle: Path, tmp_path: Path) -> None:
     from cvdeploy.serve.config import load_config
 

@@ -253,9 +253,18 @@ class DriftMonitor:
         }
         return w.last
 
-    def snapshot(self) -> dict[str, Any]:
-        """Per model: the reference, the window size, the latest verdict (``/v1/stats``)."""
+    def snapshot(self, models: Sequence[LoadedVersion] = ()) -> dict[str, Any]:
+        """Per model: the reference, the window size, the latest verdict (``/v1/stats``).
+
+        Args:
+            models: The served versions: each is listed (its reference loaded) even before
+                its first image is sampled, with an empty window (otherwise a server
+                sampling a fraction of few requests would show no monitored model at all).
+        """
         out: dict[str, Any] = {}
+        if self.config.enabled and self.config.sample_rate > 0 and not self.unavailable:
+            for m in models:
+                self._window(m)
         with self._lock:
             windows = list(self._windows.values())
         for w in windows:

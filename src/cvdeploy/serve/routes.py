@@ -232,7 +232,9 @@ def add_routes(app: FastAPI) -> None:
         ]
         snap["errors"] = st.manager.errors
         snap["sampling"] = {"rate": st.config.sample_rate, "enabled": st.log is not None}
-        snap["drift"] = st.drift.snapshot() if st.drift is not None else None
+        snap["drift"] = (
+            st.drift.snapshot(list(st.manager.current.values())) if st.drift is not None else None
+        )
         return snap
 
     async def dashboard() -> HTMLResponse:
