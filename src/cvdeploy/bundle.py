@@ -107,7 +107,7 @@ Format = Literal["onnx", "openvino", "tflite", "tensorrt", "torch"]
 """Artifact formats (each has a runtime registered under that name)."""
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-bf16", "int8-dynamic"]
 """Artifact precisions (see :mod:`cvdeploy.precision` for what each computes in)."""
-CheckKind = Literal["parity", "metrics", "latency"]
+CheckKind = Literal["parity", "metrics", "latency", "reference"]
 
 
 class _Frozen(BaseModel):
@@ -223,10 +223,29 @@ class LatencyData(CheckData):
     environment: dict[str, Any] | None = None
 
 
+class ReferenceData(CheckData):
+    """A drift reference: per-image statistics of a labelled set's images and of this
+    artifact's predictions and embeddings on them, stored beside the manifest in ``file``
+    (see :mod:`cvdeploy.diagnose.drift`)."""
+
+    file: str | None = None
+    """The summary's path in the bundle (``reference/....npz``)."""
+    sha256: str | None = None
+    size: int | None = None
+    images: int | None = None
+    data: str | None = None
+    features: list[str] | None = None
+    embedding_layer: str | None = None
+    embedding_dims: int | None = None
+    conf: float | None = None
+    inference_precision: InferencePrecision | None = None
+
+
 CHECK_DATA: dict[str, type[CheckData]] = {
     "parity": ParityData,
     "metrics": MetricsData,
     "latency": LatencyData,
+    "reference": ReferenceData,
 }
 """The payload type of each check kind."""
 

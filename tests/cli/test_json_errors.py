@@ -54,6 +54,8 @@ FAILING: dict[str, list[str] | None] = {
     "registry promote": [NOPE, "m", "v1"],
     "registry rollback": [NOPE, "m"],
     "logs export": [NOPE],
+    "logs drift": [NOPE, NOPE],
+    "doctor": [NOPE, "--data", f"{NOPE}/d.yaml"],
     "security dev-cert": ["--out", "{file}"],
     "security jwt-keys": ["--db", "{file}"],
     "security jwt-rotate": ["--db", "{file}"],

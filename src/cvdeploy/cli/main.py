@@ -11,6 +11,7 @@ from cvdeploy.cli import (
     bundle_cmds,
     compress_cmds,
     deploy_cmds,
+    doctor_cmds,
     env_cmds,
     export_cmds,
     oneshot_cmds,
@@ -64,6 +65,8 @@ app.command("bench")(bench_cmds.bench_cmd)
 app.command("tune")(tune_cmds.tune_cmd)
 app.command("runtimes")(env_cmds.runtimes_cmd)
 app.command("env")(env_cmds.env_cmd)
+app.command("doctor")(doctor_cmds.doctor_cmd)
+serve_cmds.logs_app.command("drift")(doctor_cmds.logs_drift)
 app.command("demo")(zoo_cmds.demo_cmd)
 app.add_typer(zoo_cmds.zoo_app, name="zoo")
 app.command("serve")(serve_cmds.serve_cmd)

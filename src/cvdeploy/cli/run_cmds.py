@@ -124,11 +124,22 @@ def eval_cmd(
         bool,
         typer.Option("--per-class", help="print a row per class (always in --json)"),
     ] = False,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="with --record: also summarise the images (statistics, predictions, "
+            "embeddings; up to 300) into the bundle as the drift reference of doctor and "
+            "the server"
+        ),
+    ] = True,
     key_file: KeyFile = None,
     key_env: KeyEnv = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """COCO mAP50-95 / mAP50 (pycocotools) with the Ultralytics validation protocol."""
+    """COCO mAP50-95 / mAP50 (pycocotools) with the Ultralytics validation protocol.
+
+    With --record (the default) the result is recorded in the bundle, and the images are
+    summarised as its drift reference (`cvdeploy doctor`, the server's drift check)."""
     from cvdeploy.runtime import RunnerOptions
     from cvdeploy.verify.evaluate import Protocol, evaluate_bundle
 
@@ -146,8 +157,23 @@ def eval_cmd(
         record=record,
         progress=not json_out,
     )
+    ref_info = None
+    if record and reference:
+        from cvdeploy.diagnose import record_reference
+
+        ref = record_reference(
+            b,
+            data,
+            artifact=rep.artifact,
+            split=split,
+            images=images,
+            name=rep.dataset,
+            progress=not json_out,
+            threads=threads,
+        )
+        ref_info = {"file": ref.file, "images": ref.images, "embedding_layer": ref.embedding_layer}
     if json_out:
-        print_json(rep.to_dict())
+        print_json({**rep.to_dict(), "reference": ref_info} if ref_info else rep.to_dict())
         return
     con = out_console()
     m = rep.metrics
@@ -183,3 +209,7 @@ def eval_cmd(
     )
     if record:
         err_console().print(f"recorded in {b.path / 'bundle.json'}")
+    if ref_info:
+        err_console().print(
+            f"drift reference: {ref_info['images']} images summarised into {ref_info['file']}"
+        )

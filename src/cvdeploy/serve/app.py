@@ -81,6 +81,10 @@ def create_app(
         )
     state = ServeState(config, metrics, stats, manager, log)
     state.decode_budget = PixelBudget(config.decode_budget_pixels)
+    if config.drift.enabled and config.drift.sample_rate > 0:
+        from cvdeploy.serve.drift import DriftMonitor
+
+        state.drift = DriftMonitor(config.drift, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cvdeploy.errors import InputError, UsageError
 from cvdeploy.security import SecurityConfig, TLSConfig
 
-__all__ = ["PLATFORMS", "PlatformConfig", "ServeConfig", "load_config"]
+__all__ = ["PLATFORMS", "DriftConfig", "PlatformConfig", "ServeConfig", "load_config"]
 
 PLATFORMS = ("sagemaker", "vertex", "azureml")
 """Cloud platforms whose container contract the server can answer (see
@@ -33,6 +33,37 @@ class PlatformConfig(BaseModel):
     port: int = Field(ge=1, le=65535)
     model_dir: Path | None = None
     """Where the platform puts the model (SageMaker ``/opt/ml/model``, ``AZUREML_MODEL_DIR``)."""
+
+
+class DriftConfig(BaseModel):
+    """The rolling drift check (see :mod:`cvdeploy.serve.drift`).
+
+    Attributes:
+        enabled: Monitor models whose bundle holds a drift reference (``cvdeploy eval``
+            records one); bundles without one are not monitored.
+        sample_rate: Fraction of predicted images summarised into the window.
+        window: Images in the rolling window (the newest).
+        min_window: Images needed before the first test.
+        every: New samples between two tests.
+        alert_p_value: The window's p-value at or below which the alert is on; it is the
+            family-wise false-alarm rate of each test when nothing drifted.
+        permutations: Permutations of the MMD and class-mix tests.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    window: int = Field(200, ge=10, le=5000)
+    min_window: int = Field(50, ge=10)
+    every: int = Field(25, ge=1)
+    alert_p_value: float = Field(0.01, gt=0, lt=1)
+    permutations: int = Field(200, ge=50, le=5000)
+
+    def model_post_init(self, __context: Any) -> None:
+        """Check option combinations."""
+        if self.min_window > self.window:
+            raise ValueError("drift.min_window must not exceed drift.window")
 
 
 class ServeConfig(BaseModel):
@@ -78,6 +109,7 @@ class ServeConfig(BaseModel):
             route is open, as for a server on a trusted loopback).
         platform: Also answer a cloud platform's container contract (SageMaker, Vertex AI,
             Azure ML) beside the cvdeploy routes (``None``: only the cvdeploy routes).
+        drift: The rolling drift check over sampled requests (alert threshold, window).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -109,6 +141,7 @@ class ServeConfig(BaseModel):
     tls: TLSConfig | None = None
     security: SecurityConfig | None = None
     platform: PlatformConfig | None = None
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""

@@ -97,6 +97,31 @@ class ServeMetrics:
         self.reloads = Counter(
             "cvdeploy_model_reloads", "Version switches by result", ["model", "result"], registry=r
         )
+        # the rolling drift check (cvdeploy.serve.drift)
+        self.drift_p_value = Gauge(
+            "cvdeploy_drift_p_value",
+            "p-value of each drift test on the latest window (test=overall: the verdict's)",
+            ["model", "test"],
+            registry=r,
+        )
+        self.drift_statistic = Gauge(
+            "cvdeploy_drift_statistic",
+            "Statistic of each drift test on the latest window",
+            ["model", "test"],
+            registry=r,
+        )
+        self.drift_window = Gauge(
+            "cvdeploy_drift_window_images",
+            "Images in the rolling drift window",
+            ["model"],
+            registry=r,
+        )
+        self.drift_alert = Gauge(
+            "cvdeploy_drift_alert",
+            "1 when the latest window's p-value is at or below drift.alert_p_value",
+            ["model"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The metrics in the Prometheus text format."""

@@ -276,6 +276,8 @@ async def _answer(
     timings = {k: round(v, 3) for k, v in timings.items()}
     payload = [_result_dict(im, r, model.names) for im, r in zip(images, results, strict=True)]
     _record(st, model, images, payload, timings)
+    if st.drift is not None:
+        st.drift.observe(model, images, results, st.background)
     return Prediction(model, images, results, payload, timings)
 
 
@@ -395,6 +397,13 @@ def add_routes(app: FastAPI) -> None:
                 snap["classes"] = {}
                 snap["confidence_bins"] = [0] * len(snap["confidence_bins"])
             snap["scoped_to"] = sorted(seen)
+        snap["drift"] = (
+            st.drift.snapshot(
+                [m for n, m in st.manager.current.items() if seen is None or n in seen]
+            )
+            if st.drift is not None
+            else None
+        )
         return snap
 
     async def dashboard() -> HTMLResponse:

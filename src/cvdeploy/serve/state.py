@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 
@@ -19,6 +19,9 @@ from cvdeploy.serve.inputs import PixelBudget
 from cvdeploy.serve.logging_store import RequestLog
 from cvdeploy.serve.models import ModelManager
 from cvdeploy.serve.monitoring import LiveStats, ServeMetrics
+
+if TYPE_CHECKING:
+    from cvdeploy.serve.drift import DriftMonitor
 
 __all__ = [
     "ERROR_BODY",
@@ -128,6 +131,7 @@ class ServeState:
     authorize: Authorizer = allow_all
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     decode_budget: PixelBudget | None = None
+    drift: DriftMonitor | None = None
 
 
 SCOPE = "cvdeploy_scope"

@@ -1,0 +1,83 @@
+"""`benchmarks/doctor.py`: the README's doctor table from fake JSON (no timing, nothing run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def doc() -> ModuleType:
+    sys.path.insert(0, str(BENCH))  # the script imports _common
+    try:
+        spec = importlib.util.spec_from_file_location("bench_doctor", BENCH / "doctor.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+def _cond(load: float, quick: bool = False) -> dict:
+    return {"conditions": {"load_average_before": load, "quick": quick}}
+
+
+def test_missing_parts_are_placeholders(doc: ModuleType) -> None:
+    table = doc.readme_table({})
+    assert table.count("to be measured (`--parts ") == 5
+
+
+def test_accuracy_rows_are_quoted_and_busy_timings_are_not(doc: ModuleType) -> None:
+    res = {
+        "audit": {
+            "models": {
+                "m1 (onnx-fp32)": {
+                    "clean": {"correct": 1, "cases": 1},
+                    "color": {"correct": 2, "cases": 2},
+                },
+            },
+            "named_correctly": 1.0,
+            "cases": 2,
+            "trials": 2,
+            "production_images": 32,
+            "clean_false_findings": 0,
+            "clean_cases": 2,
+        },
+        "drift": {
+            "mnist": {
+                "reference_images": 500,
+                "window_images": 200,
+                "no_shift": {"rate": 0.03, "false_alarms": 3, "splits": 100},
+                "brightness": {"rate": 1.0},
+                "blur": {"rate": 0.5},
+                "tests_seconds_per_window": {"median": 0.2},
+                "features_seconds_per_window": 0.3,
+            },
+            **_cond(load=6.0),
+        },
+        "serve": {"overhead": 0.01, **_cond(load=0.3)},
+    }
+    table = doc.readme_table(res)
+    assert "100.0% (2/2); m1 2/2" in table
+    assert "3.0% (3/100)" in table
+    assert "brightness 100%, blur 50% | >= 90% each (200-image windows) | **no**" in table
+    assert "to be measured (this run: 0.50 s, load 6.0)" in table  # a busy machine's timing
+    assert "| +1.0% |" in table  # a quiet one's
+    assert "to be measured (`--parts layers`)" in table
+
+
+def test_update_readme_needs_the_markers(doc: ModuleType, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert not doc.update_readme({}, readme)
+    readme.write_text(f"a\n{doc.BEGIN}\nold\n{doc.END}\nb\n")
+    assert doc.update_readme({}, readme)
+    text = readme.read_text()
+    assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text

@@ -1,0 +1,194 @@
+"""run_doctor: one planted cause per finding type, and no finding on a clean case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cvdeploy.bundle import Bundle, Check
+from cvdeploy.diagnose import DoctorOptions, fault_tensors, record_reference, run_doctor
+from cvdeploy.errors import InputError, UsageError
+from tests.diagnose.conftest import (
+    add_onnx_artifact,
+    colour_images,
+    conv_stack_onnx,
+    conv_stack_weights,
+    edit_manifest,
+)
+
+pytest.importorskip("scipy")
+
+
+def _data(root: Path) -> Path:
+    return root / "data" / "data.yaml"
+
+
+def _kinds(rep) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(f.kind, f.severity) for f in rep.problems]
+
+
+def test_a_clean_bundle_is_healthy(stack: Path, stack_root: Path, tmp_path: Path) -> None:
+    record_reference(Bundle.load(stack), _data(stack_root), progress=False)
+    prod = tmp_path / "prod"
+    colour_images(prod, 40, seed=7)
+    rep = run_doctor(stack, DoctorOptions(data=_data(stack_root), production=prod, progress=False))
+    assert rep.problems == [], [(f.kind, f.title, f.evidence) for f in rep.problems]
+    assert {k: s.status for k, s in rep.sections.items()} == {
+        "environment": "ran",
+        "integrity": "ran",
+        "accuracy": "ran",
+        "layers": "skipped",
+        "preprocessing": "ran",
+        "drift": "ran",
+    }
+    assert rep.sections["drift"].data["report"]["verdict"] != "drift"
+    json.dumps(rep.to_dict())  # JSON-ready
+
+
+def test_an_altered_file_and_a_broken_artifact(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    w = conv_stack_weights()
+    w["w2"] = w["w2"] * 1.6
+    bad = conv_stack_onnx(tmp_path / "bad.onnx", weights=w)
+    add_onnx_artifact(stack, "onnx-int8", bad, precision="int8", source="onnx-fp32")
+    add_onnx_artifact(
+        stack, "onnx-copy", stack_root / "stack.onnx", precision="fp32", source="onnx-fp32"
+    )
+    b = Bundle.load(stack)
+    with b.edit(action="test") as edit:  # it passed its gate when it was made
+        check = Check(kind="parity", name="onnx-fp32", passed=True, data={"source": "onnx-fp32"})
+        edit.add_check("onnx-int8", check)
+    copy = stack / "onnx-copy" / "model.onnx"
+    copy.write_bytes(copy.read_bytes() + b"\0")  # a file changed after release
+    opts = DoctorOptions(
+        data=_data(stack_root), sections=("integrity", "accuracy", "layers"), progress=False
+    )
+    rep = run_doctor(stack, opts)
+    titles = [f.title for f in rep.problems]
+    assert [f.severity for f in rep.problems][:2] == ["critical", "critical"], titles
+    assert any("onnx-copy/model.onnx" in t and "altered" in t for t in titles), titles
+    assert any(t.startswith("onnx-int8 no longer agrees with onnx-fp32") for t in titles), titles
+    acc = [f for f in rep.problems if f.kind == "accuracy"]
+    assert acc and acc[0].artifact == "onnx-int8" and acc[0].impact and acc[0].impact > 0.05
+    assert any("TP" in e and "missed" in e for e in acc[0].evidence)
+    layers = [f for f in rep.findings if f.kind == "layers" and "jumps" in f.title]
+    assert layers and "conv2" in layers[0].title, [f.title for f in rep.findings]
+
+
+def test_parity_fails_again_on_the_users_images(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    w = conv_stack_weights()
+    w["w3"] = w["w3"] + 0.3
+    add_onnx_artifact(
+        stack,
+        "onnx-x",
+        conv_stack_onnx(tmp_path / "x.onnx", weights=w),
+        precision="fp32",
+        source="onnx-fp32",
+    )
+    b = Bundle.load(stack)
+    with b.edit(action="test") as edit:
+        edit.add_check(
+            "onnx-x",
+            Check(kind="parity", name="onnx-fp32", passed=True, data={"source": "onnx-fp32"}),
+        )
+    rep = run_doctor(
+        stack, DoctorOptions(data=_data(stack_root), sections=("integrity",), progress=False)
+    )
+    assert [f.title.split(":")[0] for f in rep.problems] == [
+        "onnx-x no longer agrees with onnx-fp32 on your images"
+    ]
+
+
+def test_another_environment_is_named(stack: Path, stack_root: Path) -> None:
+    def older(d: dict) -> None:
+        env = d["artifacts"][0]["environment"]
+        env["packages"]["onnxruntime"] = "1.16.0"
+        env["cpu"]["flags"] = [*env["cpu"]["flags"], "i8mm"]  # an Arm INT8 matmul flag
+
+    edit_manifest(stack, older)
+    rep = run_doctor(
+        stack, DoctorOptions(data=_data(stack_root), sections=("environment",), progress=False)
+    )
+    (f,) = rep.problems
+    assert f.kind == "environment" and f.artifact == "onnx-fp32"
+    assert any("packages.onnxruntime: 1.16.0" in e for e in f.evidence)
+    assert any("cpu.flags" in e and "i8mm" in e for e in f.evidence)
+
+
+def test_a_wrong_spec_and_a_wrong_production_pipeline(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    def bgr(d: dict) -> None:
+        d["spec"]["preprocess"]["color"] = "bgr"
+
+    edit_manifest(stack, bgr)
+    rep = run_doctor(
+        stack, DoctorOptions(data=_data(stack_root), sections=("preprocessing",), progress=False)
+    )
+    (f,) = rep.problems
+    assert (
+        f.severity == "critical"
+        and "spec's preprocessing looks wrong" in f.title
+        and "color=rgb" in f.title
+    )
+    # the production pipeline forgot /255: read back from the model inputs it logged
+    good = tmp_path / "good"
+    shutil.copytree(stack_root / "bundle", good)
+    record_reference(Bundle.load(good), _data(stack_root), progress=False)
+    prod = tmp_path / "tensors"
+    prod.mkdir()
+    imgs = [cv2.imread(str(p)) for p in colour_images(tmp_path / "raw", 24, seed=3)]
+    for i, x in enumerate(fault_tensors(imgs, Bundle.load(good).spec, [("scale", 1.0)])):
+        np.save(prod / f"input_{i:03d}.npy", x)
+    rep = run_doctor(
+        good, DoctorOptions(production=prod, sections=("preprocessing",), progress=False)
+    )
+    (f,) = rep.problems
+    assert f.severity == "critical" and "scale 1 (spec: 1/255)" in f.title, f.title
+
+
+def test_drift_is_found_and_a_small_window_is_said_to_be_small(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    record_reference(Bundle.load(stack), _data(stack_root), progress=False)
+    dark = tmp_path / "dark"
+    colour_images(dark, 40, seed=8, scale=0.55)
+    rep = run_doctor(stack, DoctorOptions(production=dark, sections=("drift",), progress=False))
+    (f,) = rep.problems
+    assert f.kind == "drift" and any(e.startswith("brightness") for e in f.evidence), f.evidence
+    few = tmp_path / "few"
+    colour_images(few, 6, seed=9)
+    rep = run_doctor(stack, DoctorOptions(production=few, sections=("drift",), progress=False))
+    assert rep.problems == [] and "too few" in rep.findings[0].title
+
+
+def test_bad_input_is_a_clear_error(stack: Path, stack_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="needs images"):
+        run_doctor(stack, DoctorOptions())
+    with pytest.raises(InputError, match="does not exist"):
+        run_doctor(stack, DoctorOptions(production=tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        run_doctor(stack, DoctorOptions(production=tmp_path / "empty"))
+    bad = tmp_path / "bad"
+    colour_images(bad, 3)
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(InputError, match=r"broken\.jpg"):
+        run_doctor(
+            stack,
+            DoctorOptions(production=bad, sections=("drift", "preprocessing"), progress=False),
+        )
+    with pytest.raises(UsageError, match="no float source"):
+        run_doctor(
+            stack, DoctorOptions(data=_data(stack_root), sections=("layers",), artifact="onnx-fp32")
+        )
+    with pytest.raises(UsageError, match="unknown section"):
+        run_doctor(stack, DoctorOptions(data=_data(stack_root), sections=("vibes",)))
