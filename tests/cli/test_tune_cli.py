@@ -169,7 +169,7 @@ def test_table_fits_80_columns_and_wide_adds_columns(bundle: Path, data: Path) -
 def test_quantize_failure_fix_names_the_quantize_command_for_the_format() -> None:
     """A quantize failure other than too few images points at `cvdeploy quantize` with the
     backend of that format (and NNCF for ONNX Runtime); too few images asks for more."""
-    from cvdeploy.errors import UsageError
+    from cvdeploy.errors import CheckFailed, UsageError
     from cvdeploy.workflows.tune import _fix_for
     from cvdeploy.workflows.tune_space import ArtifactPlan
 
@@ -180,3 +180,9 @@ def test_quantize_failure_fix_names_the_quantize_command_for_the_format() -> Non
     assert "--backend openvino`" in _fix_for(ov, RuntimeError("x"))
     few = _fix_for(onnx, UsageError("only 4 calibration image(s) from d"))
     assert few.startswith("calibrate on 100 images or more")
+    # a gate failure whose text mentions calibration (warnings, hints) is not "too few images"
+    gate = CheckFailed(
+        "onnx-int8 failed the integrity gate against onnx-fp32: cosine 0.93 < 0.98",
+        hint="calibrate on more representative calibration images",
+    )
+    assert "cvdeploy quantize BUNDLE" in _fix_for(onnx, gate)

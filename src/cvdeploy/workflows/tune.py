@@ -199,7 +199,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _fix_for(plan: ArtifactPlan, exc: BaseException) -> str:
     """What the user can do about a candidate that could not be made, in tune's terms."""
-    if plan.make == "quantize" and "calibration image" in str(exc):
+    if plan.make == "quantize" and "calibration image(s) from" in _error_text(exc):
         return (
             "calibrate on 100 images or more (--data or --calib), or pass --force to accept fewer"
         )
