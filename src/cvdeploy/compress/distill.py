@@ -34,7 +34,7 @@ from cvdeploy.compress.measure import (
 )
 from cvdeploy.compress.prune import count_macs
 from cvdeploy.compress.report import CompressReport, speed_note
-from cvdeploy.compress.state import WorkDir
+from cvdeploy.compress.state import WorkDir, check_budget, check_out
 from cvdeploy.compress.teacher import BundleTeacher, load_teacher_bundle
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import UsageError
@@ -119,10 +119,7 @@ def build_student(student: str, *, task: str, num_classes: int) -> tuple[torch.n
 
 
 def _validate(o: DistillOptions, out: Path) -> None:
-    if o.minutes is None and o.iters is None:
-        raise UsageError("give a training budget: --minutes M (or --iters N)")
-    if (o.minutes is not None and o.minutes <= 0) or (o.iters is not None and o.iters < 1):
-        raise UsageError("--minutes and --iters must be positive")
+    check_budget(o.minutes, o.iters)
     if not 0 < o.pseudo_conf < 1:
         raise UsageError(f"--pseudo-conf must be in (0, 1), got {o.pseudo_conf}")
     if o.runtime not in RUNTIME_FORMATS:
@@ -132,10 +129,7 @@ def _validate(o: DistillOptions, out: Path) -> None:
     av = RUNTIMES.availability(RUNTIME_FORMATS[o.runtime])
     if not av.available:
         raise UsageError(f"the {o.runtime} runtime is {av.reason}")
-    if (out / "bundle.json").exists() and not o.overwrite:
-        raise UsageError(
-            f"a bundle already exists at {out}", hint="pass --overwrite or another --out"
-        )
+    check_out(out, o.overwrite)
 
 
 def distill_model(

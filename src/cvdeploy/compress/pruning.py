@@ -36,7 +36,7 @@ from cvdeploy.compress.prune import IMPORTANCES, MAX_RATIO, check_ratio, count_m
 from cvdeploy.compress.report import CompressReport, speed_note
 from cvdeploy.compress.rewrite import make_prunable
 from cvdeploy.compress.sources import Source, resolve_source
-from cvdeploy.compress.state import WorkDir
+from cvdeploy.compress.state import WorkDir, check_budget, check_out
 from cvdeploy.compress.teacher import TorchTeacher
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CheckFailed, UsageError
@@ -129,10 +129,7 @@ def _validate(o: PruneOptions, out: Path) -> None:
         )
     if o.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {o.steps}")
-    if o.minutes is None and o.iters is None:
-        raise UsageError("give a recovery budget: --minutes M (or --iters N)")
-    if (o.minutes is not None and o.minutes <= 0) or (o.iters is not None and o.iters < 1):
-        raise UsageError("--minutes and --iters must be positive")
+    check_budget(o.minutes, o.iters, what="recovery")
     if o.round_to is not None and o.round_to < 1:
         raise UsageError(f"--round-to must be >= 1, got {o.round_to}")
     if o.max_drop is not None and o.eval_data is None:
@@ -142,10 +139,7 @@ def _validate(o: PruneOptions, out: Path) -> None:
     av = RUNTIMES.availability(RUNTIME_FORMATS[o.runtime])
     if not av.available:
         raise UsageError(f"the {o.runtime} runtime is {av.reason}")
-    if (out / "bundle.json").exists() and not o.overwrite:
-        raise UsageError(
-            f"a bundle already exists at {out}", hint="pass --overwrite or another --out"
-        )
+    check_out(out, o.overwrite)
 
 
 def _schedule(final: float, steps: int) -> list[float]:

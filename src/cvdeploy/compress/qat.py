@@ -42,7 +42,7 @@ from cvdeploy.compress.qdq import (
 )
 from cvdeploy.compress.report import CompressReport
 from cvdeploy.compress.sources import resolve_source
-from cvdeploy.compress.state import WorkDir
+from cvdeploy.compress.state import WorkDir, check_budget, check_out
 from cvdeploy.compress.teacher import TorchTeacher
 from cvdeploy.data import read_image
 from cvdeploy.environment import fingerprint
@@ -113,18 +113,12 @@ def _validate(o: QatOptions, out: Path) -> None:
         raise UsageError(f"--init {o.init!r} is not supported", hint="use --init ptq")
     if o.backend not in BACKENDS:
         raise UsageError(f"unknown backend {o.backend!r}", hint=f"choose {', '.join(BACKENDS)}")
-    if o.minutes is None and o.iters is None:
-        raise UsageError("give a training budget: --minutes M (or --iters N)")
-    if (o.minutes is not None and o.minutes <= 0) or (o.iters is not None and o.iters < 1):
-        raise UsageError("--minutes and --iters must be positive")
+    check_budget(o.minutes, o.iters)
     if o.max_drop is not None and o.eval_data is None:
         raise UsageError("--max-drop needs --eval-data (labelled data to measure the drop on)")
     if o.calib_size < 1:
         raise UsageError(f"--calib-size must be >= 1, got {o.calib_size}")
-    if (out / "bundle.json").exists() and not o.overwrite:
-        raise UsageError(
-            f"a bundle already exists at {out}", hint="pass --overwrite or another --out"
-        )
+    check_out(out, o.overwrite)
 
 
 def _io(path: Path) -> IOSpec:

@@ -17,9 +17,26 @@ import torch
 
 from cvdeploy.errors import UsageError
 
-__all__ = ["WorkDir"]
+__all__ = ["WorkDir", "check_budget", "check_out"]
 
 STATE = "state.pt"
+
+
+def check_budget(minutes: float | None, iters: int | None, *, what: str = "training") -> None:
+    """Refuse a run without a positive budget (``--minutes`` and/or ``--iters``)."""
+    if minutes is None and iters is None:
+        raise UsageError(f"give a {what} budget: --minutes M (or --iters N)")
+    if (minutes is not None and minutes <= 0) or (iters is not None and iters < 1):
+        raise UsageError("--minutes and --iters must be positive")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any training, an ``--out`` that holds a bundle (unless ``overwrite``);
+    :meth:`cvdeploy.bundle.Bundle.create` checks again when the result is written."""
+    if (out / "bundle.json").exists() and not overwrite:
+        raise UsageError(
+            f"a bundle already exists at {out}", hint="pass --overwrite or another --out"
+        )
 
 
 @dataclass
