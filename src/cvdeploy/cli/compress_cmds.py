@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,6 +17,9 @@ from cvdeploy.cli.common import (
     third_party_output_to_stderr,
 )
 from cvdeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from cvdeploy.compress import CompressReport
 
 
 def parse_fraction(value: str | None, option: str) -> float | None:
@@ -105,6 +109,13 @@ Resume = Annotated[
 Overwrite = Annotated[bool, typer.Option(help="replace --out and a stale working folder")]
 Json = Annotated[bool, typer.Option("--json", help="print the report as JSON")]
 Threads = Annotated[int | None, typer.Option(help="runtime and training threads")]
+
+
+def _run(make: Callable[..., CompressReport], *args: Any, **kwargs: Any) -> CompressReport:
+    """Run a compress command with its progress lines and third-party output on stderr."""
+    con = err_console()
+    with third_party_output_to_stderr():
+        return make(*args, log=lambda m: con.print(m, markup=False, highlight=False), **kwargs)
 
 
 @handle_errors
@@ -207,16 +218,14 @@ def prune_cmd(
         calib=calib,
         progress=not json_out,
     )
-    con = err_console()
-    with third_party_output_to_stderr():
-        rep = prune_model(
-            source,
-            data,
-            out,
-            options=opts,
-            spec_file=spec,
-            log=lambda m: con.print(m, markup=False, highlight=False),
-        )
+    rep = _run(
+        prune_model,
+        source,
+        data,
+        out,
+        options=opts,
+        spec_file=spec,
+    )
     if json_out:
         print_json(rep.to_dict())
     else:
@@ -290,15 +299,13 @@ def distill_cmd(
         overwrite=overwrite,
         progress=not json_out,
     )
-    con = err_console()
-    with third_party_output_to_stderr():
-        rep = distill_model(
-            teacher,
-            data,
-            out,
-            options=opts,
-            log=lambda m: con.print(m, markup=False, highlight=False),
-        )
+    rep = _run(
+        distill_model,
+        teacher,
+        data,
+        out,
+        options=opts,
+    )
     if json_out:
         print_json(rep.to_dict())
     else:
@@ -382,16 +389,14 @@ def qat_cmd(
         overwrite=overwrite,
         progress=not json_out,
     )
-    con = err_console()
-    with third_party_output_to_stderr():
-        rep = qat_model(
-            source,
-            data,
-            out,
-            options=opts,
-            spec_file=spec,
-            log=lambda m: con.print(m, markup=False, highlight=False),
-        )
+    rep = _run(
+        qat_model,
+        source,
+        data,
+        out,
+        options=opts,
+        spec_file=spec,
+    )
     if json_out:
         print_json(rep.to_dict())
         return
