@@ -281,7 +281,9 @@ def _rehash(bundle: Path) -> None:
     mf.write_text(json.dumps(d, indent=2))
 
 
-def part_layers(work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool) -> dict[str, Any]:
+def part_layers(
+    work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool, noise: int = 2
+) -> dict[str, Any]:
     import openvino as ov
 
     from cvdeploy.bundle import Bundle
@@ -371,7 +373,7 @@ def part_layers(work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool)
     if keep_trial:
         t0 = time.perf_counter()
         real["trial"] = try_keep_float(
-            Bundle.load(yolox), "openvino-int8", lr.keep_float, coco, calib=coco
+            Bundle.load(yolox), "openvino-int8", lr.keep_float, coco, calib=coco, noise=noise
         )
         real["trial_seconds"] = round(time.perf_counter() - t0, 1)
     out["yolox_real_int8"] = real
@@ -538,7 +540,47 @@ def part_doctor(work: Path, rw: Path, coco: Path) -> dict[str, Any]:
     return out
 
 
-def part_serve(work: Path, rw: Path, coco: Path, rounds: int, block: int) -> dict[str, Any]:
+def _drift_costs(b: Path, body: bytes, n: int) -> dict[str, Any]:
+    """What the server's drift worker spends: per sampled image (the feature decode and the
+    image statistics) and per window test (200 images), measured in this process."""
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.diagnose import (
+        FeatureTable,
+        compare,
+        decode_for_features,
+        feature_side,
+        image_features,
+        load_reference,
+    )
+
+    ref = load_reference(Bundle.load(b), "openvino-int8")
+    assert ref is not None
+    fit = (416, 416)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        img, size, _ = decode_for_features(body, fit)
+        image_features(img, data=body, size=size, side=feature_side(fit))
+    per_sample = (time.perf_counter() - t0) / n
+    rows = np.random.default_rng(0).choice(len(ref.table), 200)
+    win = ref.table.subset(rows)
+    window = FeatureTable(names=win.names, values=win.values, classes=win.classes)
+    times = []
+    for seed in range(3):
+        t0 = time.perf_counter()
+        compare(ref, window, alpha=0.01, permutations=200, seed=seed)
+        times.append(time.perf_counter() - t0)
+    return {
+        "feature_ms_per_sample": round(per_sample * 1e3, 2),
+        "check_seconds_per_window": round(statistics.median(times), 3),
+    }
+
+
+def part_serve(
+    work: Path, rw: Path, coco: Path, rounds: int, block: int, budget_s: float = 150.0
+) -> dict[str, Any]:
+    """Interleaved A/B rounds (``block`` requests to one server, then the other, the order
+    alternating), stopped after ``rounds`` or ``budget_s``; the overhead is the median of
+    the per-round ratios of median latencies, with a bootstrap 95% interval over rounds."""
     import socket
     import urllib.request
 
@@ -606,9 +648,18 @@ def part_serve(work: Path, rw: Path, coco: Path, rounds: int, block: int) -> dic
             for _ in range(10):
                 send(port)
         order = list(ports)
+        ratios: list[float] = []
+        end = time.monotonic() + budget_s
         for r_ in range(rounds):
+            if time.monotonic() > end:
+                break
+            got: dict[str, list[float]] = {}
             for name in order if r_ % 2 == 0 else order[::-1]:
-                lat[name].extend(send(ports[name]) for _ in range(block))
+                got[name] = [send(ports[name]) for _ in range(block)]
+                lat[name].extend(got[name])
+            ratios.append(
+                statistics.median(got["drift_on"]) / statistics.median(got["drift_off"]) - 1
+            )
         with urllib.request.urlopen(
             f"http://127.0.0.1:{ports['drift_on']}/v1/stats", timeout=5
         ) as r:
@@ -621,11 +672,25 @@ def part_serve(work: Path, rw: Path, coco: Path, rounds: int, block: int) -> dic
             except subprocess.TimeoutExpired:
                 p.kill()
     p50 = {k: statistics.median(v) for k, v in lat.items()}
+    rng = np.random.default_rng(0)
+    boot = sorted(float(np.median(rng.choice(ratios, len(ratios)))) for _ in range(2000))
     return {
         "model": "YOLOX-Nano openvino-int8, bus.jpg, 1 request in flight",
-        "requests_each": rounds * block,
+        "requests_each": len(lat["drift_on"]),
+        "rounds": len(ratios),
+        "block": block,
         "p50_ms": p50,
-        "overhead": p50["drift_on"] / p50["drift_off"] - 1,
+        "overhead": statistics.median(ratios),
+        "overhead_pooled_p50": p50["drift_on"] / p50["drift_off"] - 1,
+        "overhead_ci95": [boot[49], boot[1949]],
+        "drift_checks": {
+            k: (v.get("last") or {}).get("seconds")
+            for k, v in (stats.get("drift", {}).get("models") or {}).items()
+        },
+        "drift_dropped": {
+            k: v.get("dropped") for k, v in (stats.get("drift", {}).get("models") or {}).items()
+        },
+        "worker_costs": _drift_costs(b, body, 5 if rounds < 10 else 50),
         "drift_sample_rate": stats.get("drift", {}).get("sample_rate"),
         "drift_window": {
             k: v.get("window") for k, v in (stats.get("drift", {}).get("models") or {}).items()
@@ -803,6 +868,15 @@ def main() -> int:
     ap.add_argument("--shift-trials", type=int, default=50)
     ap.add_argument("--mnist", type=int, default=3000, help="MNIST images summarised")
     ap.add_argument("--no-keep-float-trial", action="store_true")
+    ap.add_argument(
+        "--keep-float-noise",
+        type=int,
+        default=2,
+        help="layers part: calibration samples of the keep-float trial's noise baseline",
+    )
+    ap.add_argument(
+        "--serve-budget", type=float, default=150.0, help="serve part: seconds of A/B rounds"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs")
     ap.add_argument(
         "--work", type=Path, default=Path.home() / ".cache" / "cvdeploy-bench" / "doctor"
@@ -829,10 +903,14 @@ def main() -> int:
     results: dict[str, Any] = json.loads(a.out.read_text()) if a.out.is_file() else {}
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "audit": lambda: part_audit(a.work, rw, coco, a.trials),
-        "layers": lambda: part_layers(a.work, rw, coco, a.trials, not a.no_keep_float_trial),
+        "layers": lambda: part_layers(
+            a.work, rw, coco, a.trials, not a.no_keep_float_trial, a.keep_float_noise
+        ),
         "drift": lambda: part_drift(a.work, rw, coco, a.splits, a.shift_trials, a.mnist),
         "doctor": lambda: part_doctor(a.work, rw, coco),
-        "serve": lambda: part_serve(a.work, rw, coco, 2 if a.quick else 10, 5 if a.quick else 25),
+        "serve": lambda: part_serve(
+            a.work, rw, coco, 2 if a.quick else 60, 5 if a.quick else 20, a.serve_budget
+        ),
     }
     for part in [p.strip() for p in a.parts.split(",") if p.strip()]:
         print(f"[{part}]", flush=True)

@@ -182,3 +182,24 @@ def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) 
     assert t["recovered"] is None or t["recovered"] > 0.5, t
     with pytest.raises(UsageError, match="not made by `cvdeploy quantize`"):
         try_keep_float(b, "onnx-fp32", ["conv1"], data)
+
+
+def test_output_shares_of_the_likely_carriers_only(
+    stack: Path, stack_root: Path, tmp_path: Path
+) -> None:
+    """share_top measures the layers with the largest isolated error or SQNR drop only (one
+    compilation each): the perturbed layer is among them, the others stay unmeasured."""
+    imgs = _images(stack_root)
+    w = conv_stack_weights()
+    w["w2"] = w["w2"] * 1.3
+    add_onnx_artifact(
+        stack,
+        "onnx-bad",
+        conv_stack_onnx(tmp_path / "bad.onnx", weights=w),
+        precision="fp32",
+        source="onnx-fp32",
+    )
+    rep = compare_layers(Bundle.load(stack), "onnx-bad", imgs, attribute=2, share_top=1)
+    shares = {s.layer: s.output_share for s in rep.layers if s.output_share is not None}
+    assert 1 <= len(shares) <= 2 < len(rep.layers), shares
+    assert shares.get("conv2") is not None and shares["conv2"] > 0.9, shares

@@ -25,6 +25,7 @@ DRIFT = {
     "every": 10,
     "permutations": 100,
     "alert_p_value": 0.01,
+    "min_interval_s": 0,
 }
 
 
@@ -120,3 +121,27 @@ def test_no_reference_no_monitoring_and_config_checks(tiny_bundle: Path, tmp_pat
         load_config(None, source=tiny_bundle, drift={"window": 20, "min_window": 50})
     with pytest.raises(UsageError, match="alert_p_value"):
         load_config(None, source=tiny_bundle, drift={"alert_p_value": 2})
+
+
+def test_a_full_queue_drops_and_counts_and_close_stops_the_worker() -> None:
+    """A request never waits for the drift worker: with the queue full, samples are dropped
+    and counted; close() stops the worker thread."""
+    from cvdeploy.serve.config import DriftConfig
+    from cvdeploy.serve.drift import DriftMonitor, _Window
+    from cvdeploy.serve.monitoring import ServeMetrics
+
+    metrics = ServeMetrics()
+    mon = DriftMonitor(DriftConfig(queue=1), metrics)
+    w = _Window("tiny", "1", None)
+    assert mon.submit(w, [], (64, 64), None)  # the worker is not started: it stays queued
+    assert not mon.submit(w, [object(), object()], (64, 64), None)  # type: ignore[list-item]
+    assert w.dropped == 2
+    assert 'cvdeploy_drift_dropped_samples_total{model="tiny"} 2.0' in (
+        metrics.exposition().decode()
+    )
+    mon._start()
+    worker = mon._worker
+    assert worker is not None
+    mon.close(timeout=10)
+    assert not worker.is_alive()
+    mon.close()  # twice is fine

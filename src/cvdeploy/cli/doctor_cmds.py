@@ -153,6 +153,24 @@ def doctor_cmd(
             "layers to keep in float are chosen by it"
         ),
     ] = True,
+    keep_float_noise: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="with --keep-float-trial: also re-quantize from N random samples of the "
+            "calibration set, so the trial's result is judged against the calibration noise "
+            "(each about a minute on a small detector)",
+        ),
+    ] = 0,
+    share_layers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="with --layer-shares: measure the shares of this many layers with the largest "
+            "isolated error plus as many with the largest SQNR drop (each costs a model "
+            "compilation); 0: every layer (minutes on a real detector)",
+        ),
+    ] = 8,
     alpha: Annotated[float, typer.Option(help="false-alarm rate of the drift tests")] = 0.05,
     threads: Annotated[int | None, typer.Option(help="runtime threads")] = None,
     html: Annotated[Path | None, typer.Option(help="write the HTML report here")] = None,
@@ -201,6 +219,8 @@ def doctor_cmd(
         audit_images=audit_images,
         keep_float_trial=keep_float_trial,
         layer_shares=layer_shares,
+        share_layers=share_layers or None,
+        keep_float_noise=keep_float_noise,
         alpha=alpha,
         threads=threads,
         progress=not json_out,

@@ -44,7 +44,13 @@ from cvdeploy.diagnose.drift import (
 )
 from cvdeploy.diagnose.findings import DoctorReport, Finding, Section
 from cvdeploy.diagnose.labels import Labelled, load_labelled
-from cvdeploy.diagnose.layerwise import LayerReport, compare_layers, float_source, try_keep_float
+from cvdeploy.diagnose.layerwise import (
+    SHARE_TOP,
+    LayerReport,
+    compare_layers,
+    float_source,
+    try_keep_float,
+)
 from cvdeploy.diagnose.preprocess_audit import (
     FedReport,
     VariantReport,
@@ -80,9 +86,16 @@ class DoctorOptions:
         audit_images: Images of each pipeline-variant score.
         parity_images: Images of the parity re-run.
         keep_float_trial: Re-quantize with the suggested layers kept in float and measure.
-        layer_shares: Measure each layer's share of the output error (one end-to-end run
-            per layer on two images): the layers to keep in float are chosen by it
+        layer_shares: Measure layers' shares of the output error (one end-to-end run per
+            measured layer on two images): the layers to keep in float are chosen by it
             (otherwise by their isolated error).
+        keep_float_noise: Calibration samples the keep-float trial re-quantizes from
+            (without the kept layers) to measure the calibration noise its result is judged
+            against (0: none; each costs a quantization and an evaluation, about a minute
+            on YOLOX-Nano).
+        share_layers: Whose shares are measured: the union of this many layers with the
+            largest isolated error and as many with the largest SQNR drop (each costs a
+            model compilation); ``None``: every layer (slow on real models: minutes).
         alpha: False-alarm rate of the drift tests.
         threads: Runtime threads.
         progress: Show progress bars.
@@ -100,6 +113,8 @@ class DoctorOptions:
     parity_images: int = 16
     keep_float_trial: bool = True
     layer_shares: bool = True
+    share_layers: int | None = SHARE_TOP
+    keep_float_noise: int = 0
     alpha: float = ALPHA
     threads: int | None = None
     progress: bool = True
@@ -431,6 +446,7 @@ def _layers(
             threads=opts.threads,
             progress=opts.progress,
             attribute=2 if opts.layer_shares else 0,
+            share_top=opts.share_layers,
         )
         if (
             opts.keep_float_trial
@@ -446,7 +462,14 @@ def _layers(
         ):
             say(f"  re-quantizing {aid} with {len(lr.keep_float)} layer(s) kept in float")
             try:
-                lr.trial = try_keep_float(b, aid, lr.keep_float, opts.data, progress=opts.progress)
+                lr.trial = try_keep_float(
+                    b,
+                    aid,
+                    lr.keep_float,
+                    opts.data,
+                    noise=opts.keep_float_noise,
+                    progress=opts.progress,
+                )
             except CvdeployError as exc:
                 lr.trial = {"error": exc.message}
         data["reports"].append(lr.to_dict())
@@ -506,7 +529,25 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                 f"{t['map_keep']:.4f} (FP32 {t['map_fp32']:.4f}): "
                 + (f"{rec:.0%} of the gap closed" if rec is not None else "no gap to close")
             )
-            severity = "warning" if rec is not None and rec >= 0.5 else "info"
+            noisy = False
+            if "noise_sd" in t:
+                noisy = bool(t["within_noise"])
+                evidence.append(
+                    f"calibration noise: re-quantized from {len(t['noise_maps'])} other "
+                    "calibration sample(s), mAP50-95 "
+                    + ", ".join(f"{m:.4f}" for m in t["noise_maps"])
+                    + f" (sd {t['noise_sd']:.4f}): the keep-float change of "
+                    f"{t['map_keep'] - t['map_int8']:+.4f} is "
+                    + ("within" if noisy else "beyond")
+                    + " two standard deviations"
+                    + (
+                        "; the whole INT8 gap is within them too: no layer is to blame, "
+                        "the loss is calibration noise (calibrate on more images)"
+                        if t.get("gap_within_noise")
+                        else ""
+                    )
+                )
+            severity = "warning" if rec is not None and rec >= 0.5 and not noisy else "info"
         elif "error" in t:
             evidence.append(f"the re-quantization trial failed: {t['error']}")
         out.append(

@@ -20,7 +20,11 @@ from cvdeploy.optimize.backend import (
     QuantizeOptions,
     candidate_predictor,
 )
-from cvdeploy.optimize.calibration import CalibrationSet, build_calibration_set
+from cvdeploy.optimize.calibration import (
+    CalibrationSet,
+    build_calibration_set,
+    list_calibration_images,
+)
 from cvdeploy.optimize.explain import Explanation, Finding, explain_artifact
 from cvdeploy.optimize.quantize import QuantizeReport, quantize_bundle
 
@@ -38,5 +42,6 @@ __all__ = [
     "build_calibration_set",
     "candidate_predictor",
     "explain_artifact",
+    "list_calibration_images",
     "quantize_bundle",
 ]

@@ -100,6 +100,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await manager.close()
+            if state.drift is not None:
+                await asyncio.to_thread(state.drift.close)
             if state.background:  # sampled-request writes still in flight
                 await asyncio.gather(*state.background, return_exceptions=True)
 

@@ -48,6 +48,10 @@ class DriftConfig(BaseModel):
         alert_p_value: The window's p-value at or below which the alert is on; it is the
             family-wise false-alarm rate of each test when nothing drifted.
         permutations: Permutations of the MMD and class-mix tests.
+        queue: Sampled images waiting for the drift worker; when it is full, new samples
+            are dropped (and counted: ``cvdeploy_drift_dropped_samples``), never waited for.
+        min_interval_s: Least time between two tests of a model's window (spaces the tests
+            out under heavy traffic; a due test runs once the time has passed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,6 +63,8 @@ class DriftConfig(BaseModel):
     every: int = Field(25, ge=1)
     alert_p_value: float = Field(0.01, gt=0, lt=1)
     permutations: int = Field(200, ge=50, le=5000)
+    queue: int = Field(64, ge=1, le=10000)
+    min_interval_s: float = Field(10.0, ge=0, le=86400)
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""

@@ -116,6 +116,12 @@ class ServeMetrics:
             ["model"],
             registry=r,
         )
+        self.drift_dropped = Counter(
+            "cvdeploy_drift_dropped_samples",
+            "Sampled images left out of the drift window because its queue was full",
+            ["model"],
+            registry=r,
+        )
         self.drift_alert = Gauge(
             "cvdeploy_drift_alert",
             "1 when the latest window's p-value is at or below drift.alert_p_value",
