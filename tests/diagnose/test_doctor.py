@@ -192,3 +192,47 @@ def test_bad_input_is_a_clear_error(stack: Path, stack_root: Path, tmp_path: Pat
         )
     with pytest.raises(UsageError, match="unknown section"):
         run_doctor(stack, DoctorOptions(data=_data(stack_root), sections=("vibes",)))
+
+
+def test_a_keep_float_trial_within_the_calibration_noise_is_not_a_warning() -> None:
+    """A keep-float change no larger than the calibration noise is reported as noise (info),
+    not as a recovery (warning); one beyond it stays a warning."""
+    from cvdeploy.diagnose.doctor import _layer_findings
+    from cvdeploy.diagnose.findings import Finding
+    from cvdeploy.diagnose.layerwise import LayerReport, LayerStat
+
+    st = LayerStat("conv2", "conv2", "Conv", 1, 0.99, 20.0, 25.0, output_share=0.6)
+
+    def finding(trial: dict[str, object]) -> Finding:
+        lr = LayerReport("int8", "fp32", 4, [st], [], None, 10.0, ["conv2"], trial)
+        return next(f for f in _layer_findings(lr) if "keep" in f.title)
+
+    base = {"map_fp32": 0.3346, "map_int8": 0.3262, "gap": 0.0084, "command": "cvdeploy ..."}
+    noisy = finding(
+        {
+            **base,
+            "map_keep": 0.3310,
+            "recovered": 0.57,
+            "noise_maps": [0.3313, 0.3230],
+            "noise_sd": 0.0042,
+            "within_noise": True,
+            "gap_within_noise": True,
+        }
+    )
+    assert noisy.severity == "info"
+    text = " ".join(noisy.evidence)
+    assert "calibration noise" in text and "within two standard deviations" in text
+    assert "the loss is calibration noise" in text
+    clear = finding(
+        {
+            **base,
+            "map_keep": 0.3340,
+            "recovered": 0.93,
+            "noise_maps": [0.3262, 0.3263],
+            "noise_sd": 0.0001,
+            "within_noise": False,
+            "gap_within_noise": False,
+        }
+    )
+    assert clear.severity == "warning"
+    assert "beyond two standard deviations" in " ".join(clear.evidence)

@@ -175,8 +175,11 @@ def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) 
     b = Bundle.load(stack)
     art = next(a.id for a in b.manifest.artifacts if a.precision.startswith("int8"))
     before = (stack / "bundle.json").read_bytes()
-    t = try_keep_float(b, art, ["conv1", "conv2", "conv3"], data)
+    t = try_keep_float(b, art, ["conv1", "conv2", "conv3"], data, noise=1)
     assert (stack / "bundle.json").read_bytes() == before
+    # the calibration-noise baseline: one more quantization, from 3/4 of the images
+    assert len(t["noise_maps"]) == 1 and t["noise_sd"] >= 0, t
+    assert isinstance(t["within_noise"], bool) and isinstance(t["gap_within_noise"], bool)
     assert t["keep_float"] == ["conv1", "conv2", "conv3"] and "--keep-float 'conv2'" in t["command"]
     assert t["map_keep"] == pytest.approx(t["map_fp32"], abs=0.02), t
     assert t["recovered"] is None or t["recovered"] > 0.5, t

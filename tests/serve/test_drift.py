@@ -79,6 +79,7 @@ def test_a_darker_camera_raises_the_alert(monitored: Path) -> None:
             )
         m = _wait_for_check(c, 40)
         assert m["last"]["verdict"] == "drift" and m["last"]["alert"]
+        assert m["last"]["ran_in"] == "process"  # off the server's GIL
         assert "ks:brightness" in m["last"]["drifted"] and m["reference"]["images"] == 120
         text = c.get("/metrics").text
         assert _alert(text) == 1.0
@@ -87,11 +88,12 @@ def test_a_darker_camera_raises_the_alert(monitored: Path) -> None:
 
 
 def test_the_same_camera_stays_quiet(monitored: Path) -> None:
-    with serving(monitored, drift=DRIFT) as c:
+    with serving(monitored, drift={**DRIFT, "check_process": False}) as c:
         for i in range(40):
             c.post("/v1/models/tiny/predict", content=_image(i), headers=RAW)
         m = _wait_for_check(c, 40)
         assert m["last"]["verdict"] != "drift" and not m["last"]["alert"], m["last"]
+        assert m["last"]["ran_in"] == "thread"
         assert _alert(c.get("/metrics").text) == 0.0
 
 

@@ -50,6 +50,8 @@ class DriftConfig(BaseModel):
         permutations: Permutations of the MMD and class-mix tests.
         queue: Sampled images waiting for the drift worker; when it is full, new samples
             are dropped (and counted: ``cvdeploy_drift_dropped_samples``), never waited for.
+        check_process: Run the window tests in a separate low-priority process (off the
+            server's GIL and at nice +10); ``false``: in the drift worker thread.
         min_interval_s: Least time between two tests of a model's window (spaces the tests
             out under heavy traffic; a due test runs once the time has passed).
     """
@@ -65,6 +67,7 @@ class DriftConfig(BaseModel):
     permutations: int = Field(200, ge=50, le=5000)
     queue: int = Field(64, ge=1, le=10000)
     min_interval_s: float = Field(10.0, ge=0, le=86400)
+    check_process: bool = True
 
     def model_post_init(self, __context: Any) -> None:
         """Check option combinations."""

@@ -10,11 +10,15 @@ against the reference recorded by ``cvdeploy eval`` (:func:`cvdeploy.diagnose.co
 per statistic with Holm, the class mix, MMD and a classifier test, family-wise false-alarm
 rate ``drift.alert_p_value``).
 
-All of that work runs in one worker thread per server at a lowered scheduling priority (on
-Linux the thread's own nice value, +10: the kernel gives inference the cores first). A
-request only hands its sampled images over through a bounded queue (``drift.queue``); when
-the worker is behind, samples are dropped and counted (``cvdeploy_drift_dropped_samples``),
-a request never waits.
+None of it is on the request path. A request only hands its sampled images over through a
+bounded queue (``drift.queue``); when the worker is behind, samples are dropped and counted
+(``cvdeploy_drift_dropped_samples``), a request never waits. One worker thread per server
+computes the statistics at a lowered scheduling priority (on Linux the thread's own nice
+value, +10: the kernel gives inference the cores first; OpenCV and NumPy release the GIL
+for the pixel work). The window test (KS, permutations, a classifier: about 0.4 s of
+Python and NumPy) runs in a separate worker process at nice +10 (``drift.check_process``),
+so it takes neither the GIL nor the cores from inference; if that process cannot be
+started, the test runs in the worker thread.
 
 Results: Prometheus gauges (``cvdeploy_drift_p_value{model,test}``,
 ``cvdeploy_drift_statistic{model,test}``, ``cvdeploy_drift_window_images{model}``,
@@ -31,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import multiprocessing
 import os
 import queue
 import random
@@ -38,6 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +109,9 @@ class DriftMonitor:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue)
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._pool: Executor | None = None
+        self._pool_failed = not config.check_process
+        self._where = ""
 
     def _start(self) -> None:
         with self._lock:
@@ -126,6 +135,32 @@ class DriftMonitor:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
         worker.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _compare(self, reference: ReferenceSummary, window: Any, seed: int) -> Any:
+        """The window test: in the worker process when it can be started, else here."""
+        args = (reference, window, self.config.alert_p_value, self.config.permutations, seed)
+        if not self._pool_failed and not self._closed:
+            try:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(
+                        max_workers=1,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_lower_priority,
+                    )
+                rep = self._pool.submit(_compare, *args).result()
+                self._where = "process"
+                return rep
+            except Exception as exc:  # BrokenProcessPool, OSError, a sandbox without fork
+                _log.warning("drift tests run in the server process: %s", exc)
+                self._pool_failed = True
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+        self._where = "thread"
+        return _compare(*args)
 
     def _work(self) -> None:
         _lower_priority()
@@ -281,7 +316,7 @@ class DriftMonitor:
 
     def check(self, w: _Window) -> dict[str, Any] | None:
         """Test the window now (normally done every ``drift.every`` samples)."""
-        from cvdeploy.diagnose import FeatureTable, compare
+        from cvdeploy.diagnose import FeatureTable
 
         if w.reference is None:
             return None
@@ -295,13 +330,7 @@ class DriftMonitor:
         names = w.reference.table.names
         window = FeatureTable(names=names[: values.shape[1]], values=values, classes=classes)
         t0 = time.perf_counter()
-        rep = compare(
-            w.reference,
-            window,
-            alpha=self.config.alert_p_value,
-            permutations=self.config.permutations,
-            seed=w.checks,
-        )
+        rep = self._compare(w.reference, window, w.checks)
         w.checks += 1
         m = self.metrics
         m.drift_window.labels(w.name).set(len(window))
@@ -336,6 +365,7 @@ class DriftMonitor:
                 for t in sorted(rep.tests, key=lambda t: t.p_adjusted)[:12]
             ],
             "seconds": round(time.perf_counter() - t0, 3),
+            "ran_in": self._where,
         }
         return w.last
 
@@ -375,9 +405,18 @@ class DriftMonitor:
         }
 
 
+def _compare(
+    reference: ReferenceSummary, window: Any, alpha: float, permutations: int, seed: int
+) -> Any:
+    from cvdeploy.diagnose import compare
+
+    return compare(reference, window, alpha=alpha, permutations=permutations, seed=seed)
+
+
 def _lower_priority() -> None:
-    """Raise the calling thread's nice value by 10 (Linux: per thread; elsewhere the call
-    would renice the whole process, so it is not made)."""
+    """Raise the calling thread's nice value by 10 (Linux: per thread, and in the check
+    process its main thread; elsewhere the call would renice the whole server, so it is not
+    made)."""
     if not sys.platform.startswith("linux"):
         return
     try:
