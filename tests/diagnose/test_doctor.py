@@ -50,6 +50,21 @@ def test_a_clean_bundle_is_healthy(stack: Path, stack_root: Path, tmp_path: Path
     json.dumps(rep.to_dict())  # JSON-ready
 
 
+def test_a_reference_recorded_again_is_not_an_altered_file(stack: Path, stack_root: Path) -> None:
+    # re-recording a reference under the same name rewrote its file, and the first check's
+    # sha256 made doctor report the bundle as altered (critical)
+    from cvdeploy.diagnose.checks import file_findings
+
+    for _ in range(2):
+        record_reference(Bundle.load(stack), _data(stack_root), progress=False)
+    findings, data = file_findings(Bundle.load(stack))
+    assert findings == [] and data["problems"] == [], data
+    ref = next(p for p in (stack / "reference").iterdir())
+    ref.write_bytes(ref.read_bytes() + b"x")  # the newest check still guards the file
+    findings, _ = file_findings(Bundle.load(stack))
+    assert [f.severity for f in findings] == ["critical"]
+
+
 def test_an_altered_file_and_a_broken_artifact(
     stack: Path, stack_root: Path, tmp_path: Path
 ) -> None:

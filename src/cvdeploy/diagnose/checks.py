@@ -100,11 +100,14 @@ def file_findings(bundle: Bundle) -> tuple[list[Finding], dict[str, Any]]:
     refs: list[tuple[str, str, str, int | None]] = []
     for a in bundle.manifest.artifacts:
         refs.extend((a.id, f.path, f.sha256, f.size) for f in a.files)
+        # a reference recorded again under the same name replaces the file: the newest
+        # check of each file is the one that describes it
+        newest: dict[str, tuple[str, str, str, int | None]] = {}
         for c in a.checks:
             if c.kind == "reference" and c.data.get("file"):
-                refs.append(
-                    (a.id, str(c.data["file"]), str(c.data.get("sha256")), c.data.get("size"))
-                )
+                rel = str(c.data["file"])
+                newest[rel] = (a.id, rel, str(c.data.get("sha256")), c.data.get("size"))
+        refs.extend(newest.values())
     refs.extend(("samples", s.path, s.sha256, s.size) for s in bundle.manifest.samples)
     bad: list[dict[str, str]] = []
     for owner, rel, sha, size in refs:

@@ -468,6 +468,9 @@ def _layers(
                     lr.keep_float,
                     opts.data,
                     noise=opts.keep_float_noise,
+                    known=None  # the table's scores, when it saw the trial's images
+                    if opts.max_images is not None or opts.split != "val"
+                    else {r.artifact: r.score for r in rep.rows if r.score is not None},
                     progress=opts.progress,
                 )
             except CvdeployError as exc:

@@ -413,6 +413,7 @@ def try_keep_float(
     *,
     calib: Path | None = None,
     noise: int = 0,
+    known: dict[str, float] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Re-quantize with ``keep`` in float and measure how much of the gap closes.
@@ -439,6 +440,9 @@ def try_keep_float(
         calib: Calibration images (default: the recorded set, else ``data``).
         noise: Calibration samples of the noise baseline (0: none; each costs a
             quantization and an evaluation).
+        known: Scores already measured on ``data`` with the same protocol, by artifact id
+            (doctor's controlled-dataset table): the float source and the unchanged
+            artifact are not evaluated again.
         progress: Show progress bars.
 
     Returns:
@@ -500,23 +504,14 @@ def try_keep_float(
             rep = evaluate_bundle(fresh, data, artifact=art.id, record=False, progress=progress)
             return float(_score(rep.metrics))
 
-        m_fp32 = float(
-            _score(
-                evaluate_bundle(
-                    b, data, artifact=source_id, record=False, progress=progress
-                ).metrics
-            )
-        )
-        if same_calib:
-            m_base = float(
-                _score(
-                    evaluate_bundle(
-                        b, data, artifact=art.id, record=False, progress=progress
-                    ).metrics
-                )
-            )
-        else:
-            m_base = quantize(base_keep)
+        def score(aid: str) -> float:
+            if known and known.get(aid) is not None:
+                return float(known[aid])
+            rep = evaluate_bundle(b, data, artifact=aid, record=False, progress=progress)
+            return float(_score(rep.metrics))
+
+        m_fp32 = score(source_id)
+        m_base = score(art.id) if same_calib else quantize(base_keep)
         m_keep = quantize(tuple(dict.fromkeys([*base_keep, *keep])))
         noise_maps = [
             quantize(base_keep, cal)
