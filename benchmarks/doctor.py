@@ -282,7 +282,7 @@ def _rehash(bundle: Path) -> None:
 
 
 def part_layers(
-    work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool, noise: int = 2
+    work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool, noise: int = 3
 ) -> dict[str, Any]:
     import openvino as ov
 
@@ -896,7 +896,7 @@ def main() -> int:
     ap.add_argument(
         "--keep-float-noise",
         type=int,
-        default=2,
+        default=3,
         help="layers part: calibration samples of the keep-float trial's noise baseline",
     )
     ap.add_argument(
