@@ -37,6 +37,43 @@ def test_qdq_export_is_clean_with_the_head_in_float(tmp_path: Path) -> None:
     assert {"Softmax", "Sigmoid", "Concat"} <= set(st["head_ops"])
 
 
+def test_aggressive_scheme_quantizes_the_head_logits_and_keeps_the_decoding_float(
+    tmp_path: Path,
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model, _ = load_zoo_model("detector-n")
+    prepared = prepare_qat(model, torch.rand(2, 3, 64, 64), per_channel=False, head_outputs=True)
+    with torch.no_grad():
+        prepared(torch.rand(4, 3, 64, 64))
+    freeze_ranges(prepared)
+    export_qdq_onnx(prepared, tmp_path / "a.onnx", imgsz=64)
+    st = qdq_structure(tmp_path / "a.onnx")
+    assert st["decomposed"] == {}
+    assert st["convs_quantized"] == st["convs"] == 63
+    # the 6 last convolutions (box-distribution and class logits of 3 levels): each output
+    # goes through QuantizeLinear -> DequantizeLinear, and nothing after them is quantized
+    assert st["head_convs"] == 6 and st["head_outputs_quantized"] == 6
+    assert st["head_qdq"] == 0
+    assert {"Softmax", "Sigmoid", "Concat"} <= set(st["head_ops"])
+    # per-tensor weights: every weight DequantizeLinear has one scale
+    g = onnx.load(str(tmp_path / "a.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        wdq = producer[conv.input[1]]
+        assert wdq.op_type == "DequantizeLinear" and inits[wdq.input[1]].size == 1
+    # the default scheme on the same model keeps the logits float (the check above sees it)
+    default = prepare_qat(model, torch.rand(2, 3, 64, 64), per_channel=False)
+    with torch.no_grad():
+        default(torch.rand(4, 3, 64, 64))
+    freeze_ranges(default)
+    export_qdq_onnx(default, tmp_path / "d.onnx", imgsz=64)
+    sd = qdq_structure(tmp_path / "d.onnx")
+    assert sd["head_convs"] == 6 and sd["head_outputs_quantized"] == 0 and sd["head_qdq"] == 0
+
+
 def _run(args: list[str]) -> tuple[int, str]:
     r = CliRunner().invoke(app, args)
     return r.exit_code, r.output
@@ -46,7 +83,7 @@ def _run(args: list[str]) -> tuple[int, str]:
 def test_qat_gate_loss_resume_and_explain(tmp_path: Path, onnx_teacher: Path, det64: Path) -> None:
     out = tmp_path / "q"
     opts = QatOptions(
-        minutes=None, iters=10, calib_size=16, per_channel=False, progress=False,
+        minutes=None, iters=10, calib_size=16, scheme="per-tensor", progress=False,
         latency_rounds=1, eval_data=det64,
     )  # fmt: skip
 
@@ -68,6 +105,7 @@ def test_qat_gate_loss_resume_and_explain(tmp_path: Path, onnx_teacher: Path, de
     assert [r.name for r in rep.rows] == ["fp32", "ptq", "qat"]
     assert all(r.value is not None and r.p50_ms for r in rep.rows)
     assert "recovered" in rep.target and rep.target["scheme"]["weights"].endswith("per-tensor")
+    assert rep.target["scheme"]["name"] == "per-tensor" and rep.target["gate_refused"] == {}
     b = Bundle.load(out)
     for art_id in ("onnx-int8-ptq", "onnx-int8-qat"):
         art = b.artifact(art_id)
@@ -86,6 +124,7 @@ def test_qat_gate_loss_resume_and_explain(tmp_path: Path, onnx_teacher: Path, de
         (["--backend", "tflite"], "unknown backend"),
         (["--max-drop", "0.01"], "--eval-data"),
         (["--init", "random"], "--init"),
+        (["--scheme", "int4"], "unknown scheme"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, det64: Path, extra: list[str], needle: str) -> None:
