@@ -99,7 +99,8 @@ def main() -> int:
             scheme=a.scheme,
             calib_size=min(a.calib, a.train),
             work_dir=work,
-            keep_work=True,  # a PTQ baseline refused by the gate is timed from there
+            keep_work=True,  # an artifact refused by the gate is timed from there
+            score_refused=True,  # a refused QAT artifact is measured and reported too
             eval_data=data,
             lr=a.lr,
             threads=a.threads,
@@ -118,13 +119,13 @@ def main() -> int:
         for art_id, why in d["target"].get("gate_refused", {}).items():
             fmt = art_id.split("-", 1)[0]
             gates[art_id] = {"format": fmt, "passed": False, "refused": why}
-        wb = Bundle.load(work / "fp32")  # holds the PTQ baseline when the gate refused it
-        in_bundle = any(art.id == "onnx-int8-ptq" for art in b.manifest.artifacts)
-        ptq = (b if in_bundle else wb, "onnx-int8-ptq")
+        wb = Bundle.load(work / "fp32")  # holds the artifacts the gate refused
+        ids = {art.id for art in b.manifest.artifacts}
+        ptq, qat = ((b if i in ids else wb, i) for i in ("onnx-int8-ptq", "onnx-int8-qat"))
         samples = sorted(train.iterdir())[:16]
         print("timing on ONNX Runtime", file=sys.stderr)
         ort = _latency(
-            {"fp32": (b, "onnx-fp32"), "ptq": ptq, "qat": (b, "onnx-int8-qat")},
+            {"fp32": (b, "onnx-fp32"), "ptq": ptq, "qat": qat},
             samples,
             a.rounds,
             a.threads,

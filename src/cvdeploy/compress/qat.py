@@ -89,6 +89,10 @@ class QatOptions:
         overwrite: Replace ``out`` (and a stale working folder).
         work_dir: Working folder (default ``OUT.work``).
         keep_work: Keep the working folder after success.
+        score_refused: Measure mode (benchmarks): a QAT artifact the INT8 gate refuses does
+            not stop the run; like a refused PTQ baseline it is left out of the bundle,
+            scored and timed from the working folder, and its refusal reported
+            (``target.gate_refused``, ``target.met`` false).
         progress: Show progress bars.
     """
 
@@ -110,6 +114,7 @@ class QatOptions:
     overwrite: bool = False
     work_dir: Path | None = None
     keep_work: bool = False
+    score_refused: bool = False
     progress: bool = True
 
 
@@ -303,30 +308,29 @@ def qat_model(
     refused: dict[str, str] = {}
     ids = _add_int8(
         bundle, {"ptq": ptq_file, "qat": qat_file}, images_bgr, o, scheme, structures, training,
-        n_calib, refused=refused,
+        n_calib, refused=refused, refusable=("ptq", "qat") if o.score_refused else ("ptq",),
     )  # fmt: skip
     bundle = Bundle.load(out)
     fmt_art = artifact_for(runtime)
     models: dict[str, tuple[Bundle, str]] = {"fp32": (bundle, fmt_art)}
-    if "ptq" not in ids:
-        # the PTQ baseline was refused by the INT8 gate (the aggressive scheme can be): it is
-        # not delivered, but it is what QAT is measured against, so it is added (with its
+    for key, f in (("ptq", ptq_file), ("qat", qat_file)):
+        if key in ids:
+            models[key] = (bundle, ids[key])
+            continue
+        # refused by the INT8 gate (the PTQ baseline with the aggressive scheme can be; QAT
+        # only with score_refused): not delivered, but measured, so it is added (with its
         # failed check) to the working folder's FP32 bundle and scored and timed from there
-        why = refused[("openvino" if runtime == "openvino" else "onnx") + "-int8-ptq"]
-        say(f"note: the PTQ baseline was refused by the INT8 gate: {why}")
+        why = refused[("openvino" if runtime == "openvino" else "onnx") + f"-int8-{key}"]
+        say(f"note: the {key.upper()} artifact was refused by the INT8 gate: {why}")
         notes.append(
-            f"the PTQ baseline was refused by the INT8 gate ({why}); it is not in the bundle, "
-            "and was scored and timed from the working folder"
+            f"the {key.upper()} artifact was refused by the INT8 gate ({why}); it is not in "
+            "the bundle, and was scored and timed from the working folder"
         )
-        fb = Bundle.load(fp32)
-        ids["ptq"] = _add_int8(
-            fb, {"ptq": ptq_file}, images_bgr, o, scheme, structures, training, n_calib,
+        ids[key] = _add_int8(
+            Bundle.load(fp32), {key: f}, images_bgr, o, scheme, structures, training, n_calib,
             refused=None,
-        )["ptq"]  # fmt: skip
-        models["ptq"] = (Bundle.load(fp32), ids["ptq"])
-    else:
-        models["ptq"] = (bundle, ids["ptq"])
-    models["qat"] = (bundle, ids["qat"])
+        )[key]  # fmt: skip
+        models[key] = (Bundle.load(fp32), ids[key])
     lat = interleaved_latency(models, gate, rounds=o.latency_rounds, threads=o.threads)
     rows = []
     for key, (b, art) in models.items():
@@ -343,7 +347,8 @@ def qat_model(
             row.metric, row.value = accuracy(b, art, o.eval_data, record=b is bundle)
         rows.append(row)
     target: dict[str, Any] = {
-        "kind": "qat", "scheme": scheme, "met": True, "stop": "trained", "gate_refused": refused,
+        "kind": "qat", "scheme": scheme, "met": not any(k.endswith("-qat") for k in refused),
+        "stop": "trained", "gate_refused": refused,
     }  # fmt: skip
     v = {r.name: r.value for r in rows}
     if v["fp32"] is not None and v["ptq"] is not None and v["qat"] is not None:
@@ -384,11 +389,13 @@ def _add_int8(
     n_calib: int,
     *,
     refused: dict[str, str] | None,
+    refusable: tuple[str, ...] = ("ptq",),
 ) -> dict[str, str]:
     """Add the PTQ and QAT Q/DQ ONNX (and IRs for OpenVINO), each through the INT8 gate.
 
-    A QAT artifact the gate refuses stops the command. A refused PTQ artifact (the
-    baseline, not the product) is left out and its reason put in ``refused``; with
+    A QAT artifact the gate refuses stops the command (unless ``refusable`` names it). A
+    refused PTQ artifact (the baseline, not the product) is left out and its reason put in
+    ``refused``; with
     ``refused=None`` it is added anyway with its failed check (the working folder's
     bundle, where the baseline is scored from). Returns the ids added for the runtime."""
     import shutil
@@ -427,7 +434,7 @@ def _add_int8(
                     parity = check_parity(src_pred, cand, images, precision="int8")
                 if not parity.passed:
                     reason = "; ".join(parity.failures)
-                    if key == "qat":
+                    if key not in refusable:
                         raise CheckFailed(f"{art_id} was refused by the INT8 gate: {reason}")
                     if refused is not None:
                         refused[art_id] = reason
