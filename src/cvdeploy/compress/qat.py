@@ -434,9 +434,9 @@ def _add_int8(
                     parity = check_parity(src_pred, cand, images, precision="int8")
                 if not parity.passed:
                     reason = "; ".join(parity.failures)
-                    if key not in refusable:
-                        raise CheckFailed(f"{art_id} was refused by the INT8 gate: {reason}")
-                    if refused is not None:
+                    if refused is not None:  # None: added anyway, with its failed check
+                        if key not in refusable:
+                            raise CheckFailed(f"{art_id} was refused by the INT8 gate: {reason}")
                         refused[art_id] = reason
                         shutil.rmtree(d)
                         continue
