@@ -14,6 +14,7 @@ into Mul/Round/Add (pytorch #127167), which :func:`qdq_structure` checks on ever
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -201,7 +202,8 @@ def prepare_qat(
     :func:`freeze_ranges`).
 
     Args:
-        model: The float model (not changed).
+        model: The float model (not changed, and sharing nothing with the result: training
+            the result leaves it as it was).
         example: An example batch (at least 2 images: the batch dimension stays dynamic).
         per_channel: Per-channel weight scales (``False``: per-tensor).
         symmetric_activations: int8 symmetric activations (TensorRT) instead of uint8.
@@ -221,8 +223,10 @@ def prepare_qat(
     batch = torch.export.Dim("batch", min=1, max=256)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # a copy: the exported module would otherwise share its parameters and BatchNorm
+        # buffers with ``model`` (the float teacher), and training it would move the teacher
         gm = torch.export.export(
-            model.eval(), (example,), dynamic_shapes=({0: batch},), strict=False
+            copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},), strict=False
         ).module()
         prepared = qpt2e.prepare_qat_pt2e(gm, quantizer)
     ao.allow_exported_model_train_eval(prepared)
@@ -242,8 +246,6 @@ def export_qdq_onnx(prepared: torch.nn.Module, out_file: Path, *, imgsz: int) ->
     Raises:
         CheckFailed: The exporter failed.
     """
-    import copy
-
     _, qpt2e, _ = _ao()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
