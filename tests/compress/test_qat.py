@@ -178,3 +178,49 @@ def test_bad_source_or_data_exit_2(tmp_path: Path, det64: Path) -> None:
     code, out = _run(["qat", "detector-n", "--data", str(few), "--out", str(tmp_path / "o")])
     assert code == 2 and "too few" in out and "Traceback" not in out
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_qat_artifact_refused_by_the_gate(
+    tmp_path: Path, onnx_teacher: Path, det64: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvdeploy.compress import qat as qat_mod
+
+    real = qat_mod.check_parity
+    reason = "forced by the test: 0.10 of the source's detections matched (< 0.90)"
+
+    def refuse_qat(src: object, cand: object, images: object, *, precision: str) -> object:
+        r = real(src, cand, images, precision=precision)  # type: ignore[arg-type]
+        if str(getattr(cand, "artifact_id", "")).endswith("-qat"):
+            r.passed, r.failures = False, [reason]
+        return r
+
+    monkeypatch.setattr(qat_mod, "check_parity", refuse_qat)
+    images = str(_images(det64))
+    # the command: the refusal and its reason are shown, exit 1, no bundle delivered
+    out = tmp_path / "cli"
+    code, text = _run(
+        ["qat", str(onnx_teacher), "--data", images, "--out", str(out), "--iters", "2",
+         "--calib-size", "8"]
+    )  # fmt: skip
+    assert code == 1, text
+    assert "onnx-int8-qat was refused by the INT8 gate" in text and "forced by the test" in text
+    assert "Traceback" not in text and not out.exists()
+    assert (tmp_path / "cli.work").is_dir()  # the trained state is kept (--resume)
+    # measure mode (benchmarks/qat.py): scored and timed from the working folder, reported
+    out = tmp_path / "measure"
+    rep = qat_model(
+        str(onnx_teacher), _images(det64), out,
+        options=QatOptions(
+            minutes=None, iters=2, calib_size=8, progress=False, latency_rounds=1,
+            eval_data=det64, score_refused=True, keep_work=True,
+        ),
+    )  # fmt: skip
+    assert rep.target["met"] is False
+    assert rep.target["gate_refused"] == {"onnx-int8-qat": reason}
+    qat_row = rep.row("qat")
+    assert qat_row is not None and qat_row.value is not None and qat_row.p50_ms
+    assert "refused by the INT8 gate" in qat_row.note
+    ids = {a.id for a in Bundle.load(out).manifest.artifacts}
+    assert "onnx-int8-ptq" in ids and "onnx-int8-qat" not in ids
+    assert any("QAT artifact was refused" in n for n in rep.notes)

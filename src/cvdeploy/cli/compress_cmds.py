@@ -341,8 +341,9 @@ def qat_cmd(
         str,
         typer.Option(
             help="default (per-channel weights, head logits float), per-tensor (one weight "
-            "scale per layer) or aggressive (per-tensor weights and every layer quantized, the "
-            "head's logits too; the decoding stays float); PTQ and QAT use the same"
+            "scale per layer), aggressive (per-tensor weights and every layer quantized, the "
+            "head's logits too; the decoding stays float) or aggressive-symmetric (the same "
+            "with TensorRT's int8 symmetric activations); PTQ and QAT use the same"
         ),
     ] = "default",
     calib_size: Annotated[int, typer.Option(help="images that calibrate the ranges")] = 128,

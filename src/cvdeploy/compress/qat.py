@@ -74,8 +74,9 @@ class QatOptions:
         scheme: ``default`` (per-channel weights, the head's logits and decoding in float),
             ``per-tensor`` (one weight scale per convolution), or ``aggressive``
             (per-tensor weights and every layer quantized, the head's logits included; only
-            the decoding after them stays float). The PTQ baseline and the QAT model use the
-            same scheme. See :data:`cvdeploy.compress.qdq.SCHEMES`.
+            the decoding after them stays float), or ``aggressive-symmetric`` (the same with
+            TensorRT's int8 symmetric activations, whatever the backend). The PTQ baseline and
+            the QAT model use the same scheme. See :data:`cvdeploy.compress.qdq.SCHEMES`.
         calib_size: Images used to calibrate the ranges.
         max_drop: Refuse a QAT model that loses more metric than this (needs eval_data).
         eval_data: Labelled data for FP32 / PTQ / QAT metrics.
@@ -233,10 +234,10 @@ def qat_model(
             samples=gate[:8], tool="qat-source", options={"source": source}, pruned=False,
         )  # fmt: skip
         fb = export_candidate(fb, runtime=runtime, gate_data=data)
-    symmetric = o.backend == "tensorrt"
+    symmetric = o.backend == "tensorrt" or o.scheme.endswith("-symmetric")
     example = torch.zeros(2, 3, imgsz, imgsz)
     say("exporting the model with fake quantization (torch.export + torchao prepare_qat_pt2e)")
-    per_channel, head_outputs = o.scheme == "default", o.scheme == "aggressive"
+    per_channel, head_outputs = o.scheme == "default", o.scheme.startswith("aggressive")
     prepared = prepare_qat(
         src.module, example, per_channel=per_channel, symmetric_activations=symmetric,
         head_outputs=head_outputs,
@@ -306,10 +307,21 @@ def qat_model(
     bundle = Bundle.load(out)
     images_bgr = [read_image(p) for p in gate]
     refused: dict[str, str] = {}
-    ids = _add_int8(
-        bundle, {"ptq": ptq_file, "qat": qat_file}, images_bgr, o, scheme, structures, training,
-        n_calib, refused=refused, refusable=("ptq", "qat") if o.score_refused else ("ptq",),
-    )  # fmt: skip
+    try:
+        ids = _add_int8(
+            bundle, {"ptq": ptq_file, "qat": qat_file}, images_bgr, o, scheme, structures,
+            training, n_calib, refused=refused,
+            refusable=("ptq", "qat") if o.score_refused else ("ptq",),
+        )  # fmt: skip
+    except CheckFailed as exc:  # the QAT artifact refused: no bundle is delivered
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise CheckFailed(
+            f"{exc.message}; no bundle was written (the trained state is kept in {work.path})",
+            hint="train longer (--minutes) or with a lower --lr, or use --scheme default "
+            "(per-channel weights)",
+        ) from exc
     bundle = Bundle.load(out)
     fmt_art = artifact_for(runtime)
     models: dict[str, tuple[Bundle, str]] = {"fp32": (bundle, fmt_art)}

@@ -38,7 +38,7 @@ __all__ = [
 DECOMPOSED_OPS = ("Round", "Floor", "Ceil")
 """Ops that appear when a quantizer is decomposed into arithmetic instead of Q/DQ nodes."""
 OPSET = 21
-SCHEMES = ("default", "per-tensor", "aggressive")
+SCHEMES = ("default", "per-tensor", "aggressive", "aggressive-symmetric")
 """The quantization schemes of ``cvdeploy qat`` (PTQ baseline and QAT model alike):
 
 * ``default``: int8 per-channel weights; the head's last convolutions take quantized
@@ -48,7 +48,10 @@ SCHEMES = ("default", "per-tensor", "aggressive")
 * ``aggressive``: per-tensor weights and every layer quantized: the head's last
   convolutions' outputs (box-distribution and class logits) also go through
   QuantizeLinear/DequantizeLinear; only the decoding arithmetic after them (DFL softmax,
-  anchors, box arithmetic, sigmoid) stays in float.
+  anchors, box arithmetic, sigmoid) stays in float;
+* ``aggressive-symmetric``: ``aggressive`` with int8 symmetric activations (zero point 0,
+  TensorRT's scheme) whatever the backend; ``--backend tensorrt`` makes every scheme's
+  activations symmetric.
 """
 
 
