@@ -207,15 +207,17 @@ def test_a_qat_artifact_refused_by_the_gate(
     assert "onnx-int8-qat was refused by the INT8 gate" in text and "forced by the test" in text
     assert "Traceback" not in text and not out.exists()
     assert (tmp_path / "cli.work").is_dir()  # the trained state is kept (--resume)
-    # measure mode (benchmarks/qat.py): scored and timed from the working folder, reported
+    # measure mode (benchmarks/qat.py): scored and timed from the working folder, reported;
+    # it resumes the run above from its working folder (nothing exported or trained again)
     out = tmp_path / "measure"
     rep = qat_model(
         str(onnx_teacher), _images(det64), out,
         options=QatOptions(
-            minutes=None, iters=2, calib_size=8, progress=False, latency_rounds=1,
-            eval_data=det64, score_refused=True, keep_work=True,
+            minutes=10.0, iters=2, calib_size=8, progress=False, latency_rounds=1,
+            eval_data=det64, score_refused=True, resume=True, work_dir=tmp_path / "cli.work",
         ),
     )  # fmt: skip
+    assert rep.training[0]["resumed_from"] == 2
     assert rep.target["met"] is False
     assert rep.target["gate_refused"] == {"onnx-int8-qat": reason}
     qat_row = rep.row("qat")
