@@ -337,12 +337,15 @@ def qat_cmd(
             "activations: the Q/DQ ONNX a TensorRT INT8 engine is built from)"
         ),
     ] = "onnxruntime",
-    per_channel: Annotated[
-        bool,
+    scheme: Annotated[
+        str,
         typer.Option(
-            "--per-channel/--per-tensor", help="weight scales per channel (per-tensor: harsher)"
+            help="default (per-channel weights, head logits float), per-tensor (one weight "
+            "scale per layer), aggressive (per-tensor weights and every layer quantized, the "
+            "head's logits too; the decoding stays float) or aggressive-symmetric (the same "
+            "with TensorRT's int8 symmetric activations); PTQ and QAT use the same"
         ),
-    ] = True,
+    ] = "default",
     calib_size: Annotated[int, typer.Option(help="images that calibrate the ranges")] = 128,
     max_drop: Annotated[
         float | None,
@@ -376,7 +379,7 @@ def qat_cmd(
         minutes=minutes,
         iters=iters,
         backend=backend,
-        per_channel=per_channel,
+        scheme=scheme,
         calib_size=calib_size,
         max_drop=max_drop,
         eval_data=eval_data,

@@ -34,6 +34,7 @@ from cvdeploy.compress.measure import (
     write_torch_bundle,
 )
 from cvdeploy.compress.qdq import (
+    SCHEMES,
     export_qdq_onnx,
     freeze_ranges,
     prepare_qat,
@@ -70,7 +71,12 @@ class QatOptions:
         backend: ``onnxruntime`` or ``openvino`` (where the INT8 model is timed; OpenVINO
             also gets IR artifacts), or ``tensorrt`` (symmetric int8 activations, the Q/DQ
             ONNX a TensorRT engine is built from; timed on ONNX Runtime here).
-        per_channel: Per-channel weight scales (``False``: per-tensor, the aggressive scheme).
+        scheme: ``default`` (per-channel weights, the head's logits and decoding in float),
+            ``per-tensor`` (one weight scale per convolution), or ``aggressive``
+            (per-tensor weights and every layer quantized, the head's logits included; only
+            the decoding after them stays float), or ``aggressive-symmetric`` (the same with
+            TensorRT's int8 symmetric activations, whatever the backend). The PTQ baseline and
+            the QAT model use the same scheme. See :data:`cvdeploy.compress.qdq.SCHEMES`.
         calib_size: Images used to calibrate the ranges.
         max_drop: Refuse a QAT model that loses more metric than this (needs eval_data).
         eval_data: Labelled data for FP32 / PTQ / QAT metrics.
@@ -84,6 +90,10 @@ class QatOptions:
         overwrite: Replace ``out`` (and a stale working folder).
         work_dir: Working folder (default ``OUT.work``).
         keep_work: Keep the working folder after success.
+        score_refused: Measure mode (benchmarks): a QAT artifact the INT8 gate refuses does
+            not stop the run; like a refused PTQ baseline it is left out of the bundle,
+            scored and timed from the working folder, and its refusal reported
+            (``target.gate_refused``, ``target.met`` false).
         progress: Show progress bars.
     """
 
@@ -91,7 +101,7 @@ class QatOptions:
     minutes: float | None = 10.0
     iters: int | None = None
     backend: str = "onnxruntime"
-    per_channel: bool = True
+    scheme: str = "default"
     calib_size: int = 128
     max_drop: float | None = None
     eval_data: Path | None = None
@@ -105,12 +115,15 @@ class QatOptions:
     overwrite: bool = False
     work_dir: Path | None = None
     keep_work: bool = False
+    score_refused: bool = False
     progress: bool = True
 
 
 def _validate(o: QatOptions, out: Path) -> None:
     if o.init != "ptq":
         raise UsageError(f"--init {o.init!r} is not supported", hint="use --init ptq")
+    if o.scheme not in SCHEMES:
+        raise UsageError(f"unknown scheme {o.scheme!r}", hint=f"choose {', '.join(SCHEMES)}")
     if o.backend not in BACKENDS:
         raise UsageError(f"unknown backend {o.backend!r}", hint=f"choose {', '.join(BACKENDS)}")
     check_budget(o.minutes, o.iters)
@@ -202,7 +215,7 @@ def qat_model(
     for n in notes:
         say(f"note: {n}")
     command = {
-        "source": source, "data": str(data), "backend": o.backend, "per_channel": o.per_channel,
+        "source": source, "data": str(data), "backend": o.backend, "scheme": o.scheme,
         "minutes": o.minutes, "iters": o.iters, "calib_size": o.calib_size,
     }  # fmt: skip
     work, state = WorkDir.open(
@@ -221,12 +234,14 @@ def qat_model(
             samples=gate[:8], tool="qat-source", options={"source": source}, pruned=False,
         )  # fmt: skip
         fb = export_candidate(fb, runtime=runtime, gate_data=data)
-    symmetric = o.backend == "tensorrt"
+    symmetric = o.backend == "tensorrt" or o.scheme.endswith("-symmetric")
     example = torch.zeros(2, 3, imgsz, imgsz)
     say("exporting the model with fake quantization (torch.export + torchao prepare_qat_pt2e)")
+    per_channel, head_outputs = o.scheme == "default", o.scheme.startswith("aggressive")
     prepared = prepare_qat(
-        src.module, example, per_channel=o.per_channel, symmetric_activations=symmetric
-    )
+        src.module, example, per_channel=per_channel, symmetric_activations=symmetric,
+        head_outputs=head_outputs,
+    )  # fmt: skip
     if state is not None and state.get("calibrated") is not None:
         prepared.load_state_dict(state["calibrated"])
         n_calib = int(state["n_calib"])
@@ -262,14 +277,23 @@ def qat_model(
     structures = {}
     for key, f in (("ptq", ptq_file), ("qat", qat_file)):
         st = qdq_structure(f)
-        if st["decomposed"] or st["head_qdq"] or not st["convs_quantized"]:
+        want_logits = st["head_convs"] if head_outputs else 0
+        if (
+            st["decomposed"] or st["head_qdq"] or not st["convs_quantized"]
+            or st["head_outputs_quantized"] != want_logits
+        ):  # fmt: skip
             raise CheckFailed(
                 f"the {key} Q/DQ export is not clean: {st['convs_quantized']} of {st['convs']} "
                 f"convolutions quantized, decomposed ops {st['decomposed'] or 'none'}, "
-                f"{st['head_qdq']} Q/DQ nodes in the head"
+                f"{st['head_qdq']} Q/DQ nodes in the head's decoding, "
+                f"{st['head_outputs_quantized']} of {st['head_convs']} head outputs quantized "
+                f"({want_logits} expected with the {o.scheme} scheme)"
             )
         structures[key] = st
-    scheme = scheme_of(per_channel=o.per_channel, symmetric_activations=symmetric)
+    scheme = scheme_of(
+        per_channel=per_channel, symmetric_activations=symmetric, head_outputs=head_outputs,
+        name=o.scheme,
+    )  # fmt: skip
     training = {
         "iterations": res.steps, "seconds": round(res.elapsed_s, 1),
         "loss_first": res.mean_loss(first=True), "loss_last": res.mean_loss(first=False),
@@ -282,26 +306,62 @@ def qat_model(
         pass
     bundle = Bundle.load(out)
     images_bgr = [read_image(p) for p in gate]
-    ids = _add_int8(
-        bundle, {"ptq": ptq_file, "qat": qat_file}, images_bgr, o, scheme, structures, training,
-        n_calib,
-    )  # fmt: skip
+    refused: dict[str, str] = {}
+    try:
+        ids = _add_int8(
+            bundle, {"ptq": ptq_file, "qat": qat_file}, images_bgr, o, scheme, structures,
+            training, n_calib, refused=refused,
+            refusable=("ptq", "qat") if o.score_refused else ("ptq",),
+        )  # fmt: skip
+    except CheckFailed as exc:  # the QAT artifact refused: no bundle is delivered
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise CheckFailed(
+            f"{exc.message}; no bundle was written (the trained state is kept in {work.path})",
+            hint="train longer (--minutes) or with a lower --lr, or use --scheme default "
+            "(per-channel weights)",
+        ) from exc
     bundle = Bundle.load(out)
     fmt_art = artifact_for(runtime)
-    models = {"fp32": (bundle, fmt_art), **{k: (bundle, v) for k, v in ids.items()}}
+    models: dict[str, tuple[Bundle, str]] = {"fp32": (bundle, fmt_art)}
+    for key, f in (("ptq", ptq_file), ("qat", qat_file)):
+        if key in ids:
+            models[key] = (bundle, ids[key])
+            continue
+        # refused by the INT8 gate (the PTQ baseline with the aggressive scheme can be; QAT
+        # only with score_refused): not delivered, but measured, so it is added (with its
+        # failed check) to the working folder's FP32 bundle and scored and timed from there
+        why = refused[("openvino" if runtime == "openvino" else "onnx") + f"-int8-{key}"]
+        say(f"note: the {key.upper()} artifact was refused by the INT8 gate: {why}")
+        notes.append(
+            f"the {key.upper()} artifact was refused by the INT8 gate ({why}); it is not in "
+            "the bundle, and was scored and timed from the working folder"
+        )
+        ids[key] = _add_int8(
+            Bundle.load(fp32), {key: f}, images_bgr, o, scheme, structures, training, n_calib,
+            refused=None,
+        )[key]  # fmt: skip
+        models[key] = (Bundle.load(fp32), ids[key])
     lat = interleaved_latency(models, gate, rounds=o.latency_rounds, threads=o.threads)
     rows = []
-    for key, (_, art) in models.items():
-        a = bundle.artifact(art)
+    for key, (b, art) in models.items():
+        a = b.artifact(art)
         row = ModelRow(
             name=key, artifact=art, size_mb=a.size_bytes / 1e6, p50_ms=lat[key].p50_ms,
             inference_p50_ms=lat[key].inference_p50_ms,
             speedup=lat["fp32"].p50_ms / lat[key].p50_ms,
         )  # fmt: skip
+        gate_note = [f"{i} refused by the INT8 gate: {r}" for i, r in refused.items() if key in i]
+        if gate_note:
+            row.note = "; ".join(gate_note) + ("" if key != "ptq" else " (not in the bundle)")
         if o.eval_data is not None:
-            row.metric, row.value = accuracy(bundle, art, o.eval_data)
+            row.metric, row.value = accuracy(b, art, o.eval_data, record=b is bundle)
         rows.append(row)
-    target: dict[str, Any] = {"kind": "qat", "scheme": scheme, "met": True, "stop": "trained"}
+    target: dict[str, Any] = {
+        "kind": "qat", "scheme": scheme, "met": not any(k.endswith("-qat") for k in refused),
+        "stop": "trained", "gate_refused": refused,
+    }  # fmt: skip
     v = {r.name: r.value for r in rows}
     if v["fp32"] is not None and v["ptq"] is not None and v["qat"] is not None:
         ptq_loss, qat_loss = v["fp32"] - v["ptq"], v["fp32"] - v["qat"]
@@ -339,8 +399,17 @@ def _add_int8(
     structures: dict[str, Any],
     training: dict[str, Any],
     n_calib: int,
+    *,
+    refused: dict[str, str] | None,
+    refusable: tuple[str, ...] = ("ptq",),
 ) -> dict[str, str]:
-    """Add the PTQ and QAT Q/DQ ONNX (and IRs for OpenVINO), each through the INT8 gate."""
+    """Add the PTQ and QAT Q/DQ ONNX (and IRs for OpenVINO), each through the INT8 gate.
+
+    A QAT artifact the gate refuses stops the command (unless ``refusable`` names it). A
+    refused PTQ artifact (the baseline, not the product) is left out and its reason put in
+    ``refused``; with
+    ``refused=None`` it is added anyway with its failed check (the working folder's
+    bundle, where the baseline is scored from). Returns the ids added for the runtime."""
     import shutil
 
     ref = bundle.artifact("onnx-fp32")
@@ -376,9 +445,13 @@ def _add_int8(
                 with src_pred, cand:
                     parity = check_parity(src_pred, cand, images, precision="int8")
                 if not parity.passed:
-                    raise CheckFailed(
-                        f"{art_id} was refused by the INT8 gate: {'; '.join(parity.failures)}"
-                    )
+                    reason = "; ".join(parity.failures)
+                    if refused is not None:  # None: added anyway, with its failed check
+                        if key not in refusable:
+                            raise CheckFailed(f"{art_id} was refused by the INT8 gate: {reason}")
+                        refused[art_id] = reason
+                        shutil.rmtree(d)
+                        continue
                 edit.add_artifact(
                     artifact_id=art_id,
                     format=fmt,

@@ -14,6 +14,7 @@ into Mul/Round/Add (pytorch #127167), which :func:`qdq_structure` checks on ever
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -25,11 +26,33 @@ import torch
 
 from cvdeploy.errors import BackendUnavailable, CheckFailed
 
-__all__ = ["DECOMPOSED_OPS", "export_qdq_onnx", "prepare_qat", "qdq_structure", "scheme_of"]
+__all__ = [
+    "DECOMPOSED_OPS",
+    "SCHEMES",
+    "export_qdq_onnx",
+    "prepare_qat",
+    "qdq_structure",
+    "scheme_of",
+]
 
 DECOMPOSED_OPS = ("Round", "Floor", "Ceil")
 """Ops that appear when a quantizer is decomposed into arithmetic instead of Q/DQ nodes."""
 OPSET = 21
+SCHEMES = ("default", "per-tensor", "aggressive", "aggressive-symmetric")
+"""The quantization schemes of ``cvdeploy qat`` (PTQ baseline and QAT model alike):
+
+* ``default``: int8 per-channel weights; the head's last convolutions take quantized
+  inputs and weights but their outputs (the raw box-distribution and class logits) and the
+  decoding stay in float (the rule of ``cvdeploy quantize``);
+* ``per-tensor``: the same with one weight scale per convolution;
+* ``aggressive``: per-tensor weights and every layer quantized: the head's last
+  convolutions' outputs (box-distribution and class logits) also go through
+  QuantizeLinear/DequantizeLinear; only the decoding arithmetic after them (DFL softmax,
+  anchors, box arithmetic, sigmoid) stays in float;
+* ``aggressive-symmetric``: ``aggressive`` with int8 symmetric activations (zero point 0,
+  TensorRT's scheme) whatever the backend; ``--backend tensorrt`` makes every scheme's
+  activations symmetric.
+"""
 
 
 def _ao() -> Any:
@@ -51,17 +74,39 @@ def _ao() -> Any:
     return ao, quantize_pt2e, x86
 
 
-def scheme_of(*, per_channel: bool, symmetric_activations: bool) -> dict[str, Any]:
+def scheme_of(
+    *, per_channel: bool, symmetric_activations: bool, head_outputs: bool = False, name: str = ""
+) -> dict[str, Any]:
     """The quantization scheme as recorded with the artifact."""
+    if head_outputs:
+        quantized = (
+            "every layer: convolution/linear inputs and weights, the ops torchao's "
+            "X86InductorQuantizer pairs with them (max-pool, add, concat), and the outputs of "
+            "the head's last convolutions (the raw box-distribution and class logits)"
+        )
+        kept = (
+            "the detection head's decoding after the quantized logits (DFL softmax, anchors, "
+            "box arithmetic, sigmoid, concatenations)"
+        )
+    else:
+        quantized = (
+            "convolution/linear inputs and weights, and the ops torchao's "
+            "X86InductorQuantizer pairs with them (max-pool, add, concat)"
+        )
+        kept = (
+            "the detection head's decoding (DFL softmax, box arithmetic, sigmoid, "
+            "concatenations); the head's output convolutions take quantized inputs and "
+            "weights but their outputs (the logits) stay float"
+        )
     return {
+        **({"name": name} if name else {}),
         "weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
         "activations": "int8 symmetric per-tensor"
         if symmetric_activations
         else "uint8 asymmetric per-tensor",
-        "quantized": "convolution/linear inputs and weights, and the ops torchao's "
-        "X86InductorQuantizer pairs with them (max-pool, add, concat)",
-        "float": "the detection head's decoding (DFL softmax, box arithmetic, sigmoid, "
-        "concatenations); the head's output convolutions are quantized",
+        "quantized": quantized,
+        "float": kept,
+        "head_outputs_quantized": head_outputs,
         "tool": "torchao PT2E (prepare_qat_pt2e / convert_pt2e), X86InductorQuantizer",
     }
 
@@ -101,11 +146,13 @@ def _is_conv(node: Any) -> bool:
     return node.op == "call_function" and name.split(".")[0] in ("conv2d", "linear", "addmm")
 
 
-def float_head(graph: Any) -> int:
+def float_head(graph: Any, *, output_qspec: Any = None) -> int:
     """Keep the head's decoding in float: clear the quantization annotations of every node
     between the last convolutions (those whose output reaches a graph output without another
     convolution) and the outputs, and of those convolutions' outputs. Their inputs and
-    weights stay quantized, as ``cvdeploy quantize`` does. Returns the nodes changed."""
+    weights stay quantized, as ``cvdeploy quantize`` does. With ``output_qspec`` (the
+    aggressive scheme) the last convolutions' outputs are quantized with it instead: the
+    logits go through Q/DQ, the decoding after them stays float. Returns the nodes changed."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
     outputs = {n for n in graph.nodes if n.op == "output"}
@@ -137,7 +184,9 @@ def float_head(graph: Any) -> int:
     for n in last:
         ann = n.meta.get(key)
         if ann is not None:
-            ann.output_qspec = None
+            ann.output_qspec = output_qspec
+        elif output_qspec is not None:  # pragma: no cover - the quantizer annotates convs
+            n.meta[key] = QuantizationAnnotation(output_qspec=output_qspec, _annotated=True)
     return len(region)
 
 
@@ -147,6 +196,7 @@ def prepare_qat(
     *,
     per_channel: bool = True,
     symmetric_activations: bool = False,
+    head_outputs: bool = False,
 ) -> torch.nn.Module:
     """Export ``model`` (eval mode) and insert fake quantization for QAT.
 
@@ -155,10 +205,13 @@ def prepare_qat(
     :func:`freeze_ranges`).
 
     Args:
-        model: The float model (not changed).
+        model: The float model (not changed, and sharing nothing with the result: training
+            the result leaves it as it was).
         example: An example batch (at least 2 images: the batch dimension stays dynamic).
-        per_channel: Per-channel weight scales (per-tensor: the aggressive scheme).
+        per_channel: Per-channel weight scales (``False``: per-tensor).
         symmetric_activations: int8 symmetric activations (TensorRT) instead of uint8.
+        head_outputs: Also quantize the outputs of the head's last convolutions (the
+            ``aggressive`` scheme); the decoding after them stays float either way.
     """
     ao, qpt2e, x86 = _ao()
     cfg = _config(per_channel=per_channel, symmetric_activations=symmetric_activations)
@@ -166,15 +219,17 @@ def prepare_qat(
     class FloatHeadQuantizer(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
         def annotate(self, model: Any) -> Any:
             model = super().annotate(model)
-            float_head(model.graph)
+            float_head(model.graph, output_qspec=cfg.output_activation if head_outputs else None)
             return model
 
     quantizer = FloatHeadQuantizer().set_global(cfg)
     batch = torch.export.Dim("batch", min=1, max=256)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # a copy: the exported module would otherwise share its parameters and BatchNorm
+        # buffers with ``model`` (the float teacher), and training it would move the teacher
         gm = torch.export.export(
-            model.eval(), (example,), dynamic_shapes=({0: batch},), strict=False
+            copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},), strict=False
         ).module()
         prepared = qpt2e.prepare_qat_pt2e(gm, quantizer)
     ao.allow_exported_model_train_eval(prepared)
@@ -194,8 +249,6 @@ def export_qdq_onnx(prepared: torch.nn.Module, out_file: Path, *, imgsz: int) ->
     Raises:
         CheckFailed: The exporter failed.
     """
-    import copy
-
     _, qpt2e, _ = _ao()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -229,9 +282,11 @@ def qdq_structure(path: Path) -> dict[str, Any]:
     Returns:
         ``ops`` (counts by type), ``quantize``/``dequantize`` counts, ``convs`` and
         ``convs_quantized`` (input and weight both dequantized from int8),
-        ``decomposed`` (ops of a decomposed quantizer, must be empty), ``head_qdq`` (Q/DQ
-        nodes between the last convolutions and the outputs, must be 0), ``head_ops``
-        (the ops there).
+        ``decomposed`` (ops of a decomposed quantizer, must be empty), ``head_convs`` (the
+        last convolutions), ``head_outputs_quantized`` (those whose output goes straight
+        through a QuantizeLinear/DequantizeLinear pair: the aggressive scheme's quantized
+        logits), ``head_qdq`` (any other Q/DQ node between the last convolutions and the
+        outputs, must be 0: the decoding stays float), ``head_ops`` (the ops there).
     """
     import onnx
 
@@ -275,6 +330,17 @@ def qdq_structure(path: Path) -> dict[str, Any]:
                 continue
             head_nodes[id(c)] = c
             todo.extend(c.output)
+    # the aggressive scheme: a QuantizeLinear -> DequantizeLinear pair right on a last
+    # convolution's output (its logits quantized); any other Q/DQ in the head is an error
+    on_logits: set[int] = set()
+    for c in last:
+        qs = [q for q in consumers.get(c.output[0], []) if q.op_type == "QuantizeLinear"]
+        dqs = [d for q in qs for d in consumers.get(q.output[0], [])]
+        if len(qs) == 1 and dqs and all(d.op_type == "DequantizeLinear" for d in dqs):
+            on_logits.update(id(n) for n in (*qs, *dqs))
+    logits_quantized = sum(
+        1 for c in last for q in consumers.get(c.output[0], []) if id(q) in on_logits
+    )
     head_ops = Counter(n.op_type for n in head_nodes.values())
     return {
         "ops": dict(ops),
@@ -283,6 +349,12 @@ def qdq_structure(path: Path) -> dict[str, Any]:
         "convs": len(convs),
         "convs_quantized": len(quantized),
         "decomposed": {k: ops[k] for k in DECOMPOSED_OPS if ops.get(k)},
-        "head_qdq": head_ops.get("QuantizeLinear", 0) + head_ops.get("DequantizeLinear", 0),
+        "head_convs": len(last),
+        "head_outputs_quantized": logits_quantized,
+        "head_qdq": sum(
+            1
+            for k, n in head_nodes.items()
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and k not in on_logits
+        ),
         "head_ops": dict(head_ops),
     }
