@@ -5,7 +5,7 @@ what it measured; ``--only`` picks phases):
 
 ``prune``
     ``detector-n`` pruned with ``cvdeploy prune`` (``--target-latency 0.7x`` on ONNX
-    Runtime, ``--steps 3`` up to ``--max-ratio 0.6``, ``--max-drop 0.02``), recovered by
+    Runtime, ``--steps 2`` up to ``--max-ratio 0.4``, ``--max-drop 0.02``), recovered by
     self-distillation on the **unlabeled** synthetic train images (``labels=False``) within
     ``--prune-minutes``. The pruned bundle is then exported to OpenVINO and quantized to INT8
     with both backends (OpenVINO NNCF, ONNX Runtime Q/DQ), and the six artifacts (original
@@ -72,8 +72,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny data and budgets: a check")
     ap.add_argument("--only", default=",".join(PHASES), help="phases (comma-separated)")
     ap.add_argument("--prune-minutes", type=float, default=10.0, help="recovery budget")
-    ap.add_argument("--steps", type=int, default=3, help="pruning steps")
-    ap.add_argument("--max-ratio", type=float, default=0.6, help="largest channel ratio")
+    ap.add_argument("--steps", type=int, default=2, help="pruning steps")
+    ap.add_argument("--max-ratio", type=float, default=0.4, help="largest channel ratio")
     ap.add_argument(
         "--max-drop",
         type=float,

@@ -129,3 +129,13 @@ def test_tensorrt_runner_unavailable_without_gpu(tmp_path: Path) -> None:
     assert not av.available and "NVIDIA GPU" in str(av.reason)
     with pytest.raises(BackendUnavailable, match="NVIDIA GPU with CUDA"):
         create_runner("tensorrt", tmp_path / "m.engine", NHWC_DYN)
+
+
+def test_onnxruntime_threads_can_be_told_not_to_spin() -> None:
+    # a distillation teacher runs between torch steps: its idle threads must sleep
+    from cvdeploy.runtime.onnxruntime import session_options
+
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning)
+        session_options(2, {}).get_session_config_entry("session.intra_op.allow_spinning")
+    so = session_options(2, {"allow_spinning": False})
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -130,7 +130,12 @@ class BundleTeacher:
         self.predictor = Predictor.from_bundle(
             bundle,
             art.id,
-            options=RunnerOptions(threads=threads),
+            options=RunnerOptions(
+                threads=threads,
+                # torch trains between the teacher's runs: ONNX Runtime's threads must not
+                # spin on the cores torch's threads need
+                extra={"allow_spinning": False} if art.format == "onnx" else {},
+            ),
             thresholds=Thresholds(conf=pseudo_conf, multi_label=False),
             batch=64,
         )

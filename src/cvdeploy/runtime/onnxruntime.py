@@ -22,6 +22,7 @@ _LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _KNOWN = {
+    "allow_spinning",
     "graph_optimization_level",
     "inter_op_threads",
     "execution_mode",
@@ -52,6 +53,11 @@ def session_options(threads: int | None, extra: dict[str, Any]) -> ort.SessionOp
         so.enable_profiling = True
         so.profile_file_prefix = str(extra["profile_dir"]) + "/ort_profile"
     so.log_severity_level = 3
+    if not extra.get("allow_spinning", True):
+        # idle worker threads sleep instead of spinning after a run: what a process that
+        # runs torch between inferences (a distillation teacher) needs, or the spinning
+        # threads take the cores torch's own threads are waiting for
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Explicit, although off by default: never bf16 fast-math GEMMs for an FP32 artifact.
     so.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
     return so
