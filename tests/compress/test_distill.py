@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from cvdeploy.compress.data import load_train_images
 from cvdeploy.compress.loop import LoopOptions, distill_loop
 from cvdeploy.compress.loss import DistillLoss
 from cvdeploy.compress.teacher import BundleTeacher
+from cvdeploy.errors import UsageError
 from cvdeploy.zoo import build_model
 
 
@@ -54,6 +56,54 @@ def test_pseudo_labels_when_the_teacher_does_not_line_up(onnx_teacher: Path, det
     assert len(found) and float(found[:, 1:].max()) <= 96.5
 
 
+def test_offline_pseudo_labels_replace_the_sets_labels_once(
+    onnx_teacher: Path, det64: Path
+) -> None:
+    teacher = BundleTeacher(Bundle.load(onnx_teacher), student_imgsz=64, pseudo_conf=0.05)
+    images = load_train_images(
+        _images(det64), task="detect", names=teacher.spec.names, imgsz=64, labels=False
+    )
+    assert images.detect is not None
+    real = [lab.copy() for lab in images.detect.labels]
+    boxes = teacher.label_set(images.detect, batch=5)  # batches that do not divide the set
+    teacher.close()
+    got = images.detect.labels
+    assert boxes == sum(len(lab) for lab in got) > 0
+    assert len(got) == len(real) and all(lab.shape[1] == 5 for lab in got)
+    assert not all(np.array_equal(a, b) for a, b in zip(got, real, strict=True))
+    allb = np.concatenate([lab for lab in got if len(lab)])
+    assert set(np.unique(allb[:, 0]).astype(int)) <= set(range(len(teacher.spec.names)))
+    assert allb[:, 1:].min() >= -0.5 and allb[:, 1:].max() <= 64.5
+    # the pseudo-labels line up with the objects: most overlap a real box of the same image
+    hits = 0
+    for lab, ref in zip(got, real, strict=True):
+        for b in lab:
+            ix = np.clip(np.minimum(b[3], ref[:, 3]) - np.maximum(b[1], ref[:, 1]), 0, None)
+            iy = np.clip(np.minimum(b[4], ref[:, 4]) - np.maximum(b[2], ref[:, 2]), 0, None)
+            hits += bool(len(ref) and (ix * iy).max() > 0)
+    assert hits >= 0.5 * boxes
+
+
+def test_offline_distillation_learns_the_pseudo_labels(
+    tmp_path: Path, onnx_teacher: Path, det64: Path
+) -> None:
+    rep = distill_model(
+        onnx_teacher, _images(det64), tmp_path / "s",
+        options=DistillOptions(
+            student="zoo:detector-p", minutes=None, iters=6, labels=False, progress=False,
+            threads=None, pseudo_conf=0.05,
+        ),
+    )  # fmt: skip
+    tr = rep.training[0]
+    assert tr["targets"] == "offline" and tr["labels"] is False and tr["iterations"] == 6
+    assert "computed once" in tr["teacher"]
+    with pytest.raises(UsageError, match="replaces the labels"):
+        distill_model(
+            onnx_teacher, det64, tmp_path / "l",
+            options=DistillOptions(targets="offline", labels=True, iters=1, progress=False),
+        )  # fmt: skip
+
+
 def test_resume_after_interruption(tmp_path: Path, onnx_teacher: Path, det64: Path) -> None:
     out = tmp_path / "student"
     opts = DistillOptions(
@@ -70,8 +120,6 @@ def test_resume_after_interruption(tmp_path: Path, onnx_teacher: Path, det64: Pa
     assert (tmp_path / "student.work" / "state.pt").is_file()
     assert not out.exists()
     # the same command without --resume refuses to clobber the saved state
-    from cvdeploy.errors import UsageError
-
     with pytest.raises(UsageError, match="--resume"):
         distill_model(onnx_teacher, _images(det64), out, options=opts)
     seen: list[int] = []
@@ -106,6 +154,11 @@ def test_bad_teacher_student_or_data_exit_2(
          "--student", "zoo:classifier-n"]
     )  # fmt: skip
     assert code == 2 and "classify" in out
+    code, out = _run(
+        [*base, "--teacher", str(onnx_teacher), "--data", str(_images(det64)),
+         "--targets", "sometimes"]
+    )  # fmt: skip
+    assert code == 2 and "unknown --targets" in out and "offline" in out
     (tmp_path / "empty").mkdir()
     code, out = _run([*base, "--teacher", str(onnx_teacher), "--data", str(tmp_path / "empty")])
     assert code == 2 and "no usable images" in out and "Traceback" not in out

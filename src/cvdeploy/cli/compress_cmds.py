@@ -260,6 +260,15 @@ def distill_cmd(
             "output does not line up with the student's)"
         ),
     ] = 0.3,
+    targets: Annotated[
+        str,
+        typer.Option(
+            help="how a detector teacher teaches: offline (it labels every image once, the "
+            "student learns these pseudo-labels at the cost of a labelled step), online (it "
+            "runs on every augmented batch: dense outputs, or pseudo-labels when its layout "
+            "differs), auto (offline for a zoo detector student without labels, else online)"
+        ),
+    ] = "auto",
     labels: Labels = None,
     eval_data: EvalData = None,
     runtime: Runtime = "onnxruntime",
@@ -290,6 +299,7 @@ def distill_cmd(
         lr=lr,
         batch=batch,
         pseudo_conf=pseudo_conf,
+        targets=targets,
         labels=labels,
         eval_data=eval_data,
         runtime=runtime,

@@ -35,14 +35,19 @@ from cvdeploy.compress.measure import (
 from cvdeploy.compress.prune import count_macs
 from cvdeploy.compress.report import CompressReport, speed_note
 from cvdeploy.compress.state import WorkDir, check_budget, check_out
-from cvdeploy.compress.teacher import BundleTeacher, load_teacher_bundle
+from cvdeploy.compress.teacher import BundleTeacher, LabelledOnce, Teacher, load_teacher_bundle
 from cvdeploy.environment import fingerprint
 from cvdeploy.errors import UsageError
 from cvdeploy.export import gate_images, zoo_spec
 from cvdeploy.runtime import RUNTIMES
 from cvdeploy.runtime.torch import build_module
 
-__all__ = ["DistillOptions", "build_student", "distill_model"]
+__all__ = ["TARGET_MODES", "DistillOptions", "build_student", "distill_model"]
+
+TARGET_MODES = ("auto", "offline", "online")
+"""How the teacher teaches a detector (see :class:`DistillOptions`)."""
+STATIC_WARMUP = 0.2
+"""Offline pseudo-labels: share of training with fixed-anchor assignment (the zoo's)."""
 
 Log = Callable[[str], None]
 
@@ -61,6 +66,12 @@ class DistillOptions:
         lr: Peak learning rate.
         batch: Images per step.
         pseudo_conf: Smallest teacher confidence kept as a pseudo-label.
+        targets: How the teacher teaches a detector: ``offline`` (it labels every training
+            image once, before training; the student then learns these pseudo-labels as
+            labels, with the zoo's training recipe, at the cost of a labelled step),
+            ``online`` (it runs on every augmented batch: dense outputs when it lines up
+            with the student, else pseudo-labels), ``auto`` (offline for a zoo detector
+            student learning without labels, else online).
         labels: Use the data's labels (``None``: when it has them).
         eval_data: Labelled data to score teacher and student on.
         runtime: Where the student and the teacher are timed.
@@ -81,6 +92,7 @@ class DistillOptions:
     lr: float = 0.005
     batch: int = 8
     pseudo_conf: float = 0.3
+    targets: str = "auto"
     labels: bool | None = None
     eval_data: Path | None = None
     runtime: str = "onnxruntime"
@@ -118,8 +130,29 @@ def build_student(student: str, *, task: str, num_classes: int) -> tuple[torch.n
     )
 
 
+def _offline(mode: str, task: str, student: torch.nn.Module, labelled: bool) -> bool:
+    """Whether the teacher labels the training set once instead of teaching every batch."""
+    possible = task == "detect" and hasattr(student, "forward_raw")
+    if mode == "offline" and not possible:
+        raise UsageError(
+            "--targets offline needs a detector teacher and a zoo detector student (it "
+            "trains with the zoo's detection loss on the teacher's pseudo-labels)",
+            hint="use --targets online, or --student zoo:detector-p",
+        )
+    if mode == "offline" and labelled:
+        raise UsageError(
+            "--targets offline replaces the labels with the teacher's: this dataset has labels",
+            hint="add --no-labels to learn from the teacher only, or use --targets online",
+        )
+    return mode == "offline" or (mode == "auto" and possible and not labelled)
+
+
 def _validate(o: DistillOptions, out: Path) -> None:
     check_budget(o.minutes, o.iters)
+    if o.targets not in TARGET_MODES:
+        raise UsageError(
+            f"unknown --targets {o.targets!r}", hint=f"choose {', '.join(TARGET_MODES)}"
+        )
     if not 0 < o.pseudo_conf < 1:
         raise UsageError(f"--pseudo-conf must be in (0, 1), got {o.pseudo_conf}")
     if o.runtime not in RUNTIME_FORMATS:
@@ -177,9 +210,11 @@ def distill_model(
         data, task=tspec.task, names=tuple(tspec.names), imgsz=imgsz, labels=o.labels,
         warnings=notes,
     )  # fmt: skip
+    offline = _offline(o.targets, tspec.task, student, images.labelled)
     command = {
         "teacher": str(teacher), "student": o.student, "data": str(data), "imgsz": imgsz,
         "minutes": o.minutes, "iters": o.iters, "labels": images.labelled,
+        "targets": o.targets,
     }  # fmt: skip
     work, state = WorkDir.open(
         o.work_dir or out.with_name(out.name + ".work"),
@@ -193,17 +228,34 @@ def distill_model(
     )  # fmt: skip
     for n in notes:
         say(f"note: {n}")
-    say(
-        f"teacher: {teach.description}; {images.n} images"
-        + (" with labels" if images.labelled else " (no labels)")
-    )
     zoo_like = hasattr(student, "forward_raw") or tspec.task == "classify"
-    loss_fn = DistillLoss(task=tspec.task, num_classes=tspec.num_classes, model=student)
+    budget_s = None if o.minutes is None else o.minutes * 60
+    teaching: Teacher = teach
+    if offline:
+        assert images.detect is not None
+        t0 = time.perf_counter()
+        boxes = teach.label_set(images.detect)
+        spent = time.perf_counter() - t0
+        images.labelled = True
+        if budget_s is not None:
+            budget_s = max(budget_s - spent, 1.0)
+        teaching = LabelledOnce(
+            f"{teach.description.rsplit(', ', 1)[0]}, pseudo-labels (conf >= {o.pseudo_conf}) "
+            f"computed once: {boxes} boxes on {images.n} images in {spent:.1f} s"
+        )
+    say(
+        f"teacher: {teaching.description}; {images.n} images"
+        + (" with labels" if images.labelled and not offline else " (no labels)")
+    )
+    loss_fn = DistillLoss(
+        task=tspec.task, num_classes=tspec.num_classes, model=student,
+        static_warmup=STATIC_WARMUP if offline else 0.0,
+    )  # fmt: skip
     try:
         res: LoopResult = distill_loop(
-            student, teach, images, loss_fn,
+            student, teaching, images, loss_fn,
             options=LoopOptions(
-                budget_s=None if o.minutes is None else o.minutes * 60, max_steps=o.iters,
+                budget_s=budget_s, max_steps=o.iters,
                 batch=o.batch, lr=o.lr, seed=o.seed, threads=o.threads, train_mode=zoo_like,
                 warmup=0.03, progress=o.progress, title="distill",
             ),
@@ -218,7 +270,8 @@ def distill_model(
         student, out=work.path / "student", name=f"{tb.name}-student", spec=spec,
         builder=builder, samples=gate[:8], tool="distill",
         options={"teacher": str(teacher), "teacher_artifact": teach.artifact,
-                 "student": o.student, "labels": images.labelled},
+                 "student": o.student, "labels": images.labelled and not offline,
+                 "targets": "offline" if offline else "online"},
         pruned=False,
     )  # fmt: skip
     sb = export_candidate(sb, runtime=o.runtime, gate_data=data)
@@ -247,8 +300,9 @@ def distill_model(
     training: dict[str, Any] = {
         "iterations": res.steps, "seconds": round(res.elapsed_s, 1),
         "loss_first": res.mean_loss(first=True), "loss_last": res.mean_loss(first=False),
-        "resumed_from": res.resumed_from, "teacher": teach.description,
-        "labels": images.labelled, "images": images.n,
+        "resumed_from": res.resumed_from, "teacher": teaching.description,
+        "targets": "offline" if offline else "online",
+        "labels": images.labelled and not offline, "images": images.n,
     }  # fmt: skip
     report = CompressReport(
         command="distill", bundle=out, source=str(teacher), runtime=o.runtime,

@@ -218,7 +218,7 @@ def distill_loop(
                 targets = teacher.targets(x)
                 student.train(options.train_mode)
                 out = student_output(student, x, task=images.task)
-                loss, parts = loss_fn(out, targets, labels)
+                loss, parts = loss_fn(out, targets, labels, progress=p)
                 if not torch.isfinite(loss):
                     raise CvdeployError(
                         f"the loss became {float(loss)} at step {step}",

@@ -92,6 +92,9 @@ class DistillLoss:
         box_gain: Weight of the dense box term.
         temperature: Classification distillation temperature.
         model: The zoo detector student (needed for pseudo-labels and labels).
+        static_warmup: Fraction of training (the ``progress`` given to each call) during
+            which labels and pseudo-labels are assigned with fixed anchor boxes, as the zoo's
+            training does for a model trained from scratch (0: never).
     """
 
     def __init__(
@@ -102,8 +105,10 @@ class DistillLoss:
         box_gain: float = 5.0,
         temperature: float = 2.0,
         model: nn.Module | None = None,
+        static_warmup: float = 0.0,
     ) -> None:
         self.task = task
+        self.static_warmup = static_warmup
         self.nc = num_classes
         self.box_gain = box_gain
         self.temperature = temperature
@@ -117,9 +122,14 @@ class DistillLoss:
             )
 
     def __call__(
-        self, out: StudentOutput, targets: Targets, labels: torch.Tensor | None
+        self,
+        out: StudentOutput,
+        targets: Targets,
+        labels: torch.Tensor | None,
+        *,
+        progress: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return ``(loss, its parts as floats)``."""
+        """Return ``(loss, its parts as floats)``; ``progress`` is the training's (0..1)."""
         if self.task == "classify":
             return self._classify(out, targets, labels)
         total = out.decoded.new_zeros(())
@@ -154,7 +164,7 @@ class DistillLoss:
                     "a zoo detector student (forward_raw and a head)",
                     hint="use --student zoo:detector-p (or another zoo detector)",
                 )
-            loss, p = self.det_loss(out.raw, boxes)
+            loss, p = self.det_loss(out.raw, boxes, static_assign=progress < self.static_warmup)
             total = total + loss
             parts[key] = float(loss.detach())
             del p

@@ -24,8 +24,9 @@ from cvdeploy.errors import UsageError
 from cvdeploy.pipeline import Detections, Predictor, Thresholds, select_artifact
 from cvdeploy.runtime import RunnerOptions
 from cvdeploy.spec import ModelSpec
+from cvdeploy.zoo.trainset import YoloTrainSet
 
-__all__ = ["BundleTeacher", "Targets", "Teacher", "TorchTeacher"]
+__all__ = ["BundleTeacher", "LabelledOnce", "Targets", "Teacher", "TorchTeacher"]
 
 DENSE_DECODERS = ("yolov8",)
 """Decoders whose raw output is the zoo student's decoded layout ``[B, 4 + nc, N]``."""
@@ -170,9 +171,44 @@ class BundleTeacher:
             return Targets(dense=probs)
         return Targets(boxes=_pseudo_labels(run.results))
 
+    def label_set(self, ts: YoloTrainSet, *, batch: int = 32) -> int:
+        """Label every image of ``ts`` once with the teacher's detections above
+        ``pseudo_conf`` (its own preprocessing, decoder and NMS, on the un-augmented image),
+        replacing the set's labels; augmentation then moves them with the image, as it moves
+        real labels. Returns the number of boxes."""
+        total = 0
+        batch = min(batch, self.predictor.runner.io.fixed_batch or self.predictor.batch)
+        for i in range(0, len(ts), batch):
+            imgs = [np.ascontiguousarray(im[..., ::-1]) for im in ts.images[i : i + batch]]
+            run = self.predictor.run_batch(imgs)
+            for k, r in enumerate(run.results):
+                lab = np.zeros((0, 5), np.float32)
+                if isinstance(r, Detections) and len(r.scores):
+                    lab = np.concatenate(
+                        [r.class_ids.astype(np.float32)[:, None], r.boxes.astype(np.float32)], 1
+                    )
+                ts.labels[i + k] = lab
+                total += len(lab)
+        return total
+
     def close(self) -> None:
         """Release the teacher's runtime."""
         self.predictor.runner.close()
+
+
+class LabelledOnce:
+    """The teacher after it labelled the training set (:meth:`BundleTeacher.label_set`):
+    nothing more per batch, the student learns the pseudo-labels as labels."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def targets(self, x: torch.Tensor) -> Targets:
+        """No per-batch targets."""
+        return Targets()
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _to_bgr_uint8(x: torch.Tensor) -> list[np.ndarray]:
