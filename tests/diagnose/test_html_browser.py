@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,7 @@ def test_the_dashboard_shows_the_drift_panel(browser: Any, tiny_drift_bundle: Pa
             "min_window": 20,
             "every": 10,
             "permutations": 100,
+            "min_interval_s": 0,
         },
     )
     with thread_server(cfg) as client:
@@ -149,7 +151,8 @@ def test_the_dashboard_shows_the_drift_panel(browser: Any, tiny_drift_bundle: Pa
             timeout=60_000,
         )
         text = page.locator("#drift-status").inner_text()
-        assert text.startswith("tiny: drift") and "window 30" in text, text
+        # the window is tested at 20 samples, then at 30: the page may show either test
+        assert text.startswith("tiny: drift") and re.search(r"window (20|30)\b", text), text
         shot = page.locator("#c-drift").screenshot()
         png = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
         assert float(png.std()) > 3 and len(np.unique(png.reshape(-1, 3), axis=0)) > 8
