@@ -240,12 +240,14 @@ def distill_model(
         if budget_s is not None:
             budget_s = max(budget_s - spent, 1.0)
         teaching = LabelledOnce(
-            f"{teach.description.rsplit(', ', 1)[0]}, pseudo-labels (conf >= {o.pseudo_conf}) "
+            f"{teach.identity}, pseudo-labels (conf >= {o.pseudo_conf}) "
             f"computed once: {boxes} boxes on {images.n} images in {spent:.1f} s"
         )
+    mode = "offline" if offline else "online"
+    used_labels = images.labelled and not offline  # offline: the labels are the teacher's
     say(
         f"teacher: {teaching.description}; {images.n} images"
-        + (" with labels" if images.labelled and not offline else " (no labels)")
+        + (" with labels" if used_labels else " (no labels)")
     )
     loss_fn = DistillLoss(
         task=tspec.task, num_classes=tspec.num_classes, model=student,
@@ -270,8 +272,7 @@ def distill_model(
         student, out=work.path / "student", name=f"{tb.name}-student", spec=spec,
         builder=builder, samples=gate[:8], tool="distill",
         options={"teacher": str(teacher), "teacher_artifact": teach.artifact,
-                 "student": o.student, "labels": images.labelled and not offline,
-                 "targets": "offline" if offline else "online"},
+                 "student": o.student, "labels": used_labels, "targets": mode},
         pruned=False,
     )  # fmt: skip
     sb = export_candidate(sb, runtime=o.runtime, gate_data=data)
@@ -301,8 +302,7 @@ def distill_model(
         "iterations": res.steps, "seconds": round(res.elapsed_s, 1),
         "loss_first": res.mean_loss(first=True), "loss_last": res.mean_loss(first=False),
         "resumed_from": res.resumed_from, "teacher": teaching.description,
-        "targets": "offline" if offline else "online",
-        "labels": images.labelled and not offline, "images": images.n,
+        "targets": mode, "labels": used_labels, "images": images.n,
     }  # fmt: skip
     report = CompressReport(
         command="distill", bundle=out, source=str(teacher), runtime=o.runtime,

@@ -142,9 +142,9 @@ class BundleTeacher:
         )
         self.predictor.runner.load()
         mode = "dense outputs" if self.dense_ok else f"pseudo-labels (conf >= {pseudo_conf})"
-        self.description = (
-            f"bundle {bundle.name} artifact {art.id} ({art.format}, {art.precision}), {mode}"
-        )
+        # the teacher without how it teaches (distill describes its offline mode with it)
+        self.identity = f"bundle {bundle.name} artifact {art.id} ({art.format}, {art.precision})"
+        self.description = f"{self.identity}, {mode}"
         self._checked = False
 
     def targets(self, x: torch.Tensor) -> Targets:
@@ -182,13 +182,8 @@ class BundleTeacher:
             imgs = [np.ascontiguousarray(im[..., ::-1]) for im in ts.images[i : i + batch]]
             run = self.predictor.run_batch(imgs)
             for k, r in enumerate(run.results):
-                lab = np.zeros((0, 5), np.float32)
-                if isinstance(r, Detections) and len(r.scores):
-                    lab = np.concatenate(
-                        [r.class_ids.astype(np.float32)[:, None], r.boxes.astype(np.float32)], 1
-                    )
-                ts.labels[i + k] = lab
-                total += len(lab)
+                ts.labels[i + k] = _label_rows(r)
+                total += len(ts.labels[i + k])
         return total
 
     def close(self) -> None:
@@ -216,14 +211,19 @@ def _to_bgr_uint8(x: torch.Tensor) -> list[np.ndarray]:
     return [np.ascontiguousarray(a[..., ::-1]) for a in arr]
 
 
+def _label_rows(result: Any) -> np.ndarray:
+    """A result's detections as label rows ``[n, 5]`` ``(cls, x1, y1, x2, y2)`` float32."""
+    if not isinstance(result, Detections) or not len(result.scores):
+        return np.zeros((0, 5), np.float32)
+    cls = result.class_ids.astype(np.float32)[:, None]
+    return np.concatenate([cls, result.boxes.astype(np.float32)], 1)
+
+
 def _pseudo_labels(results: list[Any]) -> torch.Tensor:
-    dets = [r for r in results if isinstance(r, Detections)]
-    m = max((len(d.scores) for d in dets), default=0)
-    out = torch.full((len(results), max(m, 1), 5), -1.0)
-    for k, d in enumerate(dets):
-        if len(d.scores):
-            out[k, : len(d.scores), 0] = torch.from_numpy(d.class_ids.astype(np.float32))
-            out[k, : len(d.scores), 1:] = torch.from_numpy(d.boxes.astype(np.float32))
+    rows = [_label_rows(r) for r in results]
+    out = torch.full((len(results), max([len(r) for r in rows] + [1]), 5), -1.0)
+    for k, r in enumerate(rows):
+        out[k, : len(r)] = torch.from_numpy(r)
     return out
 
 
