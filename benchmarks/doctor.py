@@ -237,6 +237,28 @@ def part_audit(work: Path, rw: Path, coco: Path, trials: int) -> dict[str, Any]:
 
 
 # layers -------------------------------------------------------------------------------------------
+def _fed_by(xml: Path, conv: str) -> tuple[str, list[str]]:
+    """The FakeQuantize in front of ``conv`` and every convolution it feeds (in order).
+
+    One quantizer often feeds several layers (a tensor read by several branches): scaling
+    its range perturbs all of them alike, and the trial's fault is that quantizer's, seen
+    in every layer it feeds; which of them was drawn is not something a measurement can
+    tell (the zoo detector: ``Multiply_17744``, ``_17758`` and ``_17772`` read one
+    quantized tensor)."""
+    import openvino as ov
+
+    m = ov.Core().read_model(str(xml))
+    op = next(o for o in m.get_ordered_ops() if o.get_friendly_name() == conv)
+    fq = op.input(0).get_source_output().get_node()
+    fed = {
+        t.get_node().get_friendly_name()
+        for t in fq.output(0).get_target_inputs()
+        if t.get_node().get_type_name() in ("Convolution", "GroupConvolution")
+    }
+    order = [o.get_friendly_name() for o in m.get_ordered_ops()]
+    return fq.get_friendly_name(), [n for n in order if n in fed]
+
+
 def _perturb(xml: Path, out: Path, conv: str, kind: str) -> None:
     import openvino as ov
     from openvino import opset13 as ops
@@ -244,7 +266,7 @@ def _perturb(xml: Path, out: Path, conv: str, kind: str) -> None:
     m = ov.Core().read_model(str(xml))
     op = next(o for o in m.get_ordered_ops() if o.get_friendly_name() == conv)
     if kind == "activation":  # the quantizer in front: range / 16 (its input clipped)
-        fq = op.input(0).get_source_output().get_node()
+        fq = op.input(0).get_source_output().get_node()  # shared: see _fed_by
         for k in (1, 2, 3, 4):
             c = fq.input(k).get_source_output().get_node()
             fq.input(k).replace_source_output(
@@ -333,20 +355,46 @@ def part_layers(
                         Bundle.load(cp), "openvino-int8", images[name], attribute=0
                     )
                 st = rep.layer(conv)
-                res["trials"].append(
-                    {
-                        "kind": kind,
-                        "layer": conv,
-                        "first_jump": rep.first_jump,
-                        "localised": rep.first_jump == conv,
-                        "local_db": None if st is None else round(st.local_db, 1),
-                        "threshold_db": round(rep.threshold_db, 1),
-                    }
+                trial: dict[str, Any] = {"kind": kind, "layer": conv}
+                if kind == "activation":
+                    # the perturbed quantizer feeds `fed`: a shared one is localised when
+                    # the report names it and exactly the layers it feeds, a layer's own
+                    # when the report names that layer alone
+                    fq, fed = _fed_by(xml, conv)
+                    shared = len(fed) > 1
+                    trial.update(quantizer=fq, fed_layers=fed)
+                    hit = (
+                        rep.jump_quantizer == fq and rep.jump_layers == fed
+                        if shared
+                        else rep.first_jump == conv and rep.jump_layers == [conv]
+                    )
+                else:  # one layer's weights: that layer alone
+                    hit = rep.first_jump == conv and rep.jump_layers == [conv]
+                trial.update(
+                    first_jump=rep.first_jump,
+                    jump_quantizer=rep.jump_quantizer,
+                    jump_layers=rep.jump_layers,
+                    localised=hit,
+                    local_db=None if st is None else round(st.local_db, 1),
+                    threshold_db=round(rep.threshold_db, 1),
                 )
-                print(f"  layers {name} {kind} {conv}: jump {rep.first_jump}", flush=True)
+                res["trials"].append(trial)
+                print(
+                    f"  layers {name} {kind} {conv}: jump {rep.first_jump}"
+                    + (
+                        f" (quantizer {rep.jump_quantizer}: {rep.jump_layers})"
+                        if rep.jump_quantizer
+                        else ""
+                    )
+                    + ("" if hit else " NOT LOCALISED"),
+                    flush=True,
+                )
         ok = [t["localised"] for t in res["trials"]]
         res["localised"] = sum(ok)
         res["cases"] = len(ok)
+        res["shared_quantizer_cases"] = sum(
+            1 for t in res["trials"] if len(t.get("fed_layers") or []) > 1
+        )
         out["perturbed"][name] = res
     # the real YOLOX-Nano INT8 artifact: which layers, and what keeping them in float recovers
     imgs8 = [

@@ -484,7 +484,38 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
     out: list[Finding] = []
     local = [s.local_db for s in lr.layers]
     med = float(np.median(local)) if local else math.nan
-    if lr.first_jump is not None:
+    if lr.first_jump is not None and lr.jump_quantizer is not None:
+        group = [s for k in lr.jump_layers if (s := lr.layer(k)) is not None]
+        names = ", ".join(f"{s.layer} ({s.local_db:.1f} dB)" for s in group)
+        out.append(
+            Finding(
+                kind="layers",
+                severity="warning",
+                title=f"{lr.artifact}: the error jumps at quantizer {lr.jump_quantizer}, the input "
+                f"of {len(group)} layers",
+                evidence=[
+                    f"fed the float source's activations, every layer reading "
+                    f"{lr.jump_quantizer}'s output is an outlier: {names} (the median layer: "
+                    f"{med:.1f} dB; threshold {lr.threshold_db:.1f} dB): the fault is in "
+                    "the quantizer they share (its range), not in one layer's weights",
+                    f"compared with {lr.source} on {lr.images} images, {len(lr.layers)} layers "
+                    "matched by name",
+                ],
+                fix=f"check the calibration range of {lr.jump_quantizer} (calibration images "
+                "like the production ones, --method percentile); or keep the layers it feeds "
+                "in float: `cvdeploy quantize BUNDLE --calib DATA --overwrite "
+                + " ".join(f"--keep-float '{k}'" for k in lr.jump_layers)
+                + "`",
+                artifact=lr.artifact,
+                data={
+                    "layer": lr.first_jump,
+                    "quantizer": lr.jump_quantizer,
+                    "layers": lr.jump_layers,
+                    "local_db": {s.layer: s.local_db for s in group},
+                },
+            )
+        )
+    elif lr.first_jump is not None:
         st = lr.layer(lr.first_jump)
         assert st is not None
         out.append(
