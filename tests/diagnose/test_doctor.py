@@ -251,6 +251,27 @@ def test_a_keep_float_trial_within_the_calibration_noise_is_not_a_warning() -> N
     )
     assert clear.severity == "warning"
     assert "beyond two standard deviations" in " ".join(clear.evidence)
+    # beyond the calibration noise, but a placebo (healthy layers kept in float) moved the
+    # accuracy as much: not a recovery
+    placebo = finding(
+        {
+            **base,
+            "map_keep": 0.3340,
+            "recovered": 0.93,
+            "noise_maps": [0.3262, 0.3263],
+            "noise_sd": 0.0001,
+            "within_noise": False,
+            "gap_within_noise": False,
+            "placebo_keep": ["conv9"],
+            "map_placebo": 0.3345,
+            "beyond_placebo": False,
+        }
+    )
+    assert placebo.severity == "info"
+    assert "placebo: keeping 1 healthy layer(s) in float instead (conv9)" in " ".join(
+        placebo.evidence
+    )
+    assert "no larger than" in " ".join(placebo.evidence)
 
 
 def test_a_shared_quantizer_jump_is_reported_as_the_quantizer_with_every_layer_it_feeds() -> None:

@@ -267,8 +267,28 @@ def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) 
     assert t["keep_float"] == ["conv1", "conv2", "conv3"] and "--keep-float 'conv2'" in t["command"]
     assert t["map_keep"] == pytest.approx(t["map_fp32"], abs=0.02), t
     assert t["recovered"] is None or t["recovered"] > 0.5, t
+    # the placebo: one more quantization with a healthy layer kept in float instead
+    p = try_keep_float(b, art, ["conv2"], data, placebo=["conv3"])
+    assert p["placebo_keep"] == ["conv3"] and isinstance(p["beyond_placebo"], bool), p
+    assert p["beyond_placebo"] == (
+        p["map_keep"] - p["map_int8"] > abs(p["map_placebo"] - p["map_int8"])
+    )
     with pytest.raises(UsageError, match="not made by `cvdeploy quantize`"):
         try_keep_float(b, "onnx-fp32", ["conv1"], data)
+
+
+def test_the_placebo_is_the_healthiest_layers_not_kept() -> None:
+    from cvdeploy.diagnose.layerwise import LayerStat, placebo_layers
+
+    layers = [
+        LayerStat(k, k, "Conv", i, 1.0, 30.0, local_db=db, output_share=sh)
+        for i, (k, db, sh) in enumerate(
+            [("a", 20.0, 0.5), ("b", 45.0, 0.0), ("c", 45.0, 0.2), ("d", 40.0, None)]
+        )
+    ]
+    assert placebo_layers(layers, ["a", "b"]) == ["c", "d"]
+    assert placebo_layers(layers, ["a"]) == ["b"]  # equal SQNR: the smaller share first
+    assert placebo_layers(layers, []) == []
 
 
 def test_output_shares_of_the_likely_carriers_only(

@@ -49,6 +49,7 @@ from cvdeploy.diagnose.layerwise import (
     LayerReport,
     compare_layers,
     float_source,
+    placebo_layers,
     try_keep_float,
 )
 from cvdeploy.diagnose.preprocess_audit import (
@@ -92,7 +93,8 @@ class DoctorOptions:
         keep_float_noise: Calibration samples the keep-float trial re-quantizes from
             (without the kept layers) to measure the calibration noise its result is judged
             against (0: none; each costs a quantization and an evaluation, about a minute
-            on YOLOX-Nano).
+            on YOLOX-Nano). With any, a placebo is re-quantized too: as many of the
+            healthiest layers kept in float instead (:func:`layerwise.placebo_layers`).
         share_layers: Whose shares are measured: the union of this many layers with the
             largest isolated error and as many with the largest SQNR drop (each costs a
             model compilation); ``None``: every layer (slow on real models: minutes).
@@ -468,6 +470,9 @@ def _layers(
                     lr.keep_float,
                     opts.data,
                     noise=opts.keep_float_noise,
+                    placebo=placebo_layers(lr.layers, lr.keep_float)
+                    if opts.keep_float_noise > 0
+                    else (),
                     known=None  # the table's scores, when it saw the trial's images
                     if opts.max_images is not None or opts.split != "val"
                     else {r.artifact: r.score for r in rep.rows if r.score is not None},
@@ -580,6 +585,16 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                         if t.get("gap_within_noise")
                         else ""
                     )
+                )
+            if "map_placebo" in t:
+                moved = t["map_placebo"] - t["map_int8"]
+                noisy = noisy or not t["beyond_placebo"]
+                evidence.append(
+                    f"placebo: keeping {len(t['placebo_keep'])} healthy layer(s) in float "
+                    f"instead ({', '.join(t['placebo_keep'])}) moves mAP50-95 by {moved:+.4f}: "
+                    "the keep-float change is "
+                    + ("larger" if t["beyond_placebo"] else "no larger")
+                    + " than what changing what is quantized does by itself"
                 )
             severity = "warning" if rec is not None and rec >= 0.5 and not noisy else "info"
         elif "error" in t:
