@@ -237,6 +237,28 @@ def part_audit(work: Path, rw: Path, coco: Path, trials: int) -> dict[str, Any]:
 
 
 # layers -------------------------------------------------------------------------------------------
+def _fed_by(xml: Path, conv: str) -> tuple[str, list[str]]:
+    """The FakeQuantize in front of ``conv`` and every convolution it feeds (in order).
+
+    One quantizer often feeds several layers (a tensor read by several branches): scaling
+    its range perturbs all of them alike, and the trial's fault is that quantizer's, seen
+    in every layer it feeds; which of them was drawn is not something a measurement can
+    tell (the zoo detector: ``Multiply_17744``, ``_17758`` and ``_17772`` read one
+    quantized tensor)."""
+    import openvino as ov
+
+    m = ov.Core().read_model(str(xml))
+    op = next(o for o in m.get_ordered_ops() if o.get_friendly_name() == conv)
+    fq = op.input(0).get_source_output().get_node()
+    fed = {
+        t.get_node().get_friendly_name()
+        for t in fq.output(0).get_target_inputs()
+        if t.get_node().get_type_name() in ("Convolution", "GroupConvolution")
+    }
+    order = [o.get_friendly_name() for o in m.get_ordered_ops()]
+    return fq.get_friendly_name(), [n for n in order if n in fed]
+
+
 def _perturb(xml: Path, out: Path, conv: str, kind: str) -> None:
     import openvino as ov
     from openvino import opset13 as ops
@@ -244,7 +266,7 @@ def _perturb(xml: Path, out: Path, conv: str, kind: str) -> None:
     m = ov.Core().read_model(str(xml))
     op = next(o for o in m.get_ordered_ops() if o.get_friendly_name() == conv)
     if kind == "activation":  # the quantizer in front: range / 16 (its input clipped)
-        fq = op.input(0).get_source_output().get_node()
+        fq = op.input(0).get_source_output().get_node()  # shared: see _fed_by
         for k in (1, 2, 3, 4):
             c = fq.input(k).get_source_output().get_node()
             fq.input(k).replace_source_output(
@@ -281,14 +303,53 @@ def _rehash(bundle: Path) -> None:
     mf.write_text(json.dumps(d, indent=2))
 
 
+def _yolox_sets(layers: list[Any]) -> dict[str, list[str]]:
+    """Candidate keep-float sets of YOLOX-Nano (``Conv_N/WithoutBiases``; N <= 197: the
+    CSPDarknet backbone, 203-296: the PAN neck, >= 299: the decoupled head, whose last
+    convolutions 314/327/328, 347/360/361, 380/393/394 give the class, box and objectness
+    outputs), pairs of them (only the third part quantized), the depthwise convolutions, the
+    8 largest output shares, the 8 worst isolated SQNRs, and placebos (the healthiest
+    layers: what changing the quantized set does by itself)."""
+    from cvdeploy.diagnose.layerwise import placebo_layers
+
+    def n(s: Any) -> int:
+        return int(s.layer.split("_")[1].split("/")[0])
+
+    conv = [s for s in layers if s.layer.startswith("Conv_")]
+    preds = {314, 327, 328, 347, 360, 361, 380, 393, 394}
+    by_share = sorted(layers, key=lambda s: -(s.output_share or 0))[:8]
+    by_local = sorted(layers, key=lambda s: s.local_db)[:8]
+    return {
+        "head_predictions": [s.layer for s in conv if n(s) in preds],
+        "head": [s.layer for s in conv if n(s) >= 299],
+        "backbone": [s.layer for s in conv if n(s) <= 197],
+        "neck": [s.layer for s in conv if 197 < n(s) < 299],
+        "backbone_and_head": [s.layer for s in conv if n(s) <= 197 or n(s) >= 299],
+        "neck_and_head": [s.layer for s in conv if n(s) > 197],
+        "backbone_and_neck": [s.layer for s in conv if n(s) < 299],
+        "depthwise": [s.layer for s in layers if s.op_type == "GroupConvolution"],
+        "top8_output_share": [s.layer for s in by_share],
+        "worst8_isolated": [s.layer for s in by_local],
+        "placebo1": placebo_layers(layers, ["-"]),
+        "placebo8": placebo_layers(layers, ["-"] * 8),
+    }
+
+
 def part_layers(
-    work: Path, rw: Path, coco: Path, trials: int, keep_trial: bool, noise: int = 3
+    work: Path,
+    rw: Path,
+    coco: Path,
+    trials: int,
+    keep_trial: bool,
+    noise: int = 3,
+    keep_sets: bool = True,
 ) -> dict[str, Any]:
     import openvino as ov
 
     from cvdeploy.bundle import Bundle
     from cvdeploy.diagnose import compare_layers
-    from cvdeploy.diagnose.layerwise import try_keep_float
+    from cvdeploy.diagnose.layerwise import placebo_layers, try_keep_float
+    from cvdeploy.errors import CvdeployError
 
     zoo, zoo_data = _zoo(work)
     yolox = _yolox(work, rw, coco)
@@ -333,20 +394,46 @@ def part_layers(
                         Bundle.load(cp), "openvino-int8", images[name], attribute=0
                     )
                 st = rep.layer(conv)
-                res["trials"].append(
-                    {
-                        "kind": kind,
-                        "layer": conv,
-                        "first_jump": rep.first_jump,
-                        "localised": rep.first_jump == conv,
-                        "local_db": None if st is None else round(st.local_db, 1),
-                        "threshold_db": round(rep.threshold_db, 1),
-                    }
+                trial: dict[str, Any] = {"kind": kind, "layer": conv}
+                if kind == "activation":
+                    # the perturbed quantizer feeds `fed`: a shared one is localised when
+                    # the report names it and exactly the layers it feeds, a layer's own
+                    # when the report names that layer alone
+                    fq, fed = _fed_by(xml, conv)
+                    shared = len(fed) > 1
+                    trial.update(quantizer=fq, fed_layers=fed)
+                    hit = (
+                        rep.jump_quantizer == fq and rep.jump_layers == fed
+                        if shared
+                        else rep.first_jump == conv and rep.jump_layers == [conv]
+                    )
+                else:  # one layer's weights: that layer alone
+                    hit = rep.first_jump == conv and rep.jump_layers == [conv]
+                trial.update(
+                    first_jump=rep.first_jump,
+                    jump_quantizer=rep.jump_quantizer,
+                    jump_layers=rep.jump_layers,
+                    localised=hit,
+                    local_db=None if st is None else round(st.local_db, 1),
+                    threshold_db=round(rep.threshold_db, 1),
                 )
-                print(f"  layers {name} {kind} {conv}: jump {rep.first_jump}", flush=True)
+                res["trials"].append(trial)
+                print(
+                    f"  layers {name} {kind} {conv}: jump {rep.first_jump}"
+                    + (
+                        f" (quantizer {rep.jump_quantizer}: {rep.jump_layers})"
+                        if rep.jump_quantizer
+                        else ""
+                    )
+                    + ("" if hit else " NOT LOCALISED"),
+                    flush=True,
+                )
         ok = [t["localised"] for t in res["trials"]]
         res["localised"] = sum(ok)
         res["cases"] = len(ok)
+        res["shared_quantizer_cases"] = sum(
+            1 for t in res["trials"] if len(t.get("fed_layers") or []) > 1
+        )
         out["perturbed"][name] = res
     # the real YOLOX-Nano INT8 artifact: which layers, and what keeping them in float recovers
     imgs8 = [
@@ -372,10 +459,35 @@ def part_layers(
     }
     if keep_trial:
         t0 = time.perf_counter()
-        real["trial"] = try_keep_float(
-            Bundle.load(yolox), "openvino-int8", lr.keep_float, coco, calib=coco, noise=noise
+        real["trial"] = trial = try_keep_float(
+            Bundle.load(yolox),
+            "openvino-int8",
+            lr.keep_float,
+            coco,
+            calib=coco,
+            noise=noise,
+            placebo=placebo_layers(lr.layers, lr.keep_float),
         )
         real["trial_seconds"] = round(time.perf_counter() - t0, 1)
+        if keep_sets:  # is the loss concentrated anywhere? one quantization + eval per set
+            known = {"openvino-fp32": trial["map_fp32"], "openvino-int8": trial["map_int8"]}
+            real["sets"] = {}
+            for set_name, keep in _yolox_sets(lr.layers).items():
+                t0 = time.perf_counter()
+                try:
+                    t = try_keep_float(
+                        Bundle.load(yolox), "openvino-int8", keep, coco, calib=coco, known=known
+                    )
+                    row = {
+                        "layers": len(keep),
+                        "map_keep": round(t["map_keep"], 4),
+                        "recovered": None if t["recovered"] is None else round(t["recovered"], 3),
+                    }
+                except CvdeployError as exc:  # e.g. the re-quantized model fails its gate
+                    row = {"layers": len(keep), "error": exc.message}
+                row.update(keep_float=keep, seconds=round(time.perf_counter() - t0, 1))
+                real["sets"][set_name] = row
+                print(f"  keep-float set {set_name}: {row.get('recovered', row.get('error'))}")
     out["yolox_real_int8"] = real
     return out
 
@@ -758,8 +870,14 @@ def readme_table(res: dict[str, Any]) -> str:
                 (
                     f"layer localisation: {name} INT8 (OpenVINO) with one perturbed scale "
                     "(activation range / 16 or weight scales x 2)",
-                    f"{v['localised']}/{v['cases']} localised; clean artifact: first jump "
-                    f"{v['clean_first_jump'] or 'none'}",
+                    f"{v['localised']}/{v['cases']} localised"
+                    + (
+                        f" ({v['shared_quantizer_cases']} at a quantizer shared by several "
+                        "layers: named with all of them)"
+                        if v.get("shared_quantizer_cases")
+                        else ""
+                    )
+                    + f"; clean artifact: first jump {v['clean_first_jump'] or 'none'}",
                     "every trial",
                     "yes"
                     if v["localised"] == v["cases"] and not v["clean_first_jump"]
@@ -781,9 +899,39 @@ def readme_table(res: dict[str, Any]) -> str:
                         + " 2 sd"
                         if "noise_sd" in t
                         else ""
+                    )
+                    + (
+                        f"; placebo ({len(t['placebo_keep'])} healthy layers in float) "
+                        f"{t['map_placebo'] - t['map_int8']:+.4f}"
+                        if "map_placebo" in t
+                        else ""
                     ),
                     ">= 50%",
-                    "yes" if t["recovered"] >= 0.5 and not t.get("within_noise") else "**no**",
+                    "yes"
+                    if t["recovered"] >= 0.5
+                    and not t.get("within_noise")
+                    and t.get("beyond_placebo", True)
+                    else "**no**",
+                )
+            )
+        sets = (ly.get("yolox_real_int8") or {}).get("sets") or {}
+        if sets:
+            rows.append(
+                (
+                    "YOLOX-Nano INT8: other keep-float sets (layers: share of the loss recovered)",
+                    "; ".join(
+                        f"{k} ({v['layers']}): "
+                        + (f"{v['recovered']:.0%}" if v.get("recovered") is not None else "failed")
+                        for k, v in sets.items()
+                    ),
+                    ">= 50% with a few layers",
+                    "yes"
+                    if any(
+                        (v.get("recovered") or 0) >= 0.5 and v["layers"] <= 8
+                        for k, v in sets.items()
+                        if not k.startswith("placebo")
+                    )
+                    else "**no**",
                 )
             )
     d = res.get("drift")
@@ -894,6 +1042,11 @@ def main() -> int:
     ap.add_argument("--mnist", type=int, default=3000, help="MNIST images summarised")
     ap.add_argument("--no-keep-float-trial", action="store_true")
     ap.add_argument(
+        "--no-keep-float-sets",
+        action="store_true",
+        help="layers part: skip the YOLOX-Nano candidate keep-float sets (12 quantizations)",
+    )
+    ap.add_argument(
         "--keep-float-noise",
         type=int,
         default=3,
@@ -929,7 +1082,13 @@ def main() -> int:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "audit": lambda: part_audit(a.work, rw, coco, a.trials),
         "layers": lambda: part_layers(
-            a.work, rw, coco, a.trials, not a.no_keep_float_trial, a.keep_float_noise
+            a.work,
+            rw,
+            coco,
+            a.trials,
+            not a.no_keep_float_trial,
+            a.keep_float_noise,
+            not a.no_keep_float_sets and not a.quick,
         ),
         "drift": lambda: part_drift(a.work, rw, coco, a.splits, a.shift_trials, a.mnist),
         "doctor": lambda: part_doctor(a.work, rw, coco),

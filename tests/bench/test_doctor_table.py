@@ -81,3 +81,47 @@ def test_update_readme_needs_the_markers(doc: ModuleType, tmp_path: Path) -> Non
     assert doc.update_readme({}, readme)
     text = readme.read_text()
     assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text
+
+
+def test_layers_rows_name_shared_quantizers_the_placebo_and_the_sets(doc: ModuleType) -> None:
+    trial = {
+        "keep_float": ["a", "b"],
+        "recovered": 0.6,
+        "map_int8": 0.32,
+        "map_keep": 0.325,
+        "map_fp32": 0.33,
+        "noise_sd": 0.0001,
+        "noise_maps": [0.32, 0.3201],
+        "within_noise": False,
+        "placebo_keep": ["x", "y"],
+        "map_placebo": 0.326,
+        "beyond_placebo": False,
+    }
+    res = {
+        "layers": {
+            "perturbed": {
+                "zoo": {
+                    "localised": 20,
+                    "cases": 20,
+                    "shared_quantizer_cases": 2,
+                    "clean_first_jump": None,
+                }
+            },
+            "yolox_real_int8": {
+                "trial": trial,
+                "sets": {
+                    "head": {"layers": 36, "recovered": 0.7},
+                    "top8": {"layers": 8, "recovered": 0.04},
+                    "placebo8": {"layers": 8, "recovered": 0.9},
+                    "first": {"layers": 1, "error": "refused by the gate"},
+                },
+            },
+        }
+    }
+    table = doc.readme_table(res)
+    assert "20/20 localised (2 at a quantizer shared by several layers" in table
+    # beyond the calibration noise but not beyond the placebo: not met
+    assert "placebo (2 healthy layers in float) +0.0060 | >= 50% | **no**" in table
+    # a set of 36 layers, or a placebo, does not meet "a few layers"
+    assert "head (36): 70%; top8 (8): 4%; placebo8 (8): 90%; first (1): failed" in table
+    assert "| >= 50% with a few layers | **no** |" in table

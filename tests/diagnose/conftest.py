@@ -32,13 +32,29 @@ def conv_stack_weights(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def conv_stack_onnx(path: Path, *, weights: dict[str, np.ndarray] | None = None) -> Path:
+def conv_stack_onnx(
+    path: Path, *, weights: dict[str, np.ndarray] | None = None, branch: bool = False
+) -> Path:
     """A YOLOv8-layout detector [1,3,64,64] -> [1, 4+NC, 256]: three convolutions (named
-    conv1..conv3), ReLUs, box centres on a 16x16 grid, sigmoid class scores."""
+    conv1..conv3), ReLUs, box centres on a 16x16 grid, sigmoid class scores.
+
+    With ``branch``, a fourth convolution ``conv2b`` reads conv1's activation too (one
+    tensor, two readers: an INT8 copy quantizes it once for both) and is added to conv2's
+    output, and two 1x1 convolutions ``conv2c``, ``conv2d`` follow (so that two faulty
+    layers are a minority); their weights are made here when ``weights`` lacks them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = weights or conv_stack_weights()
+    w = dict(weights or conv_stack_weights())
+    if branch and "w2b" not in w:
+        rng = np.random.default_rng(1)
+        w["w2b"] = rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)
+        w["b2b"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
+        for k in "cd":
+            w[f"w2{k}"] = (np.eye(8) + rng.normal(0, 0.2, (8, 8))).astype(np.float32)[
+                :, :, None, None
+            ]
+            w[f"b2{k}"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
     grid = np.zeros((1, 4 + NC, 16, 16), np.float32)
     ys, xs = np.mgrid[0:16, 0:16]
     grid[0, 0], grid[0, 1] = xs * 4 + 2, ys * 4 + 2
@@ -51,7 +67,26 @@ def conv_stack_onnx(path: Path, *, weights: dict[str, np.ndarray] | None = None)
         helper.make_node(
             "Conv", ["r1", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1], strides=[2, 2]
         ),
-        helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+        *(
+            [
+                helper.make_node(
+                    "Conv",
+                    ["r1", "w2b", "b2b"],
+                    ["c2b"],
+                    "conv2b",
+                    pads=[1, 1, 1, 1],
+                    strides=[2, 2],
+                ),
+                helper.make_node("Add", ["c2", "c2b"], ["c2sum"], "add2"),
+                helper.make_node("Relu", ["c2sum"], ["r2a"], "relu2"),
+                helper.make_node("Conv", ["r2a", "w2c", "b2c"], ["c2c"], "conv2c"),
+                helper.make_node("Relu", ["c2c"], ["r2c"], "relu2c"),
+                helper.make_node("Conv", ["r2c", "w2d", "b2d"], ["c2d"], "conv2d"),
+                helper.make_node("Relu", ["c2d"], ["r2"], "relu2d"),
+            ]
+            if branch
+            else [helper.make_node("Relu", ["c2"], ["r2"], "relu2")]
+        ),
         helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], "conv3"),
         helper.make_node("Add", ["c3", "grid"], ["g"], "grid_add"),
         helper.make_node("Reshape", ["g", "shape"], ["r"], "reshape"),

@@ -251,3 +251,46 @@ def test_a_keep_float_trial_within_the_calibration_noise_is_not_a_warning() -> N
     )
     assert clear.severity == "warning"
     assert "beyond two standard deviations" in " ".join(clear.evidence)
+    # beyond the calibration noise, but a placebo (healthy layers kept in float) moved the
+    # accuracy as much: not a recovery
+    placebo = finding(
+        {
+            **base,
+            "map_keep": 0.3340,
+            "recovered": 0.93,
+            "noise_maps": [0.3262, 0.3263],
+            "noise_sd": 0.0001,
+            "within_noise": False,
+            "gap_within_noise": False,
+            "placebo_keep": ["conv9"],
+            "map_placebo": 0.3345,
+            "beyond_placebo": False,
+        }
+    )
+    assert placebo.severity == "info"
+    assert "placebo: keeping 1 healthy layer(s) in float instead (conv9)" in " ".join(
+        placebo.evidence
+    )
+    assert "no larger than" in " ".join(placebo.evidence)
+
+
+def test_a_shared_quantizer_jump_is_reported_as_the_quantizer_with_every_layer_it_feeds() -> None:
+    """A first jump whose input quantizer feeds other layers that all jump too is reported
+    as that quantizer's fault, naming every layer; a layer's own jump names the layer."""
+    from cvdeploy.diagnose.doctor import _layer_findings
+    from cvdeploy.diagnose.layerwise import LayerReport, LayerStat
+
+    layers = [
+        LayerStat("c1", "c1", "Conv", 0, 0.99, 40.0, 40.0),
+        LayerStat("c2", "c2", "Conv", 1, 0.5, 3.0, 3.6, quantizer="fq1"),
+        LayerStat("c3", "c3", "Conv", 2, 0.5, 3.0, 3.2, quantizer="fq1"),
+    ]
+    lr = LayerReport("int8", "fp32", 4, layers, [], "c2", 12.0, [], None, "fq1", ["c2", "c3"])
+    (f,) = _layer_findings(lr)
+    assert "quantizer fq1" in f.title and "2 layers" in f.title
+    assert "c2 (3.6 dB), c3 (3.2 dB)" in f.evidence[0]
+    assert "--keep-float 'c2' --keep-float 'c3'" in f.fix
+    assert f.data["quantizer"] == "fq1" and f.data["layers"] == ["c2", "c3"]
+    own = LayerReport("int8", "fp32", 4, layers, [], "c2", 12.0, [], None, None, ["c2"])
+    (g,) = _layer_findings(own)
+    assert g.title.endswith("the error jumps at layer c2 (Conv)") and "quantizer" not in g.title

@@ -115,6 +115,90 @@ def test_an_int8_artifact_with_one_perturbed_scale_is_localised(
     assert rep.keep_float[0] == "conv2"
 
 
+def _branched(root: Path, imgs: list[np.ndarray]) -> tuple[Path, Path]:
+    """A bundle of the branched stack (conv1's activation read by conv2 and conv2b) and a
+    Q/DQ INT8 copy of its model."""
+    from cvdeploy.export import ImportOverrides, import_model
+    from tests.diagnose.conftest import IMGSZ, NAMES
+
+    src = conv_stack_onnx(root / "branched.onnx", branch=True)
+    bundle = root / "bundle"
+    import_model(
+        src,
+        out=bundle,
+        overrides=ImportOverrides(decoder="yolov8", names=NAMES, imgsz=(IMGSZ, IMGSZ)),
+    )
+    return bundle, _qdq(src, root / "q.onnx", imgs)
+
+
+def _scale(m: onnx.ModelProto, names: set[str], factor: float) -> None:
+    for name in names:
+        init = next(i for i in m.graph.initializer if i.name == name)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, name))
+
+
+def test_a_perturbed_quantizer_shared_by_two_layers_is_named_with_both(
+    stack_root: Path, tmp_path: Path
+) -> None:
+    """The zoo detector's miss: one FakeQuantize fed three convolutions, the benchmark scaled
+    it "in front of" the last, and the report named the first. A quantizer's fault shows in
+    every layer reading it: the report names the quantizer and all of them."""
+    pytest.importorskip("onnxruntime.quantization")
+    imgs = _images(stack_root, 8)
+    bundle, q = _branched(tmp_path, imgs)
+    m = onnx.load(str(q))
+    convs = {n.name: n for n in m.graph.node if n.op_type == "Conv"}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    dq = {k: producer[convs[k].input[0]] for k in ("conv2", "conv2b")}
+    qn = {k: producer[d.input[0]] for k, d in dq.items()}
+    assert qn["conv2"].name == qn["conv2b"].name  # one quantizer, two readers
+    add_onnx_artifact(bundle, "onnx-int8", q, precision="int8", source="onnx-fp32")
+    clean = compare_layers(Bundle.load(bundle), "onnx-int8", imgs[:4], attribute=0)
+    assert clean.first_jump is None and clean.jump_layers == [], [
+        (s.layer, s.local_db) for s in clean.layers
+    ]
+    assert {s.layer: s.quantizer for s in clean.layers}["conv2b"] == qn["conv2"].name
+    # its scale made 12x too small "in front of conv2b": conv2 reads the same clipped tensor
+    bad = onnx.load(str(q))
+    _scale(bad, {dq["conv2b"].input[1], qn["conv2b"].input[1]}, 1 / 12)
+    onnx.save(bad, str(tmp_path / "q_act.onnx"))
+    add_onnx_artifact(
+        bundle, "onnx-int8-act", tmp_path / "q_act.onnx", precision="int8", source="onnx-fp32"
+    )
+    rep = compare_layers(Bundle.load(bundle), "onnx-int8-act", imgs[:4], attribute=0)
+    detail = [(s.layer, s.local_db, s.quantizer) for s in rep.layers]
+    assert rep.first_jump == "conv2", detail  # the first reader, in topological order
+    assert rep.jump_quantizer == qn["conv2"].name, detail
+    assert rep.jump_layers == ["conv2", "conv2b"], detail
+    # one reader's weights perturbed: that layer alone, not the quantizer
+    wbad = onnx.load(str(q))
+    wdq = producer[convs["conv2b"].input[1]]
+    _scale(wbad, {wdq.input[1]}, 2.0)
+    onnx.save(wbad, str(tmp_path / "q_w.onnx"))
+    add_onnx_artifact(
+        bundle, "onnx-int8-w", tmp_path / "q_w.onnx", precision="int8", source="onnx-fp32"
+    )
+    rep = compare_layers(Bundle.load(bundle), "onnx-int8-w", imgs[:4], attribute=0)
+    detail = [(s.layer, s.local_db, s.quantizer) for s in rep.layers]
+    assert rep.first_jump == "conv2b", detail
+    assert rep.jump_quantizer is None and rep.jump_layers == ["conv2b"], detail
+
+
+def test_the_jump_group_needs_every_reader_of_the_quantizer_to_jump() -> None:
+    from cvdeploy.diagnose.layerwise import LayerStat, jump_group
+
+    def st(name: str, order: int, db: float, q: str | None) -> LayerStat:
+        return LayerStat(name, name, "Conv", order, 1.0, 40.0, local_db=db, quantizer=q)
+
+    layers = [st("a", 0, 30, None), st("b", 1, 3, "fq"), st("c", 2, 35, "fq"), st("d", 3, 4, "fq")]
+    assert jump_group(layers, "b", 12.0) == (None, ["b"])  # c reads fq and is healthy
+    layers[2].local_db = 5.0
+    assert jump_group(layers, "b", 12.0) == ("fq", ["b", "c", "d"])
+    assert jump_group(layers, None, 12.0) == (None, [])
+    assert jump_group([st("x", 0, 3, None)], "x", 12.0) == (None, ["x"])
+    assert jump_group([st("x", 0, 3, "q1")], "x", 12.0) == (None, ["x"])  # one reader
+
+
 def test_no_float_source_is_a_clear_error(stack: Path, tmp_path: Path) -> None:
     b = Bundle.load(stack)
     with pytest.raises(UsageError, match="cannot be compared with itself"):
@@ -183,8 +267,28 @@ def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) 
     assert t["keep_float"] == ["conv1", "conv2", "conv3"] and "--keep-float 'conv2'" in t["command"]
     assert t["map_keep"] == pytest.approx(t["map_fp32"], abs=0.02), t
     assert t["recovered"] is None or t["recovered"] > 0.5, t
+    # the placebo: one more quantization with a healthy layer kept in float instead
+    p = try_keep_float(b, art, ["conv2"], data, placebo=["conv3"])
+    assert p["placebo_keep"] == ["conv3"] and isinstance(p["beyond_placebo"], bool), p
+    assert p["beyond_placebo"] == (
+        p["map_keep"] - p["map_int8"] > abs(p["map_placebo"] - p["map_int8"])
+    )
     with pytest.raises(UsageError, match="not made by `cvdeploy quantize`"):
         try_keep_float(b, "onnx-fp32", ["conv1"], data)
+
+
+def test_the_placebo_is_the_healthiest_layers_not_kept() -> None:
+    from cvdeploy.diagnose.layerwise import LayerStat, placebo_layers
+
+    layers = [
+        LayerStat(k, k, "Conv", i, 1.0, 30.0, local_db=db, output_share=sh)
+        for i, (k, db, sh) in enumerate(
+            [("a", 20.0, 0.5), ("b", 45.0, 0.0), ("c", 45.0, 0.2), ("d", 40.0, None)]
+        )
+    ]
+    assert placebo_layers(layers, ["a", "b"]) == ["c", "d"]
+    assert placebo_layers(layers, ["a"]) == ["b"]  # equal SQNR: the smaller share first
+    assert placebo_layers(layers, []) == []
 
 
 def test_output_shares_of_the_likely_carriers_only(

@@ -159,7 +159,8 @@ def doctor_cmd(
             min=0,
             help="with --keep-float-trial: also re-quantize from N random samples of the "
             "calibration set, so the trial's result is judged against the calibration noise "
-            "(each about a minute on a small detector; 3 or more for a usable spread)",
+            "(each about a minute on a small detector; 3 or more for a usable spread); and "
+            "once with as many healthy layers kept in float instead (a placebo)",
         ),
     ] = 0,
     share_layers: Annotated[

@@ -49,6 +49,7 @@ from cvdeploy.diagnose.layerwise import (
     LayerReport,
     compare_layers,
     float_source,
+    placebo_layers,
     try_keep_float,
 )
 from cvdeploy.diagnose.preprocess_audit import (
@@ -92,7 +93,8 @@ class DoctorOptions:
         keep_float_noise: Calibration samples the keep-float trial re-quantizes from
             (without the kept layers) to measure the calibration noise its result is judged
             against (0: none; each costs a quantization and an evaluation, about a minute
-            on YOLOX-Nano).
+            on YOLOX-Nano). With any, a placebo is re-quantized too: as many of the
+            healthiest layers kept in float instead (:func:`layerwise.placebo_layers`).
         share_layers: Whose shares are measured: the union of this many layers with the
             largest isolated error and as many with the largest SQNR drop (each costs a
             model compilation); ``None``: every layer (slow on real models: minutes).
@@ -468,6 +470,9 @@ def _layers(
                     lr.keep_float,
                     opts.data,
                     noise=opts.keep_float_noise,
+                    placebo=placebo_layers(lr.layers, lr.keep_float)
+                    if opts.keep_float_noise > 0
+                    else (),
                     known=None  # the table's scores, when it saw the trial's images
                     if opts.max_images is not None or opts.split != "val"
                     else {r.artifact: r.score for r in rep.rows if r.score is not None},
@@ -484,7 +489,38 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
     out: list[Finding] = []
     local = [s.local_db for s in lr.layers]
     med = float(np.median(local)) if local else math.nan
-    if lr.first_jump is not None:
+    if lr.first_jump is not None and lr.jump_quantizer is not None:
+        group = [s for k in lr.jump_layers if (s := lr.layer(k)) is not None]
+        names = ", ".join(f"{s.layer} ({s.local_db:.1f} dB)" for s in group)
+        out.append(
+            Finding(
+                kind="layers",
+                severity="warning",
+                title=f"{lr.artifact}: the error jumps at quantizer {lr.jump_quantizer}, the input "
+                f"of {len(group)} layers",
+                evidence=[
+                    f"fed the float source's activations, every layer reading "
+                    f"{lr.jump_quantizer}'s output is an outlier: {names} (the median layer: "
+                    f"{med:.1f} dB; threshold {lr.threshold_db:.1f} dB): the fault is in "
+                    "the quantizer they share (its range), not in one layer's weights",
+                    f"compared with {lr.source} on {lr.images} images, {len(lr.layers)} layers "
+                    "matched by name",
+                ],
+                fix=f"check the calibration range of {lr.jump_quantizer} (calibration images "
+                "like the production ones, --method percentile); or keep the layers it feeds "
+                "in float: `cvdeploy quantize BUNDLE --calib DATA --overwrite "
+                + " ".join(f"--keep-float '{k}'" for k in lr.jump_layers)
+                + "`",
+                artifact=lr.artifact,
+                data={
+                    "layer": lr.first_jump,
+                    "quantizer": lr.jump_quantizer,
+                    "layers": lr.jump_layers,
+                    "local_db": {s.layer: s.local_db for s in group},
+                },
+            )
+        )
+    elif lr.first_jump is not None:
         st = lr.layer(lr.first_jump)
         assert st is not None
         out.append(
@@ -549,6 +585,16 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                         if t.get("gap_within_noise")
                         else ""
                     )
+                )
+            if "map_placebo" in t:
+                moved = t["map_placebo"] - t["map_int8"]
+                noisy = noisy or not t["beyond_placebo"]
+                evidence.append(
+                    f"placebo: keeping {len(t['placebo_keep'])} healthy layer(s) in float "
+                    f"instead ({', '.join(t['placebo_keep'])}) moves mAP50-95 by {moved:+.4f}: "
+                    "the keep-float change is "
+                    + ("larger" if t["beyond_placebo"] else "no larger")
+                    + " than what changing what is quantized does by itself"
                 )
             severity = "warning" if rec is not None and rec >= 0.5 and not noisy else "info"
         elif "error" in t:

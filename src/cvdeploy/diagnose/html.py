@@ -307,8 +307,14 @@ def _layers(data: dict[str, Any]) -> str:
         if r.get("first_jump"):
             j = next(i for i, s in enumerate(layers) if s["layer"] == r["first_jump"])
             ax.axvline(j, color="#b00020", ls="--", lw=1)
+            for k in r.get("jump_layers") or []:  # the others fed by a faulty quantizer
+                if k != r["first_jump"]:
+                    i = next(i for i, s in enumerate(layers) if s["layer"] == k)
+                    ax.axvline(i, color="#b00020", ls=":", lw=0.8)
+            q = r.get("jump_quantizer")
             ax.annotate(
-                f"first jump: {r['first_jump']}",
+                f"first jump: {r['first_jump']}"
+                + (f" (quantizer {q}, {len(r['jump_layers'])} layers)" if q else ""),
                 (j, loc[j]),
                 xytext=(5, 10),
                 textcoords="offset points",

@@ -41,6 +41,9 @@ _ONNX_COMPUTE = {
 }
 _ONNX_FOLLOW = {"Cast", "Mul", "Add", "DequantizeLinear"}
 _OV_COMPUTE = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
+_ONNX_QUANT_PASS = {"DequantizeLinear", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
+_OV_QUANT_PASS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"}
+"""Ops between a quantizer and the layer reading its output that only move values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,11 @@ class TapPoint:
         names: Tensor and node names the layer answers to (for matching across artifacts).
         inputs: Keys of the nearest tapped layers upstream (empty for the first layers).
         order: Position in topological order.
+        quantizer: The quantizer of the layer's input activation (an INT8 artifact's
+            OpenVINO ``FakeQuantize`` or ONNX ``QuantizeLinear``), by name; ``None``: the
+            input is not quantized (or not by one quantizer). One quantizer often feeds
+            several layers (a tensor read by several branches): a fault in its scale shows
+            in all of them alike.
     """
 
     key: str
@@ -61,6 +69,7 @@ class TapPoint:
     names: frozenset[str]
     inputs: tuple[str, ...]
     order: int
+    quantizer: str | None = None
 
 
 def tappable(art: Artifact) -> bool:
@@ -357,6 +366,23 @@ def _onnx_points(data: bytes) -> tuple[list[TapPoint], _OnnxImpl]:
         tensor_of[key] = t
         infos.append((key, n.op_type, {t, n.output[0], key}, i))
     initializers = {x.name for x in model.graph.initializer}
+
+    def quantizer(i: int) -> str | None:
+        """The QuantizeLinear behind the node's data input (through its DequantizeLinear
+        and ops that only move or reshape values)."""
+        t = nodes[i].input[0] if nodes[i].input else ""
+        for _ in range(4):
+            j = producer.get(t)
+            if j is None:
+                return None
+            n = nodes[j]
+            if n.op_type == "QuantizeLinear":
+                return n.name or n.output[0]
+            if n.op_type not in _ONNX_QUANT_PASS or not n.input:
+                return None
+            t = n.input[0]
+        return None
+
     points: list[TapPoint] = []
     for order, (key, op, names, i) in enumerate(infos):
         found: list[str] = []
@@ -376,7 +402,14 @@ def _onnx_points(data: bytes) -> tuple[list[TapPoint], _OnnxImpl]:
                 producer[t] for t in nodes[j].input if t in producer and t not in initializers
             )
         points.append(
-            TapPoint(key=key, op_type=op, names=frozenset(names), inputs=tuple(found), order=order)
+            TapPoint(
+                key=key,
+                op_type=op,
+                names=frozenset(names),
+                inputs=tuple(found),
+                order=order,
+                quantizer=quantizer(i),
+            )
         )
     return points, _OnnxImpl(model, tensor_of, elem)
 
@@ -488,6 +521,17 @@ def _ov_outputs(model: Any) -> tuple[dict[str, Any], list[TapPoint]]:
             names |= {add.get_friendly_name(), *out.get_names()}
         ports[key] = out
         raw.append((key, op.get_type_name(), names, op))
+
+    def quantizer(op: Any) -> str | None:
+        node = op.input(0).get_source_output().get_node()
+        for _ in range(4):
+            if node.get_type_name() == "FakeQuantize":
+                return str(node.get_friendly_name())
+            if node.get_type_name() not in _OV_QUANT_PASS:
+                return None
+            node = node.input(0).get_source_output().get_node()
+        return None
+
     points: list[TapPoint] = []
     for order, (key, op_type, names, op) in enumerate(raw):
         found: list[str] = []
@@ -509,7 +553,12 @@ def _ov_outputs(model: Any) -> tuple[dict[str, Any], list[TapPoint]]:
             stack.extend(i.get_source_output().get_node() for i in node.inputs())
         points.append(
             TapPoint(
-                key=key, op_type=op_type, names=frozenset(names), inputs=tuple(found), order=order
+                key=key,
+                op_type=op_type,
+                names=frozenset(names),
+                inputs=tuple(found),
+                order=order,
+                quantizer=quantizer(op),
             )
         )
     return ports, points
