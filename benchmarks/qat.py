@@ -23,6 +23,16 @@ to calibrate and learn from, **without their labels**, ``--val`` images to score
   timed (from the run's working folder: ``cvdeploy qat`` does not deliver it) and the
   refusal is recorded with its reason under ``gates``.
 
+``--case yolox``: the same measurements on a real model with no training code, the
+YOLOX-Nano ONNX of ``../shared/realworld`` run as a torch module
+(:class:`cvdeploy.compress.OnnxModule`, ``benchmarks/_onnx_sources.py``: its raw head decoded
+to the YOLOv8 layout, its x255 input scale folded into the first convolution), with
+``--scheme default`` (per-channel weights, the scheme ``cvdeploy qat`` ships): the 128
+coco128 images, without their labels, to calibrate (``--calib``) and learn from, and the
+same 128 images with their labels to score on (there is no other labelled real set here,
+so the figures measure what QAT recovers on the images it saw). Writes
+``benchmarks/results/qat_yolox.json``; skipped (exit 2) without ``../shared/realworld``.
+
 Writes ``benchmarks/results/qat.json`` (``--out`` elsewhere): ``fp32_map``, ``ptq_map``,
 ``qat_map``, ``recovered`` (share of PTQ's loss recovered), the scheme, the CPU, the
 latencies and the checks. Defaults take about 18 minutes on an idle 2-core machine
@@ -34,6 +44,7 @@ Usage::
 
     python benchmarks/qat.py [--quick] [--minutes 5] [--scheme aggressive-symmetric]
         [--calib 32] [--threads 2] [--rounds 5] [--train 300] [--val 200] [--out FILE]
+    python benchmarks/qat.py --case yolox --minutes 14.5 --lr 3e-4
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, cpu_kind
+from _common import ROOT, cpu_kind, realworld_root
 
 from cvdeploy.compress.qdq import SCHEMES
 
@@ -71,9 +82,10 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="QAT training budget")
     ap.add_argument(
         "--scheme",
-        default="aggressive-symmetric",
+        default=None,
         choices=SCHEMES,
-        help="cvdeploy qat --scheme, for PTQ and QAT alike",
+        help="cvdeploy qat --scheme, for PTQ and QAT alike (default: aggressive-symmetric "
+        "for the zoo case, default for yolox)",
     )
     ap.add_argument("--calib", type=int, default=32, help="calibration images")
     ap.add_argument("--threads", type=int, default=2)
@@ -81,8 +93,20 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=300, help="unlabeled images to learn from")
     ap.add_argument("--val", type=int, default=200, help="labelled images to score on")
     ap.add_argument("--lr", type=float, default=0.0001)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qat.json")
+    ap.add_argument(
+        "--case",
+        choices=("zoo", "yolox"),
+        default="zoo",
+        help="zoo: detector-n on synthetic data; yolox: the real YOLOX-Nano (ONNX from "
+        "../shared/realworld run as torch) on coco128",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="default results/qat[_yolox].json")
     a = ap.parse_args()
+    if a.scheme is None:
+        a.scheme = "aggressive-symmetric" if a.case == "zoo" else "default"
+    if a.out is None:
+        name = "qat.json" if a.case == "zoo" else "qat_yolox.json"
+        a.out = ROOT / "benchmarks" / "results" / name
     if a.quick:
         a.train, a.val, a.rounds = 16, 8, 1
     from cvdeploy.bundle import Bundle
@@ -91,9 +115,30 @@ def main() -> int:
     from cvdeploy.environment import fingerprint
 
     t0 = time.perf_counter()
+    model, spec_file = MODEL, None
     with tempfile.TemporaryDirectory(prefix="cvd-qat-bench-") as tmp:
-        data = make_detection_dataset(Path(tmp) / "data", n_train=a.train, n_val=a.val, seed=0)
-        train = data.parent / "images" / "train"
+        if a.case == "yolox":
+            import yaml
+            from _onnx_sources import coco_names, yolox_spec
+
+            rw = realworld_root()
+            coco = rw / "datasets" / "coco128"
+            if not (rw / "models" / "yolox_nano.onnx").is_file() or not coco.is_dir():
+                print(f"skipped: the yolox case needs {rw} (YOLOX-Nano and coco128)")
+                return 2
+            model = "_onnx_sources:yolox_nano"
+            spec_file = Path(tmp) / "yolox_spec.yaml"
+            spec_file.write_text(yaml.safe_dump(yolox_spec(coco_names(rw))))
+            data = coco / "coco128.yaml"
+            train = coco / "images" / "train2017"
+            if a.quick:  # a few images: the script works, no figures
+                train = Path(tmp) / "train"
+                train.mkdir()
+                for f in sorted((coco / "images" / "train2017").iterdir())[:16]:
+                    (train / f.name).symlink_to(f)
+        else:
+            data = make_detection_dataset(Path(tmp) / "data", n_train=a.train, n_val=a.val, seed=0)
+            train = data.parent / "images" / "train"
         out = Path(tmp) / "qat"
         work = Path(tmp) / "qat.work"
         opts = QatOptions(
@@ -111,7 +156,10 @@ def main() -> int:
             latency_rounds=a.rounds,
             progress=sys.stderr.isatty(),
         )
-        rep = qat_model(MODEL, train, out, options=opts, log=lambda m: print(m, file=sys.stderr))
+        rep = qat_model(
+            model, train, out, options=opts, spec_file=spec_file,
+            log=lambda m: print(m, file=sys.stderr),
+        )  # fmt: skip
         d = rep.to_dict()
         rows = {r["name"]: r for r in d["rows"]}
         b = Bundle.load(out)
@@ -139,9 +187,18 @@ def main() -> int:
     ov = {k: {"artifact": r["artifact"], "p50_ms": r["p50_ms"],
               "inference_p50_ms": r["inference_p50_ms"]} for k, r in rows.items()}  # fmt: skip
     res: dict[str, Any] = {
-        "model": MODEL,
+        "case": a.case,
+        "model": MODEL
+        if a.case == "zoo"
+        else "YOLOX-Nano (realworld ONNX run as torch: benchmarks/_onnx_sources.py)",
         "quick": a.quick,
-        "data": {"synthetic_seed": 0, "train_unlabeled": a.train, "val": a.val, "imgsz": 256},
+        "data": {"synthetic_seed": 0, "train_unlabeled": a.train, "val": a.val, "imgsz": 256}
+        if a.case == "zoo"
+        else {
+            "train_unlabeled": "coco128 images (128, labels not used)",
+            "val": "coco128 (the same 128 images, labelled)",
+            "imgsz": 416,
+        },
         "scheme": t["scheme"],
         "ptq_scheme": f"{a.scheme}: weights {t['scheme']['weights']}; activations "
         f"{t['scheme']['activations']}; head logits "

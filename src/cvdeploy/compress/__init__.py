@@ -10,6 +10,8 @@ Public API:
   learns from any runnable bundle;
 - :func:`qat_model` with :class:`QatOptions`: quantization-aware training (torchao PT2E)
   from PTQ, exported as an explicit Q/DQ ONNX INT8 artifact;
+- :class:`OnnxModule`: an ONNX graph run as a trainable torch module, for a
+  ``module:factory`` source of a model that exists only as ONNX (QAT, distillation);
 - :class:`CompressReport` / :class:`ModelRow`: the result table;
 - :class:`TrainingInterrupted`: raised on Ctrl-C after the state was saved (``--resume``).
 
@@ -19,6 +21,7 @@ Needs torch and torch-pruning (``pip install 'cvdeploy[compress]'``).
 from cvdeploy.compress.distill import DistillOptions, distill_model
 from cvdeploy.compress.loop import LoopOptions, LoopResult, TrainingInterrupted
 from cvdeploy.compress.measure import ModelRow
+from cvdeploy.compress.onnx_module import OnnxModule
 from cvdeploy.compress.pruning import PruneOptions, prune_model
 from cvdeploy.compress.qat import QatOptions, qat_model
 from cvdeploy.compress.report import CompressReport
@@ -29,6 +32,7 @@ __all__ = [
     "LoopOptions",
     "LoopResult",
     "ModelRow",
+    "OnnxModule",
     "PruneOptions",
     "QatOptions",
     "TrainingInterrupted",

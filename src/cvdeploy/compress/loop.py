@@ -46,7 +46,8 @@ class LoopOptions:
     """How long and how the student learns.
 
     Attributes:
-        budget_s: Wall-clock budget of this loop (``None``: ``max_steps`` only).
+        budget_s: Wall-clock budget of this loop (``None``: ``max_steps`` only); a step
+            that would end past it (as long as the last one took) is not started.
         max_steps: Optimizer steps (``None``: until the budget).
         batch: Images per step.
         lr: Peak AdamW learning rate.
@@ -209,7 +210,9 @@ def distill_loop(
         TrainDisplay(enabled=options.progress, title=options.title) as display,
     ):
         try:
-            while sched.progress(step, elapsed()) < 1.0:
+            last_step_s = 0.0  # a step that would end past the time budget is not started
+            while sched.progress(step, elapsed() + last_step_s) < 1.0:
+                t_step = clock()
                 p = sched.progress(step, elapsed())
                 for g in opt.param_groups:
                     g["lr"] = options.lr * sched.lr_factor(p)
@@ -243,6 +246,7 @@ def distill_loop(
                     save(state())
                 if on_step is not None:
                     on_step(step, losses[-1])
+                last_step_s = clock() - t_step
         except KeyboardInterrupt:
             if save is not None:
                 save(state())
