@@ -134,3 +134,54 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path) -> None:
     f.write_bytes(b"not a model")
     with pytest.raises(UsageError, match="not a readable ONNX model"):
         OnnxModule(f)
+
+
+def test_the_zoo_detectors_own_onnx_export_runs_as_torch(onnx_teacher: Path) -> None:
+    """A real exported graph (Split, ReduceSum, Softmax of the DFL decoding) gives what ONNX
+    Runtime gives."""
+    import onnxruntime as ort
+
+    from cvdeploy.bundle import Bundle
+
+    b = Bundle.load(onnx_teacher)
+    f = b.model_file(b.artifact("onnx-fp32"))
+    x = np.random.default_rng(2).uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(2)])
+    with torch.no_grad():
+        out = OnnxModule(f).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_qat_of_a_model_that_exists_only_as_onnx(
+    tmp_path: Path, onnx_teacher: Path, det64: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cvdeploy qat module:factory` where the factory wraps an ONNX file in OnnxModule: the
+    Q/DQ export quantizes every convolution and the INT8 artifacts land in the bundle."""
+    import yaml
+
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.compress import QatOptions, qat_model
+
+    b = Bundle.load(onnx_teacher)
+    f = b.model_file(b.artifact("onnx-fp32"))
+    (tmp_path / "onnx_factory.py").write_text(
+        "from cvdeploy.compress import OnnxModule\n\n"
+        f"def build():\n    return OnnxModule({str(f)!r})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(b.spec.model_dump(mode="json")))
+    out = tmp_path / "q"
+    rep = qat_model(
+        "onnx_factory:build", det64.parent / "images" / "train", out, spec_file=spec,
+        options=QatOptions(minutes=None, iters=4, calib_size=16, progress=False,
+                           latency_rounds=1),
+    )  # fmt: skip
+    assert rep.training[0]["iterations"] == 4
+    q = Bundle.load(out)
+    for art_id in ("onnx-int8-ptq", "onnx-int8-qat"):
+        st = q.artifact(art_id).produced_by.options["qdq"]
+        assert st["convs_quantized"] == st["convs"] == 63 and st["head_qdq"] == 0

@@ -140,6 +140,32 @@ def _bn(m: OnnxModule, node: Any, x: list[Any], a: dict[str, Any]) -> Any:
     )
 
 
+def _split(m: OnnxModule, node: Any, x: list[Any], a: dict[str, Any]) -> Any:
+    axis = int(a.get("axis", 0))
+    if len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in m.const(node.input[1])]
+    elif "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    else:
+        n = len(node.output)
+        sizes = [x[0].shape[axis] // n] * n
+    return torch.split(x[0], sizes, dim=axis)
+
+
+def _reduce(fn: str) -> _Fn:
+    def run(m: OnnxModule, node: Any, x: list[Any], a: dict[str, Any]) -> Any:
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in m.const(node.input[1])]
+        else:
+            axes = [int(v) for v in a.get("axes", range(x[0].dim()))]
+        keep = bool(a.get("keepdims", 1))
+        if fn == "max":
+            return torch.amax(x[0], dim=axes, keepdim=keep)
+        return getattr(torch, fn)(x[0], dim=axes, keepdim=keep)
+
+    return run
+
+
 OPS: dict[str, _Fn] = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -170,6 +196,10 @@ OPS: dict[str, _Fn] = {
     "Transpose": lambda m, n, x, a: x[0].permute(*a["perm"]),
     "Softmax": lambda m, n, x, a: torch.softmax(x[0], int(a.get("axis", -1))),
     "Identity": lambda m, n, x, a: x[0],
+    "Split": _split,
+    "ReduceSum": _reduce("sum"),
+    "ReduceMean": _reduce("mean"),
+    "ReduceMax": _reduce("max"),
 }
 """The supported ONNX operators."""
 
@@ -310,8 +340,13 @@ class OnnxModule(nn.Module):
         for node, a in self._nodes:
             fn = OPS[node.op_type]
             args = [self._value(i, env) for i in node.input if i] if node.op_type not in (
-                "Slice", "Reshape", "Resize", "Conv"
+                "Slice", "Reshape", "Resize", "Conv", "Split", "ReduceSum", "ReduceMean",
+                "ReduceMax",
             ) else [self._value(node.input[0], env)]  # fmt: skip
-            env[node.output[0]] = fn(self, node, args, a)
+            out = fn(self, node, args, a)
+            if isinstance(out, tuple | list):
+                env.update(zip(node.output, out, strict=True))
+            else:
+                env[node.output[0]] = out
         outs = [env[o] for o in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
