@@ -74,6 +74,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prune-minutes", type=float, default=10.0, help="recovery budget")
     ap.add_argument("--steps", type=int, default=2, help="pruning steps")
     ap.add_argument("--max-ratio", type=float, default=0.4, help="largest channel ratio")
+    ap.add_argument("--prune-lr", type=float, default=None, help="recovery lr (default: prune's)")
     ap.add_argument(
         "--max-drop",
         type=float,
@@ -130,6 +131,7 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
         threads=a.threads,
         latency_rounds=1 if a.quick else 3,
         progress=not a.quick,
+        **({} if a.prune_lr is None else {"lr": a.prune_lr}),
     )
     pruned = t / "pruned"
     t0 = time.perf_counter()
@@ -139,6 +141,7 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
         return {"status": "refused", "message": str(exc), "seconds": time.perf_counter() - t0}
     res: dict[str, Any] = {"status": "done", "prune_report": rep.to_dict()}
     res["recovery_seconds"] = sum(float(s["seconds"]) for s in rep.training)
+    res["recovery_lr"] = opts.lr
     say("exporting the original to ONNX + OpenVINO and the pruned model to OpenVINO")
     export_model("detector-n", formats=["onnx", "openvino"], out=t / "source", data=train)
     src = Bundle.load(t / "source")
