@@ -238,30 +238,23 @@ def test_a_keep_float_trial_within_the_calibration_noise_is_not_a_warning() -> N
     text = " ".join(noisy.evidence)
     assert "calibration noise" in text and "within two standard deviations" in text
     assert "the loss is calibration noise" in text
-    clear = finding(
-        {
-            **base,
-            "map_keep": 0.3340,
-            "recovered": 0.93,
-            "noise_maps": [0.3262, 0.3263],
-            "noise_sd": 0.0001,
-            "within_noise": False,
-            "gap_within_noise": False,
-        }
-    )
+    beyond_noise = {
+        **base,
+        "map_keep": 0.3340,
+        "recovered": 0.93,
+        "noise_maps": [0.3262, 0.3263],
+        "noise_sd": 0.0001,
+        "within_noise": False,
+        "gap_within_noise": False,
+    }
+    clear = finding(beyond_noise)
     assert clear.severity == "warning"
     assert "beyond two standard deviations" in " ".join(clear.evidence)
     # beyond the calibration noise, but a placebo (healthy layers kept in float) moved the
     # accuracy as much: not a recovery
     placebo = finding(
         {
-            **base,
-            "map_keep": 0.3340,
-            "recovered": 0.93,
-            "noise_maps": [0.3262, 0.3263],
-            "noise_sd": 0.0001,
-            "within_noise": False,
-            "gap_within_noise": False,
+            **beyond_noise,
             "placebo_keep": ["conv9"],
             "map_placebo": 0.3345,
             "beyond_placebo": False,

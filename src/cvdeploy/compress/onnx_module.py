@@ -203,6 +203,12 @@ OPS: dict[str, _Fn] = {
 }
 """The supported ONNX operators."""
 
+_CONSTANT_INPUTS = frozenset(
+    {"Slice", "Reshape", "Resize", "Split", "ReduceSum", "ReduceMean", "ReduceMax", "Conv"}
+)
+"""Operators given only their first input as a tensor: the rest are constants they read
+with :meth:`OnnxModule.const` (shapes, bounds, scales), or a convolution's own weights."""
+
 _TRAINABLE = {"Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2)}
 """Which inputs of an operator are weights to train (when they are initializers)."""
 
@@ -339,10 +345,10 @@ class OnnxModule(nn.Module):
         env: dict[str, Any] = {self.input_name: x}
         for node, a in self._nodes:
             fn = OPS[node.op_type]
-            args = [self._value(i, env) for i in node.input if i] if node.op_type not in (
-                "Slice", "Reshape", "Resize", "Conv", "Split", "ReduceSum", "ReduceMean",
-                "ReduceMax",
-            ) else [self._value(node.input[0], env)]  # fmt: skip
+            if node.op_type in _CONSTANT_INPUTS:
+                args = [self._value(node.input[0], env)]
+            else:
+                args = [self._value(i, env) for i in node.input if i]
             out = fn(self, node, args, a)
             if isinstance(out, tuple | list):
                 env.update(zip(node.output, out, strict=True))
