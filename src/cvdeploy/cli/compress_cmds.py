@@ -124,7 +124,8 @@ def prune_cmd(
         str,
         typer.Argument(
             help="zoo model (detector-n), training checkpoint, module:factory (with --spec), "
-            "or a bundle holding a torch artifact"
+            "or a bundle holding a torch artifact (an imported ONNX model is refused: `cvdeploy "
+            "qat` takes it)"
         ),
     ],
     data: Annotated[
@@ -243,7 +244,11 @@ def distill_cmd(
     ],
     out: Annotated[Path, typer.Option(help="the student's bundle")],
     student: Annotated[
-        str, typer.Option(help="zoo:NAME (e.g. zoo:detector-p) or module:factory")
+        str,
+        typer.Option(
+            help="zoo:NAME (e.g. zoo:detector-p) or module:factory (an imported ONNX model "
+            "can be the --teacher, not the student; `cvdeploy qat` trains it as INT8)"
+        ),
     ] = "zoo:detector-p",
     teacher_artifact: Annotated[
         str | None, typer.Option(help="the teacher's artifact (default: its preferred one)")
@@ -327,8 +332,11 @@ def qat_cmd(
     source: Annotated[
         str,
         typer.Argument(
-            help="zoo model, training checkpoint, module:factory (with --spec), or a bundle "
-            "holding a torch artifact"
+            help="zoo model, training checkpoint, module:factory (with --spec), a bundle "
+            "holding a torch artifact, or an imported model: a bundle of an FP32 ONNX model "
+            "(`cvdeploy import`) or an .onnx file with --spec, run as torch (its input scale "
+            "and colour order folded into its first convolutions, a yolox/yolov5 head decoded "
+            "to the yolov8 layout)"
         ),
     ],
     data: Annotated[
@@ -363,7 +371,9 @@ def qat_cmd(
     ] = None,
     eval_data: EvalData = None,
     labels: Labels = None,
-    spec: Annotated[Path | None, typer.Option(help="spec file of a module:factory source")] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="spec file of a module:factory source or an .onnx file")
+    ] = None,
     lr: Annotated[float, typer.Option(help="peak learning rate")] = 0.0001,
     batch: Annotated[int, typer.Option(help="images per optimizer step")] = 8,
     threads: Threads = 2,
@@ -381,6 +391,12 @@ def qat_cmd(
     decomposed, the head in float), gated against FP32 and shown side by side with the
     share of PTQ's loss that QAT recovered. `cvdeploy quantize --explain BUNDLE --artifact
     onnx-int8-qat` explains their speed.
+
+    A model with no training code works too: `cvdeploy import MODEL.onnx --out B --preset
+    yolox` then `cvdeploy qat B --data IMAGES`. Its graph runs as torch, taking RGB 0..1 (a
+    0..255 scale, std and BGR order folded into the convolutions reading the input) and
+    giving the yolov8 layout (a yolox or yolov5 head decoded in torch); the new bundle's
+    spec says so. Operators, inputs or heads that cannot be converted are refused by name.
     """
     from cvdeploy.compress import QatOptions, qat_model
 

@@ -126,7 +126,8 @@ def build_student(student: str, *, task: str, num_classes: int) -> tuple[torch.n
         return build_module(builder, num_classes=num_classes), builder
     raise UsageError(
         f"--student must be zoo:NAME or module:factory, got {student!r}",
-        hint="e.g. --student zoo:detector-p",
+        hint="e.g. --student zoo:detector-p (an imported ONNX model cannot be the student: "
+        "it can be the --teacher, or be trained as INT8 with `cvdeploy qat BUNDLE`)",
     )
 
 

@@ -99,6 +99,7 @@ def write_torch_bundle(
     options: dict[str, Any],
     pruned: bool,
     details: dict[str, Any] | None = None,
+    builder_data: dict[str, Any] | None = None,
 ) -> Bundle:
     """Create a bundle holding ``module`` as its torch source artifact.
 
@@ -113,6 +114,8 @@ def write_torch_bundle(
         options: Provenance options.
         pruned: The layers are narrower than the builder makes them (shapes from weights).
         details: History details.
+        builder_data: What the builder needs besides its name (an ``onnx:`` builder's graph
+            and spec), stored in the checkpoint.
     """
     with Bundle.create(
         out, name=name, spec=spec, overwrite=True, action=tool, details=details or {}
@@ -124,6 +127,7 @@ def write_torch_bundle(
             num_classes=spec.num_classes,
             state_dict=module.state_dict(),
             shapes_from_weights=pruned,
+            builder_data=builder_data,
         )
         edit.add_artifact(
             artifact_id="torch-fp32",

@@ -248,23 +248,27 @@ class OnnxModule(nn.Module):
     """An ONNX graph executed with torch operators.
 
     Args:
-        path: The ``.onnx`` file.
+        path: The ``.onnx`` file, or a serialized model (``bytes``).
 
     Raises:
         UsageError: The file is not an ONNX model, has several inputs, or uses an operator
             outside :data:`OPS` (named in the message).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str | bytes) -> None:
         super().__init__()
         import onnx
         from onnx import numpy_helper
 
-        path = Path(path)
+        what = "the serialized model" if isinstance(path, bytes) else str(path)
         try:
-            model = onnx.load(str(path))
+            model = (
+                onnx.load_model_from_string(path)
+                if isinstance(path, bytes)
+                else onnx.load(str(path))
+            )
         except Exception as exc:  # onnx raises several types
-            raise UsageError(f"{path} is not a readable ONNX model: {exc}") from exc
+            raise UsageError(f"{what} is not a readable ONNX model: {exc}") from exc
         g = model.graph
         inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         for n in g.node:
@@ -273,16 +277,17 @@ class OnnxModule(nn.Module):
         inputs = [i for i in g.input if i.name not in inits]
         if len(inputs) != 1:
             raise UsageError(
-                f"{path} has {len(inputs)} inputs; only single-input models are supported"
+                f"{what} has {len(inputs)} inputs; only single-input models are supported"
             )
         unsupported = sorted({n.op_type for n in g.node if n.op_type not in OPS} - {"Constant"})
         if unsupported:
             raise UsageError(
-                f"{path} uses ONNX operators that cannot be run as torch: {', '.join(unsupported)}",
+                f"{what} uses ONNX operators that cannot be run as torch: {', '.join(unsupported)}",
                 hint=f"supported: {', '.join(sorted(OPS))}",
             )
         dims = inputs[0].type.tensor_type.shape.dim
         self.batch_one = bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in g.output]
         trainable = {
@@ -320,6 +325,73 @@ class OnnxModule(nn.Module):
         conv = self.layers[_key(node.output[0])]
         conv = conv[-1] if isinstance(conv, nn.Sequential) else conv
         return conv.weight  # type: ignore[return-value]
+
+    def input_convolutions(self) -> list[tuple[nn.Conv2d, list[tuple[int, tuple[str, ...]]]]]:
+        """The convolutions that read the graph input, each with where every one of its input
+        channels comes from: ``(input channel, path)``, the path naming the spatial Slices
+        it went through (the space-to-depth of YOLOX's Focus); channels with the same path
+        hold the same pixels. The input may reach them only through Slices, channel
+        Concats and Identities: that is what lets an input scale or channel order be folded
+        into their weights.
+
+        Raises:
+            UsageError: The input reaches another operator (named), a Concat mixes it with
+                computed tensors, or it is an output of the graph.
+        """
+        rank = len(self.input_shape) or 4
+        channels = self.input_shape[1] if len(self.input_shape) > 1 else -1
+        if channels < 1:
+            raise UsageError("the graph input's channel count is not fixed")
+        labels: dict[str, list[tuple[int, tuple[str, ...]]]] = {
+            self.input_name: [(c, ()) for c in range(channels)]
+        }
+        found: list[tuple[nn.Conv2d, list[tuple[int, tuple[str, ...]]]]] = []
+        for node, a in self._nodes:
+            used = [i for i in node.input if i in labels]
+            if not used:
+                continue
+            what = f"{node.op_type} {node.name or node.output[0]!r}"
+            if node.op_type == "Conv" and node.input[0] in labels:
+                conv = self.layers[_key(node.output[0])]
+                if isinstance(conv, nn.Sequential):
+                    conv = conv[-1]
+                found.append((conv, labels[node.input[0]]))  # type: ignore[arg-type]
+            elif node.op_type == "Identity":
+                labels[node.output[0]] = labels[node.input[0]]
+            elif node.op_type == "Slice" and node.input[0] in labels:
+                starts, ends = self.const(node.input[1]), self.const(node.input[2])
+                n = len(starts)
+                axes = (
+                    self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else range(n)
+                )
+                steps = (
+                    self.const(node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * n
+                )
+                out = labels[node.input[0]]
+                spatial = False
+                for st, en, ax, step in zip(starts, ends, axes, steps, strict=True):
+                    if int(ax) % rank == 1:
+                        out = out[slice(int(st), int(en), int(step))]
+                    elif int(ax) % rank != 0:
+                        spatial = True
+                tag = (node.output[0],) if spatial else ()
+                labels[node.output[0]] = [(c, path + tag) for c, path in out]
+            elif node.op_type == "Concat" and int(a["axis"]) % rank == 1:
+                if len(used) != len([i for i in node.input if i]):
+                    raise UsageError(
+                        f"the graph input reaches {what}, which mixes it with computed tensors"
+                    )
+                labels[node.output[0]] = [lab for i in node.input if i for lab in labels[i]]
+            else:
+                raise UsageError(
+                    f"the graph input reaches {what}: only convolutions (through Slice and "
+                    "channel Concat) can take a folded input scale or channel order"
+                )
+        if any(o in labels for o in self.output_names):
+            raise UsageError("the graph input reaches an output without a convolution")
+        if not found:
+            raise UsageError("the graph input reaches no convolution")
+        return found
 
     def const(self, name: str) -> list[Any]:
         """A constant input (shapes, slice bounds, scales) as a Python list."""

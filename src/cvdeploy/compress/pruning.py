@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -35,7 +35,7 @@ from cvdeploy.compress.measure import (
 from cvdeploy.compress.prune import IMPORTANCES, MAX_RATIO, check_ratio, count_macs, prune_step
 from cvdeploy.compress.report import CompressReport, speed_note
 from cvdeploy.compress.rewrite import make_prunable
-from cvdeploy.compress.sources import Source, resolve_source
+from cvdeploy.compress.sources import Source, names_onnx_model, resolve_source
 from cvdeploy.compress.state import WorkDir, check_budget, check_out
 from cvdeploy.compress.teacher import TorchTeacher
 from cvdeploy.environment import fingerprint
@@ -152,6 +152,16 @@ def _step_ratio(done: float, target: float) -> float:
     return 1 - (1 - target) / (1 - done)
 
 
+def _refuse_onnx(source: str) -> NoReturn:
+    raise UsageError(
+        f"{source} is an imported ONNX model: pruning needs the model's own torch code (an "
+        "ONNX graph run as torch has fixed reshapes and functional layers that channel "
+        "pruning cannot follow)",
+        hint=f"`cvdeploy qat {source} --data IMAGES` trains it as INT8; or prune the model "
+        "its training code builds (module:factory)",
+    )
+
+
 def prune_model(
     source: str,
     data: Path,
@@ -188,7 +198,11 @@ def prune_model(
     out = Path(out)
     _validate(o, out)
     t_start = time.perf_counter()
+    if names_onnx_model(source):
+        _refuse_onnx(source)
     src = resolve_source(source, spec_file=spec_file)
+    if src.from_onnx:
+        _refuse_onnx(source)
     final = o.ratio if o.ratio is not None else (o.max_ratio if o.target_latency else 0.3)
     notes: list[str] = []
     images = load_train_images(

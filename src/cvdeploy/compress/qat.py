@@ -175,13 +175,16 @@ def qat_model(
     """Quantization-aware training of ``source`` on ``data``; write FP32, PTQ and QAT.
 
     Args:
-        source: A zoo model, a checkpoint, ``module:factory`` (with ``spec_file``), or a
-            bundle with a torch artifact.
+        source: A zoo model, a checkpoint, ``module:factory`` (with ``spec_file``), a
+            bundle with a torch artifact, or an imported model: a bundle whose model is FP32
+            ONNX, or an ``.onnx`` file with ``spec_file`` (run as torch, its input convention
+            folded into its first convolutions and its head decoded to the YOLOv8 layout: see
+            :mod:`cvdeploy.compress.onnx_source`).
         data: The images (a folder, or a dataset whose train split is used).
         out: The bundle written: ``torch-fp32``, ``onnx-fp32``, ``onnx-int8-ptq`` and
             ``onnx-int8-qat`` (and OpenVINO IRs of them with ``backend="openvino"``).
         options: See :class:`QatOptions`.
-        spec_file: Spec of a ``module:factory`` source.
+        spec_file: Spec of a ``module:factory`` source or an ``.onnx`` file.
         log: Receives progress lines.
         on_step: Called after every optimizer step with ``(step, loss)``.
 
@@ -201,7 +204,7 @@ def qat_model(
     t0 = time.perf_counter()
     src = resolve_source(source, spec_file=spec_file)
     imgsz = src.imgsz
-    notes: list[str] = []
+    notes: list[str] = list(src.notes)
     images = load_train_images(
         data, task=src.spec.task, names=src.spec.names, imgsz=imgsz, labels=o.labels,
         warnings=notes,
@@ -232,6 +235,7 @@ def qat_model(
         fb = write_torch_bundle(
             src.module, out=fp32, name=src.name, spec=src.spec, builder=src.builder,
             samples=gate[:8], tool="qat-source", options={"source": source}, pruned=False,
+            builder_data=src.builder_data,
         )  # fmt: skip
         fb = export_candidate(fb, runtime=runtime, gate_data=data)
     symmetric = o.backend == "tensorrt" or o.scheme.endswith("-symmetric")

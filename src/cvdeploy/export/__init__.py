@@ -9,6 +9,7 @@ Public API (other stages and workflows use these, never the modules behind them)
 - :func:`obfuscate_bundle`: an obfuscated ONNX artifact, gated like an export;
 - :func:`resolve_torch_source` -> :class:`TorchSource`: the torch module a SOURCE names (a
   zoo model, a checkpoint, ``module:factory``), with its spec; :func:`zoo_spec`;
+  :func:`read_spec_file` (a spec written as yaml or json);
 - the vocabulary: :data:`EXPORTERS` (targets by format), :data:`PRECISIONS`,
   :data:`GPU_FORMATS`, :func:`parse_targets`, :func:`gate_images`.
 
@@ -36,7 +37,7 @@ from cvdeploy.export.importer import (
 )
 from cvdeploy.export.obfuscate import ObfuscateReport, obfuscate_bundle, obfuscate_model
 from cvdeploy.export.run import create_torch_bundle, export_model
-from cvdeploy.export.sources import TorchSource, resolve_torch_source, zoo_spec
+from cvdeploy.export.sources import TorchSource, read_spec_file, resolve_torch_source, zoo_spec
 
 __all__ = [
     "EXPORTERS",
@@ -61,6 +62,7 @@ __all__ = [
     "parse_targets",
     "read_model_facts",
     "read_names_file",
+    "read_spec_file",
     "resolve_torch_source",
     "zoo_spec",
 ]

@@ -2,8 +2,10 @@
 
 A torch artifact is a ``model.pt`` file holding ``{"format": "cvdeploy-torch", "builder":
 ..., "num_classes": ..., "state_dict": ...}``. ``builder`` is ``"zoo:NAME"`` for a model of
-the bundled zoo or ``"factory:module:function"`` for a user's factory returning a
-``torch.nn.Module``. Only state dicts are loaded (``weights_only=True``): no pickled code.
+the bundled zoo, ``"factory:module:function"`` for a user's factory returning a
+``torch.nn.Module``, or ``"onnx:SHA256-PREFIX"`` for an imported ONNX model run as torch (its
+graph and spec travel in the checkpoint's ``builder_data``: tensors and plain values, no
+code). Only state dicts are loaded (``weights_only=True``): no pickled code.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ BUILDERS.register(
     description="a model as `cvdeploy prune` rewrote it (``pruned:zoo:NAME``, "
     "``pruned:factory:module:function``); its channel counts come from the checkpoint",
 )
+BUILDERS.register(
+    "onnx",
+    "cvdeploy.compress.onnx_source:build_onnx_source",
+    requires=("torch", "onnx"),
+    extra="compress",
+    description="an imported ONNX model run as torch (``onnx:SHA256-PREFIX``); its graph and "
+    "spec are the checkpoint's builder data",
+)
 
 
 def save_checkpoint(
@@ -47,12 +57,15 @@ def save_checkpoint(
     num_classes: int,
     state_dict: dict[str, torch.Tensor],
     shapes_from_weights: bool = False,
+    builder_data: dict[str, Any] | None = None,
 ) -> None:
     """Write a torch artifact checkpoint.
 
     ``shapes_from_weights`` marks a model whose layers are narrower than its builder makes
     them (a pruned model): loading resizes every convolution, norm and linear layer to the
     stored weights before loading them (see :func:`conform_to_state_dict`).
+    ``builder_data`` is what the builder needs besides its name (tensors and plain values:
+    an ``onnx:`` builder's graph and spec), handed back to it by :func:`load_checkpoint`.
     """
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -62,6 +75,8 @@ def save_checkpoint(
     }
     if shapes_from_weights:
         payload["shapes_from_weights"] = True
+    if builder_data is not None:
+        payload["builder_data"] = builder_data
     torch.save(payload, path)
 
 
@@ -105,11 +120,18 @@ def conform_to_state_dict(module: torch.nn.Module, state_dict: dict[str, torch.T
                 mod.bias = nn.Parameter(torch.empty(w.shape[0], dtype=mod.bias.dtype))
 
 
-def build_module(builder: str, *, num_classes: int) -> torch.nn.Module:
-    """Instantiate the module a builder string names (weights not loaded)."""
+def build_module(
+    builder: str, *, num_classes: int, data: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """Instantiate the module a builder string names (weights not loaded).
+
+    ``data``: the checkpoint's builder data, passed to a registered builder that needs it
+    (``onnx:``); the others never receive any.
+    """
     kind, _, rest = builder.partition(":")
     if kind in BUILDERS.names():
-        module: torch.nn.Module = BUILDERS.get(kind)(rest, num_classes=num_classes)
+        extra = {} if data is None else {"data": data}
+        module: torch.nn.Module = BUILDERS.get(kind)(rest, num_classes=num_classes, **extra)
         return module
     if kind == "factory":
         mod_name, _, fn_name = rest.partition(":")
@@ -143,7 +165,9 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path.name} is not a cvdeploy torch checkpoint")
-    module = build_module(str(ckpt["builder"]), num_classes=int(ckpt["num_classes"]))
+    module = build_module(
+        str(ckpt["builder"]), num_classes=int(ckpt["num_classes"]), data=ckpt.get("builder_data")
+    )
     try:
         if ckpt.get("shapes_from_weights"):
             conform_to_state_dict(module, ckpt["state_dict"])
