@@ -33,6 +33,19 @@ same 128 images with their labels to score on (there is no other labelled real s
 so the figures measure what QAT recovers on the images it saw). Writes
 ``benchmarks/results/qat_yolox.json``; skipped (exit 2) without ``../shared/realworld``.
 
+``--case pruned --source BUNDLE``: the same measurements on ``detector-n`` pruned by ``cvdeploy
+prune`` (the issue's other suggested case: a pruned model, whose thinner layers PTQ hurts
+more), on the zoo case's synthetic data (the validation images are seeded per index, so
+they are those ``benchmarks/compress.py`` scores on). The pruned bundle of the README::
+
+    python -c "from pathlib import Path; from cvdeploy.data.synthetic import \
+        make_detection_dataset as m; m(Path('syn'), n_train=1000, n_val=200, seed=0)"
+    cvdeploy prune detector-n --data syn/images/train --ratio 0.38 --steps 1 --minutes 10 \
+        --lr 2e-3 --no-labels --eval-data syn/data.yaml --runtime onnxruntime --out pruned
+    python benchmarks/qat.py --case pruned --source pruned
+
+Writes ``benchmarks/results/qat_pruned.json``; its ``source_history`` is the prune record.
+
 Writes ``benchmarks/results/qat.json`` (``--out`` elsewhere): ``fp32_map``, ``ptq_map``,
 ``qat_map``, ``recovered`` (share of PTQ's loss recovered), the scheme, the CPU, the
 latencies and the checks. Defaults take about 18 minutes on an idle 2-core machine
@@ -75,6 +88,17 @@ def _latency(models: dict[str, Any], images: list[Path], rounds: int, threads: i
     }
 
 
+def _source_history(source: Path) -> list[dict[str, Any]]:
+    """What made the pruned source (its bundle's history: the prune command and report)."""
+    from cvdeploy.bundle import Bundle
+
+    return [
+        {"action": h.action, "details": h.details}
+        for h in Bundle.load(source).manifest.history
+        if h.action.startswith("prune")
+    ]
+
+
 def main() -> int:
     """Run the benchmark and write ``results/qat.json``."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -95,17 +119,23 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=0.0001)
     ap.add_argument(
         "--case",
-        choices=("zoo", "yolox"),
+        choices=("zoo", "yolox", "pruned"),
         default="zoo",
         help="zoo: detector-n on synthetic data; yolox: the real YOLOX-Nano (ONNX from "
-        "../shared/realworld run as torch) on coco128",
+        "../shared/realworld run as torch) on coco128; pruned: the bundle --source (detector-n "
+        "pruned by cvdeploy prune) on the same synthetic data",
+    )
+    ap.add_argument(
+        "--source", type=Path, default=None, help="--case pruned: the pruned bundle (torch-fp32)"
     )
     ap.add_argument("--out", type=Path, default=None, help="default results/qat[_yolox].json")
     a = ap.parse_args()
+    if a.case == "pruned" and (a.source is None or not (a.source / "bundle.json").is_file()):
+        ap.error("--case pruned needs --source BUNDLE (made by cvdeploy prune, see the docstring)")
     if a.scheme is None:
-        a.scheme = "aggressive-symmetric" if a.case == "zoo" else "default"
+        a.scheme = "default" if a.case == "yolox" else "aggressive-symmetric"
     if a.out is None:
-        name = "qat.json" if a.case == "zoo" else "qat_yolox.json"
+        name = "qat.json" if a.case == "zoo" else f"qat_{a.case}.json"
         a.out = ROOT / "benchmarks" / "results" / name
     if a.quick:
         a.train, a.val, a.rounds = 16, 8, 1
@@ -137,6 +167,8 @@ def main() -> int:
                 for f in sorted((coco / "images" / "train2017").iterdir())[:16]:
                     (train / f.name).symlink_to(f)
         else:
+            if a.case == "pruned":
+                model = str(a.source)
             data = make_detection_dataset(Path(tmp) / "data", n_train=a.train, n_val=a.val, seed=0)
             train = data.parent / "images" / "train"
         out = Path(tmp) / "qat"
@@ -188,12 +220,15 @@ def main() -> int:
               "inference_p50_ms": r["inference_p50_ms"]} for k, r in rows.items()}  # fmt: skip
     res: dict[str, Any] = {
         "case": a.case,
-        "model": MODEL
-        if a.case == "zoo"
-        else "YOLOX-Nano (realworld ONNX run as torch: benchmarks/_onnx_sources.py)",
+        "model": {
+            "zoo": MODEL,
+            "pruned": f"{MODEL} pruned by cvdeploy prune ({a.source})",
+            "yolox": "YOLOX-Nano (realworld ONNX run as torch: benchmarks/_onnx_sources.py)",
+        }[a.case],
+        **({"source_history": _source_history(a.source)} if a.case == "pruned" else {}),
         "quick": a.quick,
         "data": {"synthetic_seed": 0, "train_unlabeled": a.train, "val": a.val, "imgsz": 256}
-        if a.case == "zoo"
+        if a.case != "yolox"
         else {
             "train_unlabeled": "coco128 images (128, labels not used)",
             "val": "coco128 (the same 128 images, labelled)",

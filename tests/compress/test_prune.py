@@ -153,3 +153,31 @@ def test_prune_command_end_to_end(tmp_path: Path, det256: Path) -> None:
     assert b.manifest.history[-1].action == "prune"
     assert b.artifact("onnx-fp32").latest("parity").passed  # type: ignore[union-attr]
     assert not (tmp_path / "pruned.work").exists()
+
+
+def test_a_pruned_bundle_is_a_source_whose_new_checkpoints_still_load(
+    tmp_path: Path, det256: Path
+) -> None:
+    """`cvdeploy qat pruned/` (or a second prune) writes the source's checkpoint again: it must
+    keep saying the layers are narrower than the builder makes them, or it does not load."""
+    from cvdeploy.compress.sources import resolve_source
+
+    model = _pruned_detector(0.4)
+    spec = zoo_spec("detect", ("circle", "square", "triangle", "star", "cross", "ring"), (256, 256))
+    samples = sorted((det256.parent / "images" / "val").iterdir())[:2]
+    write_torch_bundle(
+        model, out=tmp_path / "pruned", name="p", spec=spec, builder="pruned:zoo:detector-n",
+        samples=samples, tool="prune", options={}, pruned=True,
+    )  # fmt: skip
+    src = resolve_source(str(tmp_path / "pruned"))
+    assert src.pruned and src.builder == "pruned:zoo:detector-n"
+    unpruned = resolve_source("detector-n")
+    assert not unpruned.pruned
+    again = write_torch_bundle(
+        src.module, out=tmp_path / "again", name="p", spec=src.spec, builder=src.builder,
+        samples=samples, tool="qat-source", options={}, pruned=src.pruned,
+    )  # fmt: skip
+    reloaded, _ = load_checkpoint(again.model_file("torch-fp32"))
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), model(x))

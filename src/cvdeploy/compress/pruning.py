@@ -419,7 +419,7 @@ def _source_bundle(
     say("exporting the unpruned model (the reference for latency and accuracy)")
     b = write_torch_bundle(
         src.module, out=path, name=src.name, spec=src.spec, builder=src.builder,
-        samples=gate[:8], tool="prune-source", options={"source": src.described}, pruned=False,
+        samples=gate[:8], tool="prune-source", options={"source": src.described}, pruned=src.pruned,
     )  # fmt: skip
     return export_candidate(b, runtime=o.runtime, gate_data=data)
 

@@ -234,7 +234,7 @@ def qat_model(
         say("exporting the float model")
         fb = write_torch_bundle(
             src.module, out=fp32, name=src.name, spec=src.spec, builder=src.builder,
-            samples=gate[:8], tool="qat-source", options={"source": source}, pruned=False,
+            samples=gate[:8], tool="qat-source", options={"source": source}, pruned=src.pruned,
             builder_data=src.builder_data,
         )  # fmt: skip
         fb = export_candidate(fb, runtime=runtime, gate_data=data)

@@ -38,6 +38,8 @@ class Source:
             and spec), stored with the torch checkpoints made from it.
         notes: What was converted to make it a torch source (an imported model's input
             fold and head decoding).
+        pruned: Its layers are narrower than its builder makes them (a bundle written by
+            ``cvdeploy prune``): checkpoints made from it must say so, or they do not load.
     """
 
     module: torch.nn.Module
@@ -47,6 +49,7 @@ class Source:
     described: str
     builder_data: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    pruned: bool = False
 
     @property
     def from_onnx(self) -> bool:
@@ -136,6 +139,7 @@ def resolve_source(source: str, *, spec_file: Path | None = None) -> Source:
             name=bundle.name,
             described=source,
             builder_data=ckpt.get("builder_data"),
+            pruned=bool(ckpt.get("shapes_from_weights")),
         )
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
