@@ -173,7 +173,7 @@ def prune_cmd(
         Path | None, typer.Option(help="calibration images for --int8 (default: --data)")
     ] = None,
     spec: Annotated[Path | None, typer.Option(help="spec file of a module:factory source")] = None,
-    lr: Annotated[float, typer.Option(help="peak learning rate of recovery")] = 0.001,
+    lr: Annotated[float, typer.Option(help="peak learning rate of recovery")] = 0.002,
     batch: Annotated[int, typer.Option(help="images per optimizer step")] = 8,
     threads: Threads = 2,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,

@@ -95,7 +95,7 @@ class PruneOptions:
     eval_data: Path | None = None
     labels: bool | None = None
     batch: int = 8
-    lr: float = 0.001
+    lr: float = 0.002
     threads: int | None = 2
     latency_rounds: int = 3
     seed: int = 0
