@@ -365,6 +365,14 @@ def qat_cmd(
         ),
     ] = "default",
     calib_size: Annotated[int, typer.Option(help="images that calibrate the ranges")] = 128,
+    keep_float: Annotated[
+        str,
+        typer.Option(
+            help="activations left in float (PTQ and QAT alike): auto (a quantizer that alone "
+            "carries at least half of the output error, measured after calibration), none, "
+            "or quantizer names from a previous run's scheme (kept_float)"
+        ),
+    ] = "auto",
     max_drop: Annotated[
         float | None,
         typer.Option(help="refuse a QAT model that loses more (needs --eval-data)"),
@@ -407,6 +415,7 @@ def qat_cmd(
         backend=backend,
         scheme=scheme,
         calib_size=calib_size,
+        keep_float=keep_float,
         max_drop=max_drop,
         eval_data=eval_data,
         labels=labels,

@@ -35,8 +35,10 @@ from cvdeploy.compress.measure import (
 )
 from cvdeploy.compress.qdq import (
     SCHEMES,
+    dominant_quantizers,
     export_qdq_onnx,
     freeze_ranges,
+    keep_float,
     prepare_qat,
     qdq_structure,
     scheme_of,
@@ -78,6 +80,11 @@ class QatOptions:
             TensorRT's int8 symmetric activations, whatever the backend). The PTQ baseline and
             the QAT model use the same scheme. See :data:`cvdeploy.compress.qdq.SCHEMES`.
         calib_size: Images used to calibrate the ranges.
+        keep_float: Activation quantizers to leave out (their tensors stay float, in the
+            PTQ and QAT artifacts alike): ``auto`` (those that alone carry at least half of
+            the calibrated model's output error, measured on 8 calibration images: a range
+            one tensor's outliers stretch, like YOLOX's first activation), ``none``, or
+            quantizer names (comma-separated, as a previous run's scheme records them).
         max_drop: Refuse a QAT model that loses more metric than this (needs eval_data).
         eval_data: Labelled data for FP32 / PTQ / QAT metrics.
         labels: Use the training data's labels (classification; ``None``: when present).
@@ -103,6 +110,7 @@ class QatOptions:
     backend: str = "onnxruntime"
     scheme: str = "default"
     calib_size: int = 128
+    keep_float: str = "auto"
     max_drop: float | None = None
     eval_data: Path | None = None
     labels: bool | None = None
@@ -131,6 +139,8 @@ def _validate(o: QatOptions, out: Path) -> None:
         raise UsageError("--max-drop needs --eval-data (labelled data to measure the drop on)")
     if o.calib_size < 1:
         raise UsageError(f"--calib-size must be >= 1, got {o.calib_size}")
+    if not o.keep_float.strip():
+        raise UsageError("--keep-float is empty", hint="use auto, none or quantizer names")
     check_out(out, o.overwrite)
 
 
@@ -148,6 +158,19 @@ def _io(path: Path) -> IOSpec:
         inputs=tuple(spec(i) for i in g.input if i.name not in inits),
         outputs=tuple(spec(o) for o in g.output),
     )
+
+
+def _sensitive(
+    prepared: torch.nn.Module, model: torch.nn.Module, images: Any, o: QatOptions, task: str
+) -> list[dict[str, Any]]:
+    """``keep_float="auto"``: the activation quantizers that carry most of the error."""
+    idx = list(range(images.n))
+    np.random.default_rng(o.seed).shuffle(idx)
+    x, _ = images.batch(idx[: min(8, images.n)], rng=None, augment=False)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    ref = ref[0] if isinstance(ref, list | tuple) else ref
+    return dominant_quantizers(prepared, x, ref, task=task)
 
 
 @torch.no_grad()
@@ -247,16 +270,33 @@ def qat_model(
         head_outputs=head_outputs,
     )  # fmt: skip
     if state is not None and state.get("calibrated") is not None:
+        kept = list(state.get("kept_float", []))
+        keep_float(prepared, [k["quantizer"] for k in kept])
         prepared.load_state_dict(state["calibrated"])
         n_calib = int(state["n_calib"])
+        freeze_ranges(prepared)
     else:
         n_calib = _calibrate(prepared, images, o.calib_size, o.seed)
-    freeze_ranges(prepared)
+        freeze_ranges(prepared)
+        if o.keep_float == "auto":
+            kept = _sensitive(prepared, src.module, images, o, src.spec.task)
+        elif o.keep_float == "none":
+            kept = []
+        else:
+            kept = [{"quantizer": n.strip()} for n in o.keep_float.split(",") if n.strip()]
+        keep_float(prepared, [k["quantizer"] for k in kept])
+    for k in kept:
+        why = (
+            f": alone {k['share']:.0%} of the output error, range {k['range']}"
+            if "share" in k
+            else " (--keep-float)"
+        )
+        say(f"kept in float: the input of {', '.join(k.get('feeds', [])) or k['quantizer']}{why}")
     calibrated = copy.deepcopy(prepared.state_dict())
     ptq_file = work.path / "ptq.onnx"
     if not ptq_file.is_file():
         export_qdq_onnx(prepared, ptq_file, imgsz=imgsz)
-    work.save({"calibrated": calibrated, "n_calib": n_calib, "loop": None})
+    work.save({"calibrated": calibrated, "n_calib": n_calib, "kept_float": kept, "loop": None})
     say(f"PTQ: ranges calibrated on {n_calib} images; training with the ranges fixed")
     teacher = TorchTeacher(src.module, task=src.spec.task)
     loss_fn = DistillLoss(task=src.spec.task, num_classes=src.spec.num_classes)
@@ -271,7 +311,7 @@ def qat_model(
                 warmup=0.05, weight_decay=0.0, progress=o.progress, title="qat",
             ),
             save=lambda s: work.save(
-                {"calibrated": calibrated, "n_calib": n_calib, "loop": s}
+                {"calibrated": calibrated, "n_calib": n_calib, "kept_float": kept, "loop": s}
             ),
             resume=None if state is None else state.get("loop"),
             on_step=on_step,
@@ -298,6 +338,7 @@ def qat_model(
         per_channel=per_channel, symmetric_activations=symmetric, head_outputs=head_outputs,
         name=o.scheme,
     )  # fmt: skip
+    scheme["kept_float"] = kept
     training = {
         "iterations": res.steps, "seconds": round(res.elapsed_s, 1),
         "loss_first": res.mean_loss(first=True), "loss_last": res.mean_loss(first=False),

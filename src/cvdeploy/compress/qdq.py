@@ -24,12 +24,16 @@ from typing import Any
 
 import torch
 
-from cvdeploy.errors import BackendUnavailable, CheckFailed
+from cvdeploy.errors import BackendUnavailable, CheckFailed, UsageError
 
 __all__ = [
     "DECOMPOSED_OPS",
+    "FLOAT_ERROR_MIN",
+    "FLOAT_SHARE_MIN",
     "SCHEMES",
+    "dominant_quantizers",
     "export_qdq_onnx",
+    "keep_float",
     "prepare_qat",
     "qdq_structure",
     "scheme_of",
@@ -241,6 +245,138 @@ def freeze_ranges(prepared: torch.nn.Module) -> None:
     """Stop the observers: the ranges found by calibration stay fixed while weights train."""
     ao, _, _ = _ao()
     prepared.apply(ao.disable_observer)
+
+
+FLOAT_SHARE_MIN = 0.5
+"""``keep_float="auto"``: an activation quantizer is kept in float when switching it off alone
+removes at least this share of the whole model's output error."""
+FLOAT_ERROR_MIN = 0.01
+"""... and only when that error is material: 1 - cosine of at least this (the zoo detector's
+calibrated model: 0.0004 with per-channel weights, 0.002 with the aggressive scheme; YOLOX-Nano:
+0.18)."""
+
+
+def _output_error(out: torch.Tensor, ref: torch.Tensor, *, task: str) -> float:
+    """1 - cosine similarity of the output with the float model's: the class scores of the
+    anchors the float model scores (best score >= 0.05) for a detector (``[B, 4 + nc, N]``),
+    the logits for a classifier."""
+    if task == "detect":
+        mask = ref[:, 4:].amax(1) >= 0.05  # [B, N]
+        if bool(mask.any()):
+            a = ref[:, 4:].transpose(1, 2)[mask]
+            b = out[:, 4:].transpose(1, 2)[mask]
+        else:
+            a, b = ref, out
+    else:
+        a, b = ref, out
+    cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), 0)
+    return float(1.0 - cos)
+
+
+def _where(node: Any) -> str:
+    """A graph node as a person finds it: the module it came from and the op (``raw.conv_3
+    (conv2d)``), or the node's name."""
+    op = str(getattr(node.target, "__name__", node.target)).split(".")[0]
+    stack = getattr(node, "meta", {}).get("nn_module_stack") or {}
+    if stack:
+        path = str(list(stack.values())[-1][0])
+        return f"{path} ({op})" if path else f"{node.name} ({op})"
+    return str(getattr(node, "name", node))
+
+
+def _activation_quantizers(prepared: torch.nn.Module) -> dict[str, Any]:
+    """The activation fake-quantizers of a prepared model (those not on a weight), by name,
+    with the graph nodes that call each."""
+    mods = dict(prepared.named_modules())
+    found: dict[str, Any] = {}
+    for node in prepared.graph.nodes:  # type: ignore[union-attr]
+        if node.op != "call_module" or not hasattr(mods.get(node.target), "fake_quant_enabled"):
+            continue
+        src = node.args[0] if node.args else None
+        if getattr(src, "op", None) == "get_attr":  # a weight's quantizer
+            continue
+        found.setdefault(node.target, []).append(node)
+    return found
+
+
+@torch.no_grad()
+def dominant_quantizers(
+    prepared: torch.nn.Module,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    task: str,
+    share_min: float = FLOAT_SHARE_MIN,
+    error_min: float = FLOAT_ERROR_MIN,
+) -> list[dict[str, Any]]:
+    """Activation quantizers that alone carry most of the output error (calibrated model).
+
+    Each activation quantizer is switched off in turn (all others on) and the output error
+    against the float model's ``reference`` output on ``x`` measured; a quantizer whose
+    removal takes away at least ``share_min`` of the whole error is returned (largest share
+    first) with its evidence: ``quantizer``, ``after`` (the op whose output it quantizes),
+    ``feeds`` (the ops reading it), ``range`` (its calibrated ``[min, max]``), ``share``
+    and the errors. A model whose error is spread over many layers returns none, and so does
+    one whose whole error is below ``error_min`` (nothing worth a float layer).
+    """
+    prepared.eval()
+    base = _output_error(prepared(x), reference, task=task)
+    if base < error_min or base <= 0:
+        return []
+    mods = dict(prepared.named_modules())
+    found = []
+    for name, nodes in _activation_quantizers(prepared).items():
+        m = mods[name]
+        m.fake_quant_enabled[0] = 0
+        try:
+            err = _output_error(prepared(x), reference, task=task)
+        finally:
+            m.fake_quant_enabled[0] = 1
+        share = (base - err) / base
+        if share < share_min:
+            continue
+        obs = getattr(m, "activation_post_process", None)
+        rng = [float(getattr(obs, "min_val", float("nan"))), float(getattr(obs, "max_val", 0))]
+        found.append(
+            {
+                "quantizer": name,
+                "after": sorted({_where(n.args[0]) for n in nodes}),
+                "feeds": sorted({_where(u) for n in nodes for u in n.users}),
+                "range": [round(v, 4) for v in rng],
+                "share": round(share, 4),
+                "error_all": round(base, 6),
+                "error_without": round(err, 6),
+            }
+        )
+    return sorted(found, key=lambda d: -float(d["share"]))
+
+
+def keep_float(prepared: torch.nn.Module, names: list[str]) -> int:
+    """Remove the named activation quantizers from a prepared model: the tensors they
+    quantized stay float (no QuantizeLinear/DequantizeLinear there after export; the layers
+    reading them run on float input with int8 weights). Returns the nodes removed.
+
+    Raises:
+        UsageError: A name that is not an activation quantizer of the model.
+    """
+    acts = _activation_quantizers(prepared)
+    unknown = [n for n in names if n not in acts]
+    if unknown:
+        raise UsageError(
+            f"not activation quantizers of this model: {', '.join(unknown)}",
+            hint="the names come from a previous run's scheme record (kept_float)",
+        )
+    graph = prepared.graph  # type: ignore[union-attr]
+    removed = 0
+    for name in names:
+        for node in acts[name]:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            removed += 1
+        delattr(prepared, name)
+    graph.lint()
+    prepared.recompile()  # type: ignore[operator]
+    return removed
 
 
 def export_qdq_onnx(prepared: torch.nn.Module, out_file: Path, *, imgsz: int) -> None:
