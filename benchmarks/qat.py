@@ -57,7 +57,7 @@ Usage::
 
     python benchmarks/qat.py [--quick] [--minutes 5] [--scheme aggressive-symmetric]
         [--calib 32] [--threads 2] [--rounds 5] [--train 300] [--val 200] [--out FILE]
-    python benchmarks/qat.py --case yolox --minutes 14.5 --lr 3e-4
+    python benchmarks/qat.py --case yolox --minutes 14.5 [--lr 3e-4 --keep-float none]
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ def main() -> int:
         "for the zoo case, default for yolox)",
     )
     ap.add_argument("--calib", type=int, default=32, help="calibration images")
+    ap.add_argument(
+        "--keep-float", default="auto", help="cvdeploy qat --keep-float (auto, none or names)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
     ap.add_argument("--train", type=int, default=300, help="unlabeled images to learn from")
@@ -179,6 +182,7 @@ def main() -> int:
             backend="openvino",
             scheme=a.scheme,
             calib_size=min(a.calib, a.train),
+            keep_float=a.keep_float,
             work_dir=work,
             keep_work=True,  # an artifact refused by the gate is timed from there
             score_refused=True,  # a refused QAT artifact is measured and reported too

@@ -366,7 +366,7 @@ def keep_float(prepared: torch.nn.Module, names: list[str]) -> int:
             f"not activation quantizers of this model: {', '.join(unknown)}",
             hint="the names come from a previous run's scheme record (kept_float)",
         )
-    graph = prepared.graph  # type: ignore[union-attr]
+    graph: Any = prepared.graph
     removed = 0
     for name in names:
         for node in acts[name]:
