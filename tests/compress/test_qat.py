@@ -226,3 +226,13 @@ def test_a_qat_artifact_refused_by_the_gate(
     ids = {a.id for a in Bundle.load(out).manifest.artifacts}
     assert "onnx-int8-ptq" in ids and "onnx-int8-qat" not in ids
     assert any("QAT artifact was refused" in n for n in rep.notes)
+
+
+def test_a_keep_float_name_the_model_does_not_have_exits_2(tmp_path: Path, det64: Path) -> None:
+    code, out = _run(
+        ["qat", "detector-n", "--data", str(_images(det64)), "--out", str(tmp_path / "o"),
+         "--keep-float", "activation_post_process_999", "--iters", "1"]
+    )  # fmt: skip
+    assert code == 2, out
+    assert "not activation quantizers" in out and "Traceback" not in out
+    assert not (tmp_path / "o").exists()
