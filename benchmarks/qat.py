@@ -131,7 +131,9 @@ def main() -> int:
     ap.add_argument(
         "--source", type=Path, default=None, help="--case pruned: the pruned bundle (torch-fp32)"
     )
-    ap.add_argument("--out", type=Path, default=None, help="default results/qat[_yolox].json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default results/qat[_yolox|_pruned].json"
+    )
     a = ap.parse_args()
     if a.case == "pruned" and (a.source is None or not (a.source / "bundle.json").is_file()):
         ap.error("--case pruned needs --source BUNDLE (made by cvdeploy prune, see the docstring)")

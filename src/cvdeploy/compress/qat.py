@@ -163,22 +163,26 @@ def _io(path: Path) -> IOSpec:
 def _sensitive(
     prepared: torch.nn.Module, model: torch.nn.Module, images: Any, o: QatOptions, task: str
 ) -> list[dict[str, Any]]:
-    """``keep_float="auto"``: the activation quantizers that carry most of the error."""
-    idx = list(range(images.n))
-    np.random.default_rng(o.seed).shuffle(idx)
-    x, _ = images.batch(idx[: min(8, images.n)], rng=None, augment=False)
+    """``keep_float="auto"``: the activation quantizers that carry most of the error, on the
+    first 8 calibration images."""
+    x, _ = images.batch(_calibration_images(images, 8, o.seed), rng=None, augment=False)
     with torch.no_grad():
         ref = model.eval()(x)
     ref = ref[0] if isinstance(ref, list | tuple) else ref
     return dominant_quantizers(prepared, x, ref, task=task)
 
 
+def _calibration_images(images: Any, n: int, seed: int) -> list[int]:
+    """The indices of the (at most) ``n`` calibration images, in a seeded order."""
+    idx = list(range(images.n))
+    np.random.default_rng(seed).shuffle(idx)
+    return idx[: min(n, images.n)]
+
+
 @torch.no_grad()
 def _calibrate(prepared: torch.nn.Module, images: Any, n: int, seed: int) -> int:
     prepared.eval()
-    idx = list(range(images.n))
-    np.random.default_rng(seed).shuffle(idx)
-    idx = idx[: min(n, images.n)]
+    idx = _calibration_images(images, n, seed)
     for i in range(0, len(idx), 16):
         x, _ = images.batch(idx[i : i + 16], rng=None, augment=False)
         prepared(x)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from cvdeploy.compress.loss import SCORE_FLOOR
 from cvdeploy.errors import BackendUnavailable, CheckFailed, UsageError
 
 __all__ = [
@@ -258,10 +259,10 @@ calibrated model: 0.0004 with per-channel weights, 0.002 with the aggressive sch
 
 def _output_error(out: torch.Tensor, ref: torch.Tensor, *, task: str) -> float:
     """1 - cosine similarity of the output with the float model's: the class scores of the
-    anchors the float model scores (best score >= 0.05) for a detector (``[B, 4 + nc, N]``),
-    the logits for a classifier."""
+    anchors the float model scores (best score at least the distillation loss's
+    ``SCORE_FLOOR``) for a detector (``[B, 4 + nc, N]``), the logits for a classifier."""
     if task == "detect":
-        mask = ref[:, 4:].amax(1) >= 0.05  # [B, N]
+        mask = ref[:, 4:].amax(1) >= SCORE_FLOOR  # [B, N]
         if bool(mask.any()):
             a = ref[:, 4:].transpose(1, 2)[mask]
             b = out[:, 4:].transpose(1, 2)[mask]
