@@ -433,3 +433,31 @@ def test_find_engine_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     with pytest.raises(BackendUnavailable, match="podman: not installed"):
         find_engine()
     assert shutil.which("podman") is None
+
+
+def test_podman_runtime_follows_the_cgroup_layout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """crun refuses hybrid cgroups ("cgroups in hybrid mode not supported"): there podman
+    is given runc even when crun is installed; on a pure v2 host crun stays the default."""
+    from cvdeploy.deploy.engine import cgroups_hybrid, engine_argv
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("crun", "runc"):
+        exe = bin_dir / tool
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    hybrid = tmp_path / "hybrid"
+    (hybrid / "unified").mkdir(parents=True)
+    (hybrid / "memory").mkdir()
+    pure_v2 = tmp_path / "v2"
+    pure_v2.mkdir()
+    (pure_v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroups_hybrid(hybrid) and not cgroups_hybrid(pure_v2)
+    assert "--runtime=runc" in engine_argv("podman", hybrid)
+    assert "--runtime=runc" not in engine_argv("podman", pure_v2)
+    (bin_dir / "crun").unlink()  # no crun: runc whatever the layout
+    assert "--runtime=runc" in engine_argv("podman", pure_v2)
+    assert engine_argv("docker", hybrid) == ("docker",)

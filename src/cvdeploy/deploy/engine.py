@@ -1,9 +1,11 @@
 """The container engine: podman or docker, found on this machine, driven by its CLI.
 
 On hosts without systemd (containers, CI runners) podman is given the cgroupfs manager, and
-runc when crun is absent: the settings that work on a plain Debian install
-(``apt-get install --no-install-recommends podman runc``). Builds use the host network (the
-build's ``pip`` reaches the index the host reaches) and equal soft/hard ``nofile`` limits.
+runc when crun is absent or the host's cgroups are in hybrid mode (v1 controllers with a v2
+``unified`` mount, which crun refuses: "cgroups in hybrid mode not supported"): the settings
+that work on a plain Debian install (``apt-get install --no-install-recommends podman runc``).
+Builds use the host network (the build's ``pip`` reaches the index the host reaches) and
+equal soft/hard ``nofile`` limits.
 """
 
 from __future__ import annotations
@@ -136,13 +138,20 @@ def _works(argv: Sequence[str]) -> bool:
     return res.returncode == 0
 
 
-def engine_argv(name: str) -> tuple[str, ...]:
+def cgroups_hybrid(root: Path = Path("/sys/fs/cgroup")) -> bool:
+    """Whether ``root`` is a hybrid cgroup layout: v1 controller mounts beside a v2
+    ``unified`` one (a pure v2 host has ``cgroup.controllers`` at the root)."""
+    return (root / "unified").is_dir() and not (root / "cgroup.controllers").exists()
+
+
+def engine_argv(name: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[str, ...]:
     """The command line of an engine, with the host-dependent global options."""
     argv: list[str] = [name]
     if name == "podman":
         if not Path("/run/systemd/system").is_dir():
             argv.append("--cgroup-manager=cgroupfs")
-        if shutil.which("crun") is None and shutil.which("runc") is not None:
+        crun_fails = shutil.which("crun") is None or cgroups_hybrid(cgroup_root)
+        if crun_fails and shutil.which("runc") is not None:
             argv.append("--runtime=runc")
     return tuple(argv)
 
