@@ -273,16 +273,31 @@ def _serve_rows(r: Results) -> list[Row]:
     return rows
 
 
-def _compress_rows(r: Results) -> list[Row]:
-    """``compress.json`` (``benchmarks/compress.py``): pruning, pruned + INT8, label-free
-    distillation, YOLOX-Nano as a teacher, classifier-n. Nothing when it was not run."""
-    data = r.get("compress")
-    if not isinstance(data, dict):
-        return []
-    ph = _get(data, "phases") or {}
-    quick = " (`--quick` check, not a measurement)" if data.get("quick") else ""
+def _best_one_step(ph: dict[str, Any]) -> str | None:
+    """The ``prune_one_step_*`` phase (``--steps 1`` runs merged into the JSON) that met
+    the pruning target on ONNX Runtime with the lowest latency ratio, if any did."""
+    met = [
+        (float(r), k)
+        for k in ph
+        if k.startswith("prune_one_step")
+        and _get(ph, k, "summary", "onnxruntime", "met") is True
+        and (r := _num(_get(ph, k, "summary", "onnxruntime", "latency_ratio"))) is not None
+    ]
+    return min(met)[1] if met else None
+
+
+def _prune_label(key: str, phase: Any) -> str:
+    """What distinguishes a ``prune_one_step_*`` run: its ratio and recovery rate."""
+    lr = _num(_get(phase, "recovery_lr"))
+    ratio = _num(_get(phase, "summary", "channel_ratio"))
+    parts = ["one step"] + ([f"ratio {ratio:g}"] if ratio is not None else [])
+    parts += [f"--lr {lr:g}"] if lr is not None else []
+    return " (" + ", ".join(parts) + ")"
+
+
+def _prune_rows(prune: Any, what: str, data: dict[str, Any], quick: str) -> list[Row]:
+    """The rows of one pruning phase (``what``: its label, from :func:`_prune_label`)."""
     rows: list[Row] = []
-    prune = _get(ph, "prune")
     s = _get(prune, "summary")
     if isinstance(s, dict):
         rows_ms = _get(prune, "rows") or {}
@@ -302,9 +317,9 @@ def _compress_rows(r: Results) -> list[Row]:
                 extra = f", {ch:.0%} of channels removed, {mins:.1f} min of recovery"
             rows.append(
                 (
-                    f"detector-n pruned (recovered without labels), {label} end to end, batch 1, "
-                    f"{data.get('threads')} threads: latency vs the original, mAP50-95 drop"
-                    + quick,
+                    f"detector-n pruned{what} (recovered without labels), {label} end to end, "
+                    f"batch 1, {data.get('threads')} threads: latency vs the original, "
+                    "mAP50-95 drop" + quick,
                     f"{ratio:.2f}x{ms}, drop {drop:.4f}{extra}",
                     "<= 0.7x, <= 0.02" + (", <= 10 min" if rt == "onnxruntime" else ""),
                     _met(v.get("met")),
@@ -315,7 +330,7 @@ def _compress_rows(r: Results) -> list[Row]:
             if v.get("status") == "refused":
                 rows.append(
                     (
-                        f"detector-n pruned + INT8 ({backend}){quick}",
+                        f"detector-n pruned{what} + INT8 ({backend}){quick}",
                         "refused by its gate: " + str(v.get("message")).splitlines()[0],
                         "<= 0.4x, <= 0.03",
                         "**no**",
@@ -328,7 +343,7 @@ def _compress_rows(r: Results) -> list[Row]:
                 continue
             rows.append(
                 (
-                    f"detector-n pruned + INT8 (`{v.get('artifact')}`): end to end vs the "
+                    f"detector-n pruned{what} + INT8 (`{v.get('artifact')}`): end to end vs the "
                     "ONNX Runtime FP32 original, mAP50-95 drop" + quick,
                     f"{ratio:.2f}x, drop {drop:.4f}",
                     "<= 0.4x, <= 0.03",
@@ -338,8 +353,24 @@ def _compress_rows(r: Results) -> list[Row]:
     elif isinstance(prune, dict) and prune.get("status") in ("refused", "failed"):
         msg = str(prune.get("message") or prune.get("error")).splitlines()[0]
         rows.append(
-            (f"detector-n pruning{quick}", f"{prune['status']}: {msg}", "<= 0.7x", "**no**")
+            (f"detector-n pruning{what}{quick}", f"{prune['status']}: {msg}", "<= 0.7x", "**no**")
         )
+    return rows
+
+
+def _compress_rows(r: Results) -> list[Row]:
+    """``compress.json`` (``benchmarks/compress.py``): pruning, pruned + INT8, label-free
+    distillation, YOLOX-Nano as a teacher, classifier-n. Nothing when it was not run."""
+    data = r.get("compress")
+    if not isinstance(data, dict):
+        return []
+    ph = _get(data, "phases") or {}
+    quick = " (`--quick` check, not a measurement)" if data.get("quick") else ""
+    rows: list[Row] = []
+    rows += _prune_rows(_get(ph, "prune"), "", data, quick)
+    best = _best_one_step(ph)
+    if best is not None:
+        rows += _prune_rows(_get(ph, best), _prune_label(best, _get(ph, best)), data, quick)
     d = _get(ph, "distill")
     ratio = _num(_get(d, "summary", "map_ratio"))
     free = _num(_get(d, "label_free", "map50_95"))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -227,3 +228,37 @@ def test_compress_rows(ur: ModuleType, tmp_path: Path) -> None:
     assert "`compress.json`" in table
     (d / "compress.json").write_text(json.dumps({"quick": True, "phases": {"prune": prune}}))
     assert "`--quick` check, not a measurement" in ur.render_table(ur.load_results(d))
+
+
+def test_compress_rows_show_the_best_one_step_pruning_run(ur: ModuleType, tmp_path: Path) -> None:
+    """``--steps 1`` runs merged into compress.json: the one that met the pruning target
+    with the lowest latency is shown beside the default run, labelled with its settings."""
+    d = _fake_results(tmp_path / "r")
+
+    def run(ratio: float, latency: float, met: bool) -> dict[str, Any]:
+        return {
+            "status": "done",
+            "recovery_lr": 0.002,
+            "summary": {
+                "onnxruntime": {"latency_ratio": latency, "map_drop": 0.011, "met": met},
+                "channel_ratio": ratio,
+                "recovery_minutes": 10.0,
+            },
+        }
+
+    phases = {
+        "prune_one_step_ratio_0.3_lr_0.002": run(0.3, 0.73, False),
+        "prune_one_step_ratio_0.35_lr_0.002": run(0.35, 0.69, True),
+        "prune_one_step_ratio_0.38_lr_0.002": run(0.38, 0.64, True),
+    }
+    (d / "compress.json").write_text(json.dumps({"threads": 2, "phases": phases}))
+    table = ur.render_table(ur.load_results(d))
+    assert (
+        "detector-n pruned (one step, ratio 0.38, --lr 0.002) (recovered without labels)" in table
+    )
+    assert "| 0.64x, drop 0.0110, 38% of channels removed" in table
+    assert "ratio 0.35" not in table and "ratio 0.3," not in table
+    phases["prune_one_step_ratio_0.38_lr_0.002"] = run(0.38, 0.64, False)
+    phases["prune_one_step_ratio_0.35_lr_0.002"] = run(0.35, 0.69, False)
+    (d / "compress.json").write_text(json.dumps({"threads": 2, "phases": phases}))
+    assert "one step" not in ur.render_table(ur.load_results(d))  # none met: none shown
