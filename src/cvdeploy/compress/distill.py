@@ -238,6 +238,7 @@ def distill_model(
         boxes = teach.label_set(images.detect)
         spent = time.perf_counter() - t0
         images.labelled = True
+        images.use_zoo_schedule()  # the labelled zoo training's sizes and mosaic schedule
         if budget_s is not None:
             budget_s = max(budget_s - spent, 1.0)
         teaching = LabelledOnce(
@@ -261,6 +262,7 @@ def distill_model(
                 budget_s=budget_s, max_steps=o.iters,
                 batch=o.batch, lr=o.lr, seed=o.seed, threads=o.threads, train_mode=zoo_like,
                 warmup=0.03, progress=o.progress, title="distill",
+                channels_last=hasattr(student, "forward_raw"),
             ),
             save=lambda s: work.save({"loop": s}),
             resume=None if state is None else state["loop"],
