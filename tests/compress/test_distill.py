@@ -57,8 +57,9 @@ def test_pseudo_labels_when_the_teacher_does_not_line_up(onnx_teacher: Path, det
     assert len(found) and float(found[:, 1:].max()) <= 96.5
 
 
+@pytest.mark.parametrize("flip", [False, True])
 def test_offline_pseudo_labels_replace_the_sets_labels_once(
-    onnx_teacher: Path, det64: Path
+    onnx_teacher: Path, det64: Path, flip: bool
 ) -> None:
     teacher = BundleTeacher(Bundle.load(onnx_teacher), student_imgsz=64, pseudo_conf=0.05)
     images = load_train_images(
@@ -71,7 +72,8 @@ def test_offline_pseudo_labels_replace_the_sets_labels_once(
     ).detect
     assert labelled is not None
     real = [lab.copy() for lab in labelled.labels]
-    boxes = teacher.label_set(images.detect, batch=5)  # batches that do not divide the set
+    # batches that do not divide the set; flip: the mirrored views fused in
+    boxes = teacher.label_set(images.detect, batch=5, flip=flip)
     teacher.close()
     got = images.detect.labels
     assert boxes == sum(len(lab) for lab in got) > 0
@@ -247,3 +249,23 @@ def test_labels_of_other_classes_are_not_read_when_unused(det64: Path) -> None:
                              labels=False).n == got.n  # fmt: skip
     with pytest.raises(DatasetError, match="class id out of range"):
         load_train_images(_images(det64), task="detect", names=one_class, imgsz=64, labels=True)
+
+
+def test_fuse_views_averages_matches_and_scores_misses_as_zero() -> None:
+    from cvdeploy.compress.teacher import _unflip, fuse_views
+
+    a = np.array([[0, 10, 10, 50, 50], [1, 60, 60, 90, 90], [2, 0, 0, 5, 5]], np.float32)
+    sa = np.array([0.9, 0.8, 0.5], np.float32)
+    # the mirrored view (width 100) sees the first box shifted by 2 px, the second as
+    # another class, misses the third
+    b = _unflip(np.array([[0, 48, 10, 88, 50], [2, 10, 60, 40, 90]], np.float32), 100)
+    assert b[0].tolist() == [0, 12, 10, 52, 50]
+    sb = np.array([0.3, 0.7], np.float32)
+    got = fuse_views([a, b], [sa, sb], keep=0.3)
+    # box 0: (0.9 * 10 + 0.3 * 12) / 1.2 = 10.5 etc., score 0.6; box 1 class 1: 0.4 alone;
+    # class 2 from view b: 0.35; the small class-2 box of view a: 0.25 < 0.3, dropped
+    assert got.shape == (3, 5)
+    assert np.allclose(got[0], [0, 10.5, 10, 50.5, 50])
+    assert got[1].tolist() == [1, 60, 60, 90, 90] and got[2].tolist() == [2, 60, 60, 90, 90]
+    assert fuse_views([a, b], [sa, sb], keep=0.45).shape == (1, 5)
+    assert fuse_views([], [], keep=0.3).shape == (0, 5)
