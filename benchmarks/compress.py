@@ -27,16 +27,17 @@ what it measured; ``--only`` picks phases):
     ``classifier-n``'s shipped metrics (top-1 on its generated val split, training time),
     read from ``src/cvdeploy/zoo/weights/classifier-n.json`` (nothing is retrained).
 
-Defaults fit about 25 minutes on an idle 2-core machine (prune 10 min of recovery plus
-exports, quantization, timing and 7 evaluations; distill 2 x 3 min; YOLOX 2 min plus two
-coco128 evaluations). ``--quick`` runs every phase with a handful of images and optimizer
-steps (a check that the script works, not figures). Writes
+Defaults fit about 40 minutes on an idle 2-core machine (prune 10 min of recovery plus
+exports, quantization, timing and 7 evaluations; distill 2 x 10 min, ``cvdeploy distill``'s
+default budget; YOLOX 2 min plus two coco128 evaluations). ``--quick`` runs every phase
+with a handful of images and optimizer steps (a check that the script works, not figures).
+Writes
 ``benchmarks/results/compress.json`` (``--out`` elsewhere).
 
 Usage::
 
     python benchmarks/compress.py [--quick] [--only prune,distill,yolox,classifier]
-        [--prune-minutes 10] [--distill-minutes 3] [--yolox-minutes 2] [--threads 2]
+        [--prune-minutes 10] [--distill-minutes 10] [--yolox-minutes 2] [--threads 2]
         [--rounds 5] [--out FILE]
 """
 
@@ -81,7 +82,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=TARGETS["prune_map_drop_max"],
         help="prune stops before a step losing more mAP50-95 (not in --quick: 2 steps lose)",
     )
-    ap.add_argument("--distill-minutes", type=float, default=3.0, help="budget of each run")
+    ap.add_argument(
+        "--distill-minutes", type=float, default=10.0, help="budget of each run (distill's default)"
+    )
     ap.add_argument("--yolox-minutes", type=float, default=2.0, help="YOLOX distillation")
     ap.add_argument("--yolox-student", default="detector-p", help="zoo student of YOLOX-Nano")
     ap.add_argument("--n-train", type=int, default=1000, help="synthetic train images")

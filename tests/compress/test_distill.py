@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,16 +57,23 @@ def test_pseudo_labels_when_the_teacher_does_not_line_up(onnx_teacher: Path, det
     assert len(found) and float(found[:, 1:].max()) <= 96.5
 
 
+@pytest.mark.parametrize("flip", [False, True])
 def test_offline_pseudo_labels_replace_the_sets_labels_once(
-    onnx_teacher: Path, det64: Path
+    onnx_teacher: Path, det64: Path, flip: bool
 ) -> None:
     teacher = BundleTeacher(Bundle.load(onnx_teacher), student_imgsz=64, pseudo_conf=0.05)
     images = load_train_images(
         _images(det64), task="detect", names=teacher.spec.names, imgsz=64, labels=False
     )
     assert images.detect is not None
-    real = [lab.copy() for lab in images.detect.labels]
-    boxes = teacher.label_set(images.detect, batch=5)  # batches that do not divide the set
+    assert not any(len(lab) for lab in images.detect.labels)  # labels=False: not read
+    labelled = load_train_images(
+        _images(det64), task="detect", names=teacher.spec.names, imgsz=64
+    ).detect
+    assert labelled is not None
+    real = [lab.copy() for lab in labelled.labels]
+    # batches that do not divide the set; flip: the mirrored views fused in
+    boxes = teacher.label_set(images.detect, batch=5, flip=flip)
     teacher.close()
     got = images.detect.labels
     assert boxes == sum(len(lab) for lab in got) > 0
@@ -174,3 +182,90 @@ def test_distill_command_json(tmp_path: Path, onnx_teacher: Path, det64: Path) -
     rep = json.loads(text[text.index("{") :])
     assert [r["name"] for r in rep["rows"]] == ["teacher", "student"]
     assert rep["rows"][1]["macs"] > 0 and rep["rows"][0]["value"] is not None
+
+
+def test_offline_schedule_follows_the_zoo_training(det256: Path, monkeypatch: Any) -> None:
+    """Offline distillation trains like the labelled zoo training it is compared with:
+    192 px until 60% of the schedule, 256 px after, mosaic off after 85%."""
+    from cvdeploy.zoo.train import CLOSE_MOSAIC, WARM_UNTIL
+
+    images = load_train_images(
+        _images(det256), task="detect", names=("a",) * 3, imgsz=256, labels=False
+    )
+    assert images.detect is not None
+    rng = np.random.default_rng(0)
+    x, _ = images.batch([0, 1], rng=rng, progress=0.1)
+    assert x.shape[-1] == 256  # no schedule: always the full size
+    images.use_zoo_schedule()
+    assert images.warm is not None and images.warm.imgsz == 192
+    seen: list[tuple[int, bool]] = []
+    for ts in (images.warm, images.detect):
+        orig = ts.batch
+
+        def spy(idx: Any, *, _orig: Any = orig, _ts: Any = ts, **kw: Any) -> Any:
+            seen.append((_ts.imgsz, kw["mosaic"]))
+            return _orig(idx, **kw)
+
+        monkeypatch.setattr(ts, "batch", spy)
+    shapes = [
+        images.batch([0, 1], rng=rng, progress=p)[0].shape[-1]
+        for p in (0.0, WARM_UNTIL - 0.01, WARM_UNTIL, CLOSE_MOSAIC - 0.01, CLOSE_MOSAIC)
+    ]
+    assert shapes == [192, 192, 256, 256, 256]
+    assert [m for _, m in seen] == [True, True, True, True, False]
+    assert images.batch([0], rng=None, augment=False, progress=0.0)[0].shape[-1] == 192
+
+
+def test_channels_last_training_returns_a_default_format_student(
+    onnx_teacher: Path, det64: Path
+) -> None:
+    teacher = BundleTeacher(Bundle.load(onnx_teacher), artifact="onnx-fp32", student_imgsz=64)
+    names = teacher.spec.names
+    images = load_train_images(_images(det64), task="detect", names=names, imgsz=64, labels=False)
+    student = build_model("detector-p", num_classes=len(names))
+    loss = DistillLoss(task="detect", num_classes=len(names), model=student)
+    res = distill_loop(
+        student, teacher, images, loss,
+        options=LoopOptions(max_steps=3, batch=4, progress=False, channels_last=True),
+    )  # fmt: skip
+    teacher.close()
+    assert res.steps == 3 and np.isfinite(res.losses).all()
+    convs = [p for p in student.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous() for p in convs)
+
+
+def test_labels_of_other_classes_are_not_read_when_unused(det64: Path) -> None:
+    """A folder whose labels/ name classes the model does not have: ignored (with a
+    warning) unless labels are required; never a failure when they are not wanted."""
+    from cvdeploy.errors import DatasetError
+
+    one_class = ("thing",)  # the synthetic labels use class ids 0..2
+    notes: list[str] = []
+    got = load_train_images(
+        _images(det64), task="detect", names=one_class, imgsz=64, warnings=notes
+    )
+    assert not got.labelled and any("class id out of range" in n for n in notes)
+    assert load_train_images(_images(det64), task="detect", names=one_class, imgsz=64,
+                             labels=False).n == got.n  # fmt: skip
+    with pytest.raises(DatasetError, match="class id out of range"):
+        load_train_images(_images(det64), task="detect", names=one_class, imgsz=64, labels=True)
+
+
+def test_fuse_views_averages_matches_and_scores_misses_as_zero() -> None:
+    from cvdeploy.compress.teacher import _unflip, fuse_views
+
+    a = np.array([[0, 10, 10, 50, 50], [1, 60, 60, 90, 90], [2, 0, 0, 5, 5]], np.float32)
+    sa = np.array([0.9, 0.8, 0.5], np.float32)
+    # the mirrored view (width 100) sees the first box shifted by 2 px, the second as
+    # another class, misses the third
+    b = _unflip(np.array([[0, 48, 10, 88, 50], [2, 10, 60, 40, 90]], np.float32), 100)
+    assert b[0].tolist() == [0, 12, 10, 52, 50]
+    sb = np.array([0.3, 0.7], np.float32)
+    got = fuse_views([a, b], [sa, sb], keep=0.3)
+    # box 0: (0.9 * 10 + 0.3 * 12) / 1.2 = 10.5 etc., score 0.6; box 1 class 1: 0.4 alone;
+    # class 2 from view b: 0.35; the small class-2 box of view a: 0.25 < 0.3, dropped
+    assert got.shape == (3, 5)
+    assert np.allclose(got[0], [0, 10.5, 10, 50.5, 50])
+    assert got[1].tolist() == [1, 60, 60, 90, 90] and got[2].tolist() == [2, 60, 60, 90, 90]
+    assert fuse_views([a, b], [sa, sb], keep=0.45).shape == (1, 5)
+    assert fuse_views([], [], keep=0.3).shape == (0, 5)

@@ -262,9 +262,18 @@ def distill_cmd(
         float,
         typer.Option(
             help="smallest teacher confidence kept as a pseudo-label (when the teacher's "
-            "output does not line up with the student's)"
+            "output does not line up with the student's; with --pseudo-flip, of the fused "
+            "score)"
         ),
-    ] = 0.3,
+    ] = 0.25,
+    pseudo_flip: Annotated[
+        bool,
+        typer.Option(
+            help="offline pseudo-labels from each image and its mirror, fused (weighted box "
+            "fusion, the mean score of the two views kept from --pseudo-conf): a second "
+            "teacher pass for more precise boxes"
+        ),
+    ] = True,
     targets: Annotated[
         str,
         typer.Option(
@@ -304,6 +313,7 @@ def distill_cmd(
         lr=lr,
         batch=batch,
         pseudo_conf=pseudo_conf,
+        pseudo_flip=pseudo_flip,
         targets=targets,
         labels=labels,
         eval_data=eval_data,

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from cvdeploy.data import list_images, read_image
-from cvdeploy.errors import DatasetError, InputError
-from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
+from cvdeploy.errors import DatasetError, InputError, UsageError
+from cvdeploy.zoo.train import CLOSE_MOSAIC, WARM_SCALE, WARM_UNTIL
+from cvdeploy.zoo.trainset import AugmentConfig, LabelError, YoloTrainSet, read_data_yaml
 
 __all__ = [
     "DISTILL_AUGMENT",
@@ -60,18 +61,50 @@ class TrainImages:
     detect: YoloTrainSet | None = None
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
+    warm: YoloTrainSet | None = None
+    """The detection set at a smaller size, used until ``warm_until`` (the zoo recipe's
+    progressive resizing; ``None``: always ``imgsz``)."""
+    warm_until: float = 0.0
+    close_mosaic: float = 1.0
+    """Training progress after which mosaic is switched off (1: never)."""
+
+    def use_zoo_schedule(
+        self,
+        *,
+        warm_scale: float = WARM_SCALE,
+        warm_until: float = WARM_UNTIL,
+        close_mosaic: float = CLOSE_MOSAIC,
+    ) -> None:
+        """Train detection images the way :func:`cvdeploy.zoo.train.train_detector` does:
+        at ``imgsz * warm_scale`` (a multiple of 32) until ``warm_until`` of the schedule,
+        and without mosaic after ``close_mosaic``. Call it once the labels are final (the
+        smaller copy takes the labels of that moment)."""
+        if self.detect is None:
+            raise UsageError("the zoo schedule is for detection images")
+        warm_imgsz = max(32, round(self.imgsz * warm_scale / 32) * 32)
+        self.warm = self.detect.resized(warm_imgsz) if warm_imgsz != self.imgsz else None
+        self.warm_until, self.close_mosaic = warm_until, close_mosaic
 
     def batch(
-        self, idx: list[int], *, rng: np.random.Generator | None, augment: bool = True
+        self,
+        idx: list[int],
+        *,
+        rng: np.random.Generator | None,
+        augment: bool = True,
+        progress: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(x [B, 3, s, s] float in 0..1 RGB, targets or None)``.
 
         Detection targets are ``[B, M, 5]`` ``(cls, x1, y1, x2, y2)`` pixels (padding rows
         ``cls == -1``), classification targets ``[B]`` class indices; ``None`` unlabelled.
+        ``progress`` (0..1, the training's) picks the size and mosaic of a zoo schedule
+        (:meth:`use_zoo_schedule`); ``s`` is then the warm size early on.
         """
         if self.detect is not None:
             aug = DISTILL_AUGMENT if augment and rng is not None else None
-            x, targets = self.detect.batch(idx, rng=rng, aug=aug, mosaic=aug is not None)
+            source = self.warm if self.warm is not None and progress < self.warm_until else None
+            mosaic = aug is not None and progress < self.close_mosaic
+            x, targets = (source or self.detect).batch(idx, rng=rng, aug=aug, mosaic=mosaic)
             return x, targets if self.labelled else None
         assert self.images is not None and self.labels is not None
         imgs = self.images[idx]
@@ -123,8 +156,9 @@ def load_train_images(
         task: ``detect`` or ``classify``.
         names: The model's class names (labels are read in this order).
         imgsz: The student's input side.
-        labels: Use labels: ``True`` requires them, ``False`` ignores them, ``None`` uses
-            them when the dataset has any.
+        labels: Use labels: ``True`` requires them, ``False`` ignores them (the label
+            files are not read), ``None`` uses them when the dataset has any and the model
+            can use them (label files of other classes are skipped with a warning).
         warnings: Collects a warning when the set is small.
 
     Raises:
@@ -152,7 +186,16 @@ def load_train_images(
     else:
         folders = [data]
     try:
-        ts = YoloTrainSet(folders, names=list(names), imgsz=imgsz)
+        try:
+            ts = YoloTrainSet(
+                folders, names=list(names), imgsz=imgsz, read_labels=labels is not False
+            )
+        except LabelError as exc:
+            if labels:
+                raise
+            warn.append(f"{exc.message}: the labels are not used")
+            labels = False
+            ts = YoloTrainSet(folders, names=list(names), imgsz=imgsz, read_labels=False)
     except DatasetError as exc:
         raise DatasetError(
             f"no usable images in {data}: {exc.message}",

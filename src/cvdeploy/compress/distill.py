@@ -66,6 +66,9 @@ class DistillOptions:
         lr: Peak learning rate.
         batch: Images per step.
         pseudo_conf: Smallest teacher confidence kept as a pseudo-label.
+        pseudo_flip: Offline pseudo-labels from the image and its mirror, fused
+            (:meth:`BundleTeacher.label_set` ``flip``): a second teacher pass for more
+            precise boxes.
         targets: How the teacher teaches a detector: ``offline`` (it labels every training
             image once, before training; the student then learns these pseudo-labels as
             labels, with the zoo's training recipe, at the cost of a labelled step),
@@ -91,7 +94,8 @@ class DistillOptions:
     iters: int | None = None
     lr: float = 0.005
     batch: int = 8
-    pseudo_conf: float = 0.3
+    pseudo_conf: float = 0.25
+    pseudo_flip: bool = True
     targets: str = "auto"
     labels: bool | None = None
     eval_data: Path | None = None
@@ -235,13 +239,15 @@ def distill_model(
     if offline:
         assert images.detect is not None
         t0 = time.perf_counter()
-        boxes = teach.label_set(images.detect)
+        boxes = teach.label_set(images.detect, flip=o.pseudo_flip)
         spent = time.perf_counter() - t0
         images.labelled = True
+        images.use_zoo_schedule()  # the labelled zoo training's sizes and mosaic schedule
         if budget_s is not None:
             budget_s = max(budget_s - spent, 1.0)
         teaching = LabelledOnce(
-            f"{teach.identity}, pseudo-labels (conf >= {o.pseudo_conf}) "
+            f"{teach.identity}, pseudo-labels (conf >= {o.pseudo_conf}"
+            f"{', fused with the mirrored image' if o.pseudo_flip else ''}) "
             f"computed once: {boxes} boxes on {images.n} images in {spent:.1f} s"
         )
     mode = "offline" if offline else "online"
@@ -261,6 +267,7 @@ def distill_model(
                 budget_s=budget_s, max_steps=o.iters,
                 batch=o.batch, lr=o.lr, seed=o.seed, threads=o.threads, train_mode=zoo_like,
                 warmup=0.03, progress=o.progress, title="distill",
+                channels_last=hasattr(student, "forward_raw"),
             ),
             save=lambda s: work.save({"loop": s}),
             resume=None if state is None else state["loop"],

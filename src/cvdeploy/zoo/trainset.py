@@ -18,7 +18,7 @@ import yaml
 
 from cvdeploy.errors import DatasetError
 
-__all__ = ["AugmentConfig", "YoloTrainSet", "read_data_yaml"]
+__all__ = ["AugmentConfig", "LabelError", "YoloTrainSet", "read_data_yaml"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PAD_VALUE = 114
@@ -101,6 +101,10 @@ def _label_path(img: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+class LabelError(DatasetError):
+    """A label file is malformed or names a class the model does not have."""
+
+
 def _read_labels(path: Path, nc: int) -> np.ndarray:
     """Read ``cls cx cy w h`` rows (normalised); missing file = no objects."""
     if not path.is_file():
@@ -109,9 +113,9 @@ def _read_labels(path: Path, nc: int) -> np.ndarray:
     try:
         arr = np.array([[float(v) for v in r[:5]] for r in rows], np.float32).reshape(-1, 5)
     except ValueError as exc:
-        raise DatasetError(f"malformed label file {path}: {exc}") from exc
+        raise LabelError(f"malformed label file {path}: {exc}") from exc
     if len(arr) and (arr[:, 0].min() < 0 or arr[:, 0].max() >= nc):
-        raise DatasetError(f"class id out of range 0..{nc - 1} in {path}")
+        raise LabelError(f"class id out of range 0..{nc - 1} in {path}")
     return arr
 
 
@@ -122,9 +126,12 @@ class YoloTrainSet:
         folders: Image folders of the split.
         names: Class names.
         imgsz: Training image side.
+        read_labels: Read the label files (``False``: every image has none).
     """
 
-    def __init__(self, folders: list[Path], *, names: list[str], imgsz: int) -> None:
+    def __init__(
+        self, folders: list[Path], *, names: list[str], imgsz: int, read_labels: bool = True
+    ) -> None:
         files = sorted(
             p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
@@ -145,7 +152,11 @@ class YoloTrainSet:
                 img = cv2.resize(img, (round(w * r), round(h * r)), interpolation=cv2.INTER_LINEAR)
             h, w = img.shape[:2]
             self.images.append(np.ascontiguousarray(img[..., ::-1]))
-            lab = _read_labels(_label_path(f), len(names))
+            lab = (
+                _read_labels(_label_path(f), len(names))
+                if read_labels
+                else np.zeros((0, 5), np.float32)
+            )
             xyxy = np.empty_like(lab)
             xyxy[:, 0] = lab[:, 0]
             xyxy[:, 1] = (lab[:, 1] - lab[:, 3] / 2) * w
