@@ -46,6 +46,11 @@ they are those ``benchmarks/compress.py`` scores on). The pruned bundle of the R
 
 Writes ``benchmarks/results/qat_pruned.json``; its ``source_history`` is the prune record.
 
+``--case distilled --source BUNDLE``: the same on a ``zoo:detector-p`` student made by
+``cvdeploy distill`` from ``detector-n`` on those synthetic images without labels (half
+detector-n's width: the other small model of the compression issue). Writes
+``benchmarks/results/qat_distilled.json``.
+
 Writes ``benchmarks/results/qat.json`` (``--out`` elsewhere): ``fp32_map``, ``ptq_map``,
 ``qat_map``, ``recovered`` (share of PTQ's loss recovered), the scheme, the CPU, the
 latencies and the checks. Defaults take about 18 minutes on an idle 2-core machine
@@ -89,13 +94,13 @@ def _latency(models: dict[str, Any], images: list[Path], rounds: int, threads: i
 
 
 def _source_history(source: Path) -> list[dict[str, Any]]:
-    """What made the pruned source (its bundle's history: the prune command and report)."""
+    """What made the source bundle (its history: the prune or distill command and report)."""
     from cvdeploy.bundle import Bundle
 
     return [
         {"action": h.action, "details": h.details}
         for h in Bundle.load(source).manifest.history
-        if h.action.startswith("prune")
+        if h.action.startswith(("prune", "distill"))
     ]
 
 
@@ -122,21 +127,26 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=0.0001)
     ap.add_argument(
         "--case",
-        choices=("zoo", "yolox", "pruned"),
+        choices=("zoo", "yolox", "pruned", "distilled"),
         default="zoo",
         help="zoo: detector-n on synthetic data; yolox: the real YOLOX-Nano (ONNX from "
         "../shared/realworld run as torch) on coco128; pruned: the bundle --source (detector-n "
-        "pruned by cvdeploy prune) on the same synthetic data",
+        "pruned by cvdeploy prune) on the same synthetic data; distilled: the bundle --source "
+        "(a zoo student made by cvdeploy distill), the same way",
     )
     ap.add_argument(
-        "--source", type=Path, default=None, help="--case pruned: the pruned bundle (torch-fp32)"
+        "--source",
+        type=Path,
+        default=None,
+        help="--case pruned / distilled: the bundle (with its torch-fp32 artifact)",
     )
     ap.add_argument(
         "--out", type=Path, default=None, help="default results/qat[_yolox|_pruned].json"
     )
     a = ap.parse_args()
-    if a.case == "pruned" and (a.source is None or not (a.source / "bundle.json").is_file()):
-        ap.error("--case pruned needs --source BUNDLE (made by cvdeploy prune, see the docstring)")
+    bundle_case = a.case in ("pruned", "distilled")
+    if bundle_case and (a.source is None or not (a.source / "bundle.json").is_file()):
+        ap.error(f"--case {a.case} needs --source BUNDLE (see the docstring)")
     if a.scheme is None:
         a.scheme = "default" if a.case == "yolox" else "aggressive-symmetric"
     if a.out is None:
@@ -172,7 +182,7 @@ def main() -> int:
                 for f in sorted((coco / "images" / "train2017").iterdir())[:16]:
                     (train / f.name).symlink_to(f)
         else:
-            if a.case == "pruned":
+            if bundle_case:
                 model = str(a.source)
             data = make_detection_dataset(Path(tmp) / "data", n_train=a.train, n_val=a.val, seed=0)
             train = data.parent / "images" / "train"
@@ -229,9 +239,10 @@ def main() -> int:
         "model": {
             "zoo": MODEL,
             "pruned": f"{MODEL} pruned by cvdeploy prune ({a.source})",
+            "distilled": f"zoo:detector-p distilled by cvdeploy distill ({a.source})",
             "yolox": "YOLOX-Nano (realworld ONNX run as torch: benchmarks/_onnx_sources.py)",
         }[a.case],
-        **({"source_history": _source_history(a.source)} if a.case == "pruned" else {}),
+        **({"source_history": _source_history(a.source)} if bundle_case else {}),
         "quick": a.quick,
         "data": {"synthetic_seed": 0, "train_unlabeled": a.train, "val": a.val, "imgsz": 256}
         if a.case != "yolox"

@@ -56,6 +56,7 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "Interrupted",
+    "LabelError",
     "ModelLoadError",
     "Overloaded",
     "ServerBusy",
@@ -146,6 +147,10 @@ class ImageDecodeError(InputError):
 
 class DatasetError(InputError):
     """A dataset is empty, malformed or inconsistent with the model."""
+
+
+class LabelError(DatasetError):
+    """A label file is malformed or names a class the model does not have."""
 
 
 class ModelLoadError(InputError):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from cvdeploy.data import list_images, read_image
-from cvdeploy.errors import DatasetError, InputError, UsageError
+from cvdeploy.errors import DatasetError, InputError, LabelError, UsageError
 from cvdeploy.zoo.train import CLOSE_MOSAIC, WARM_SCALE, WARM_UNTIL
-from cvdeploy.zoo.trainset import AugmentConfig, LabelError, YoloTrainSet, read_data_yaml
+from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
 
 __all__ = [
     "DISTILL_AUGMENT",

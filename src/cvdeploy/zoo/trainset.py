@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import yaml
 
-from cvdeploy.errors import DatasetError
+from cvdeploy.errors import DatasetError, LabelError
 
-__all__ = ["AugmentConfig", "LabelError", "YoloTrainSet", "read_data_yaml"]
+__all__ = ["AugmentConfig", "YoloTrainSet", "read_data_yaml"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PAD_VALUE = 114
@@ -99,10 +99,6 @@ def _label_path(img: Path) -> Path:
             parts[i] = "labels"
             break
     return Path(*parts).with_suffix(".txt")
-
-
-class LabelError(DatasetError):
-    """A label file is malformed or names a class the model does not have."""
 
 
 def _read_labels(path: Path, nc: int) -> np.ndarray:
