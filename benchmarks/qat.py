@@ -141,7 +141,7 @@ def main() -> int:
         help="--case pruned / distilled: the bundle (with its torch-fp32 artifact)",
     )
     ap.add_argument(
-        "--out", type=Path, default=None, help="default results/qat[_yolox|_pruned].json"
+        "--out", type=Path, default=None, help="default results/qat[_CASE].json (zoo: qat.json)"
     )
     a = ap.parse_args()
     bundle_case = a.case in ("pruned", "distilled")

@@ -196,11 +196,11 @@ class BundleTeacher:
                 mirrored = self.predictor.run_batch(
                     [np.ascontiguousarray(im[:, ::-1]) for im in imgs], thresholds=low
                 ).results
-                rows = [
-                    fuse_views([_label_rows(a), _unflip(_label_rows(b), im.shape[1])],
-                               [_scores(a), _scores(b)], keep=self.pseudo_conf)
-                    for a, b, im in zip(plain, mirrored, imgs, strict=True)
-                ]  # fmt: skip
+                rows = []
+                for a, b, im in zip(plain, mirrored, imgs, strict=True):
+                    (ra, sa), (rb, sb) = _rows_and_scores(a), _rows_and_scores(b)
+                    rb = _unflip(rb, im.shape[1])
+                    rows.append(fuse_views([ra, rb], [sa, sb], keep=self.pseudo_conf))
             for k, r in enumerate(rows):
                 ts.labels[i + k] = r
                 total += len(r)
@@ -231,24 +231,25 @@ def _to_bgr_uint8(x: torch.Tensor) -> list[np.ndarray]:
     return [np.ascontiguousarray(a[..., ::-1]) for a in arr]
 
 
+def _rows_and_scores(result: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A result's detections as label rows ``[n, 5]`` ``(cls, x1, y1, x2, y2)`` and their
+    scores ``[n]``, float32."""
+    if not isinstance(result, Detections) or not len(result.scores):
+        return np.zeros((0, 5), np.float32), np.zeros(0, np.float32)
+    cls = result.class_ids.astype(np.float32)[:, None]
+    rows = np.concatenate([cls, result.boxes.astype(np.float32)], 1)
+    return rows, result.scores.astype(np.float32)
+
+
 def _label_rows(result: Any) -> np.ndarray:
     """A result's detections as label rows ``[n, 5]`` ``(cls, x1, y1, x2, y2)`` float32."""
-    if not isinstance(result, Detections) or not len(result.scores):
-        return np.zeros((0, 5), np.float32)
-    cls = result.class_ids.astype(np.float32)[:, None]
-    return np.concatenate([cls, result.boxes.astype(np.float32)], 1)
+    return _rows_and_scores(result)[0]
 
 
 FLIP_VIEW_SHARE = 1 / 3
 """With ``flip``, each view keeps detections down to this share of ``pseudo_conf``: a box
 seen in both views at a third of the threshold each is still below it after the mean."""
 FUSE_IOU = 0.55
-
-
-def _scores(result: Any) -> np.ndarray:
-    if not isinstance(result, Detections) or not len(result.scores):
-        return np.zeros(0, np.float32)
-    return result.scores.astype(np.float32)
 
 
 def _unflip(rows: np.ndarray, width: int) -> np.ndarray:
@@ -289,10 +290,11 @@ def fuse_views(rows: list[np.ndarray], scores: list[np.ndarray], *, keep: float)
         if len(cand):
             iou = box_iou(allr[i : i + 1, 1:], allr[cand, 1:])[0]
             taken = {int(view[i])}
-            for j in cand[np.argsort(-alls[cand], kind="stable")]:
-                if iou[np.searchsorted(cand, j)] > FUSE_IOU and int(view[j]) not in taken:
+            for k in np.argsort(-alls[cand], kind="stable"):
+                j = int(cand[k])
+                if iou[k] > FUSE_IOU and int(view[j]) not in taken:
                     taken.add(int(view[j]))
-                    group.append(int(j))
+                    group.append(j)
         used[group] = True
         w = alls[group]
         if w.sum() / len(rows) >= keep:

@@ -138,7 +138,14 @@ class YoloTrainSet:
         self.files = files
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []  # [n, 5] cls, x1, y1, x2, y2 in cached-image pixels
-        for f in files:
+        # every label file first: a bad one fails before any image is decoded
+        normalised = [
+            _read_labels(_label_path(f), len(names))
+            if read_labels
+            else np.zeros((0, 5), np.float32)
+            for f in files
+        ]
+        for f, lab in zip(files, normalised, strict=True):
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None:
                 raise DatasetError(f"cannot decode image {f}")
@@ -148,11 +155,6 @@ class YoloTrainSet:
                 img = cv2.resize(img, (round(w * r), round(h * r)), interpolation=cv2.INTER_LINEAR)
             h, w = img.shape[:2]
             self.images.append(np.ascontiguousarray(img[..., ::-1]))
-            lab = (
-                _read_labels(_label_path(f), len(names))
-                if read_labels
-                else np.zeros((0, 5), np.float32)
-            )
             xyxy = np.empty_like(lab)
             xyxy[:, 0] = lab[:, 0]
             xyxy[:, 1] = (lab[:, 1] - lab[:, 3] / 2) * w
