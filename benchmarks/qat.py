@@ -216,6 +216,8 @@ def main() -> int:
             if art.precision == "int8":
                 p = art.latest("parity")
                 gates[art.id] = {"format": art.format, "passed": bool(p and p.passed)}
+                if p is not None:  # how far from the line (0.75 at IoU 0.75 for INT8)
+                    gates[art.id]["match_fraction"] = p.data.get("match_fraction")
         for art_id, why in d["target"].get("gate_refused", {}).items():
             fmt = art_id.split("-", 1)[0]
             gates[art_id] = {"format": fmt, "passed": False, "refused": why}

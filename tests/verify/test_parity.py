@@ -172,3 +172,30 @@ def test_a_different_output_shape_fails_the_gate_before_decoding(tmp_path: Path)
     cand = _ThreeRows(spec=spec, runner=create_runner("onnx", tmp_path / "m.onnx", IO))
     with src, cand, pytest.raises(CheckFailed, match=r"shape \[1, 3, 64\] differs from"):
         check_parity(src, cand, _images(1), precision="fp32")
+
+
+class _Shifted(Predictor):
+    """Every box moved right by a tenth of its width: IoU (1 - 0.1) / (1 + 0.1) = 0.82 with
+    the source's box, the size of the shifts INT8 makes on real models."""
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        out = Predictor.infer(self, x)[0].copy()
+        out[:, 0, :] += 0.1 * out[:, 2, :]
+        return [out]
+
+
+def test_int8_matches_boxes_at_iou_075_and_the_other_precisions_at_09(tmp_path: Path) -> None:
+    assert tolerance_for("int8").match_iou == 0.75
+    assert {tolerance_for(p).match_iou for p in ("fp32", "fp16", "bf16")} == {0.9}
+    spec = ModelSpec.model_validate(tiny_spec_dict())
+    path = tiny_detector_onnx(tmp_path / "m.onnx")
+    src = _onnx_predictor(path, spec)
+    cand = _Shifted(spec=spec, runner=create_runner("onnx", path, IO), artifact_id="c")
+    with src, cand:
+        int8 = check_parity(src, cand, _images(), precision="int8")
+        bf16 = check_parity(src, cand, _images(), precision="bf16")
+    assert int8.n_source > 0
+    assert int8.match_fraction == 1.0 and int8.passed, int8.failures
+    assert int8.to_check(source="s").data["tolerance"]["match_iou"] == 0.75  # recorded
+    assert bf16.match_fraction == 0.0 and not bf16.passed
+    assert any("agree (0 of" in f and "at IoU 0.9;" in f for f in bf16.failures), bf16.failures

@@ -5,9 +5,9 @@ Tensor level: max/mean absolute error and cosine similarity per output; for a de
 head the cosine that decides is taken over the *scoring anchors* (those whose best class score
 in the source reaches ``SCORING_MIN``), because the boxes of empty anchors are never decoded
 and reduced precision moves them freely (the all-anchor cosine is recorded beside it, and
-must also pass at fp32). Task level: the
-fraction of detections matched at IoU 0.9 with the same class (or top-1 agreement for
-classifiers) and score differences. Tolerances depend on the precision and are recorded with
+must also pass at fp32). Task level: the fraction of detections matched with the same class
+at the precision's IoU (0.9; 0.75 for INT8, see :data:`TOLERANCES`), or top-1 agreement for
+classifiers, and score differences. Tolerances depend on the precision and are recorded with
 the result; an artifact that fails is not added to the bundle.
 """
 
@@ -37,9 +37,10 @@ class Tolerance:
             scoring anchors of a detection head).
         cosine_all_min: Minimum cosine over every anchor as well (``None``: not checked).
         rel_max_err: Maximum of ``max|a-b| / max(1, max|a|)`` per output.
-        match_min: Minimum fraction of detections matched (IoU >= 0.9, same class), or of
-            top-1 agreement for classifiers.
+        match_min: Minimum fraction of detections matched (IoU >= ``match_iou``, same
+            class), or of top-1 agreement for classifiers.
         score_diff_max: Maximum mean absolute score difference of matched detections.
+        match_iou: The IoU at which a candidate's detection matches the source's.
     """
 
     cosine_min: float
@@ -47,6 +48,7 @@ class Tolerance:
     match_min: float
     score_diff_max: float
     cosine_all_min: float | None = None
+    match_iou: float = 0.9
 
 
 TOLERANCES: dict[str, Tolerance] = {
@@ -67,11 +69,20 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(
         cosine_min=0.995, rel_max_err=float("inf"), match_min=0.85, score_diff_max=0.02
     ),
+    # INT8 moves boxes by a pixel or two: boxes are matched at IoU 0.75 (COCO's strict
+    # threshold), not 0.9. Measured on YOLOX-Nano, coco128, 16 gate images / all 128
+    # (README "The INT8 gate matches boxes at IoU 0.75"): INT8 models losing 0.008-0.030
+    # mAP50-95 agree 63-85 % at IoU 0.9 but 82-93 % at 0.75; broken ones losing 0.16-0.17
+    # agree 7-21 % at 0.9 and 20-43 % at 0.75. At 0.9 the 75 % line fell inside the good
+    # group; at 0.75 both groups are clear of it.
     "int8": Tolerance(
-        cosine_min=0.98, rel_max_err=float("inf"), match_min=0.75, score_diff_max=0.08
+        cosine_min=0.98,
+        rel_max_err=float("inf"),
+        match_min=0.75,
+        score_diff_max=0.08,
+        match_iou=0.75,
     ),
 }
-MATCH_IOU = 0.9
 SCORING_MIN = 0.05
 """An anchor whose best class score in the source reaches this is a scoring anchor."""
 
@@ -188,8 +199,9 @@ def _same_outputs(cand: list[np.ndarray], *, src: list[np.ndarray], names: list[
             )
 
 
-def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
-    """Greedy one-to-one matching at IoU >= 0.9 with the same class, best scores first."""
+def _match(src: Detections, cand: Detections, iou_min: float) -> tuple[int, list[float]]:
+    """Greedy one-to-one matching at IoU >= ``iou_min`` with the same class, best scores
+    first."""
     if len(src) == 0 or len(cand) == 0:
         return 0, []
     iou = box_iou(src.boxes, cand.boxes)
@@ -199,7 +211,7 @@ def _match(src: Detections, cand: Detections) -> tuple[int, list[float]]:
     for i in np.argsort(-src.scores, kind="stable"):
         row = np.where(used, 0.0, iou[i])
         j = int(row.argmax())
-        if row[j] >= MATCH_IOU:
+        if row[j] >= iou_min:
             used[j] = True
             diffs.append(abs(float(src.scores[i]) - float(cand.scores[j])))
     return len(diffs), diffs
@@ -240,6 +252,7 @@ def check_parity(
     anchored = head.anchors_first is not None and len(out_names) == 1
     scoring_acc: list[tuple[np.ndarray, np.ndarray]] = []
     n_src = n_cand = matched = 0
+    detections = False
     diffs: list[float] = []
     for img in images:
         src_run = source.run_batch([img], keep_outputs=True)
@@ -261,9 +274,10 @@ def check_parity(
             matched += same
             diffs.append(float(np.abs(rs.probs - rc.probs).max()))
         elif isinstance(rs, Detections) and isinstance(rc, Detections):
+            detections = True
             n_src += len(rs)
             n_cand += len(rc)
-            m, d = _match(rs, rc)
+            m, d = _match(rs, rc, tol.match_iou)
             matched += m
             diffs.extend(d)
     scoring = (
@@ -302,10 +316,11 @@ def check_parity(
                 f"output {o.name!r} diverged: max abs error {o.max_abs:.4g} "
                 f"(relative {o.rel_max:.3g} > {tol.rel_max_err:g})"
             )
+    at_iou = f" at IoU {tol.match_iou:g}" if detections else ""
     if match_fraction < tol.match_min:
         failures.append(
             f"output {out_names[0]!r}: only {match_fraction:.1%} of the results "
-            f"agree ({matched} of {denom}; need {tol.match_min:.0%})"
+            f"agree ({matched} of {denom}{at_iou}; need {tol.match_min:.0%})"
         )
     if score_diff > tol.score_diff_max:
         failures.append(
