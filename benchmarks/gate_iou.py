@@ -43,29 +43,10 @@ from cvdeploy.data import image_paths
 from cvdeploy.data.io import read_image
 from cvdeploy.export.gate import GATE_IMAGES, gate_images
 from cvdeploy.pipeline import Predictor
-from cvdeploy.pipeline.nms import box_iou
-from cvdeploy.pipeline.results import Detections
-from cvdeploy.verify.parity import Tolerance
+from cvdeploy.verify import Tolerance, match_detections
 
 IOUS = (0.5, 0.75, 0.9)
 OFF = Tolerance(cosine_min=0.0, rel_max_err=float("inf"), match_min=0.0, score_diff_max=1.0)
-
-
-def _match(src: Detections, cand: Detections, iou_min: float) -> list[float]:
-    """The gate's matching (greedy, best source scores first, same class); matched IoUs."""
-    if len(src) == 0 or len(cand) == 0:
-        return []
-    iou = box_iou(src.boxes, cand.boxes)
-    iou[src.class_ids[:, None] != cand.class_ids[None, :]] = 0.0
-    used = np.zeros(len(cand), dtype=bool)
-    out: list[float] = []
-    for i in np.argsort(-src.scores, kind="stable"):
-        row = np.where(used, 0.0, iou[i])
-        j = int(row.argmax())
-        if row[j] >= iou_min:
-            used[j] = True
-            out.append(float(row[j]))
-    return out
 
 
 def _agreement(bundle: Path, source: str, cands: list[str], data: Path, limit: int | None):
@@ -83,11 +64,11 @@ def _agreement(bundle: Path, source: str, cands: list[str], data: Path, limit: i
         cand = dets(c)
         denom = max(sum(len(d) for d in src), sum(len(d) for d in cand)) or 1
         row: dict[str, Any] = {"images": len(imgs)}
+        pairs = list(zip(src, cand, strict=True))
         for t in IOUS:
-            row[f"agree_at_{t:g}"] = round(
-                sum(len(_match(s, d, t)) for s, d in zip(src, cand, strict=True)) / denom, 3
-            )
-        ious = [x for s, d in zip(src, cand, strict=True) for x in _match(s, d, 0.5)]
+            matched = sum(len(match_detections(s, d, t)) for s, d in pairs)
+            row[f"agree_at_{t:g}"] = round(matched / denom, 3)
+        ious = [m[2] for s, d in pairs for m in match_detections(s, d, 0.5)]
         row["median_iou"] = round(float(np.median(ious)), 3) if ious else None
         res[c] = row
     return res

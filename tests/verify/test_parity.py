@@ -199,3 +199,26 @@ def test_int8_matches_boxes_at_iou_075_and_the_other_precisions_at_09(tmp_path: 
     assert int8.to_check(source="s").data["tolerance"]["match_iou"] == 0.75  # recorded
     assert bf16.match_fraction == 0.0 and not bf16.passed
     assert any("agree (0 of" in f and "at IoU 0.9;" in f for f in bf16.failures), bf16.failures
+
+
+def test_match_detections_is_one_to_one_best_source_first_and_same_class() -> None:
+    from cvdeploy.pipeline.results import Detections
+    from cvdeploy.verify import match_detections
+
+    box = [10.0, 10.0, 30.0, 30.0]
+    src = Detections(
+        boxes=np.array([box, box], np.float32),
+        scores=np.array([0.5, 0.9], np.float32),
+        class_ids=np.array([0, 0]),
+    )
+    cand = Detections(
+        boxes=np.array([[12.0, 10.0, 32.0, 30.0]], np.float32),  # IoU 18/22 = 0.818
+        scores=np.array([0.8], np.float32),
+        class_ids=np.array([0]),
+    )
+    pairs = match_detections(src, cand, 0.75)
+    assert [(i, j) for i, j, _ in pairs] == [(1, 0)]  # the 0.9 source box takes it
+    assert pairs[0][2] == pytest.approx(18 / 22)
+    assert match_detections(src, cand, 0.9) == []
+    other = Detections(boxes=cand.boxes, scores=cand.scores, class_ids=np.array([1]))
+    assert match_detections(src, other, 0.5) == []

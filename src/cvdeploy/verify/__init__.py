@@ -4,6 +4,7 @@ Public API:
 
 - :func:`check_parity` -> :class:`ParityResult`: a candidate against its source on real
   images, with the tolerance of its precision (:func:`tolerance_for`, :data:`TOLERANCES`);
+  :func:`match_detections`, the gate's one-to-one matching of two detection sets;
 - :func:`evaluate_bundle` with :class:`Protocol` -> :class:`EvalReport`: mAP (pycocotools)
   or top-1/top-5 on a labelled dataset, recorded in the bundle;
 - :func:`evaluate_detections` / :func:`evaluate_classification`: the metrics alone;
@@ -23,6 +24,7 @@ from cvdeploy.verify.parity import (
     ParityResult,
     Tolerance,
     check_parity,
+    match_detections,
     tolerance_for,
 )
 from cvdeploy.verify.recheck import Recheck, recheck_parity
@@ -40,6 +42,7 @@ __all__ = [
     "evaluate_bundle",
     "evaluate_classification",
     "evaluate_detections",
+    "match_detections",
     "recheck_parity",
     "tolerance_for",
 ]

@@ -199,22 +199,30 @@ def _same_outputs(cand: list[np.ndarray], *, src: list[np.ndarray], names: list[
             )
 
 
-def _match(src: Detections, cand: Detections, iou_min: float) -> tuple[int, list[float]]:
-    """Greedy one-to-one matching at IoU >= ``iou_min`` with the same class, best scores
-    first."""
+def match_detections(
+    src: Detections, cand: Detections, iou_min: float
+) -> list[tuple[int, int, float]]:
+    """The gate's matching: greedy and one-to-one, the source's best scores first, the same
+    class at IoU >= ``iou_min``. Returns ``(source index, candidate index, IoU)`` per match."""
     if len(src) == 0 or len(cand) == 0:
-        return 0, []
+        return []
     iou = box_iou(src.boxes, cand.boxes)
     iou[src.class_ids[:, None] != cand.class_ids[None, :]] = 0.0
     used = np.zeros(len(cand), dtype=bool)
-    diffs: list[float] = []
+    pairs: list[tuple[int, int, float]] = []
     for i in np.argsort(-src.scores, kind="stable"):
         row = np.where(used, 0.0, iou[i])
         j = int(row.argmax())
         if row[j] >= iou_min:
             used[j] = True
-            diffs.append(abs(float(src.scores[i]) - float(cand.scores[j])))
-    return len(diffs), diffs
+            pairs.append((int(i), j, float(row[j])))
+    return pairs
+
+
+def _match(src: Detections, cand: Detections, iou_min: float) -> tuple[int, list[float]]:
+    """Matches and the score difference of each."""
+    pairs = match_detections(src, cand, iou_min)
+    return len(pairs), [abs(float(src.scores[i]) - float(cand.scores[j])) for i, j, _ in pairs]
 
 
 def check_parity(
