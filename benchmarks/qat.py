@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
     ap.add_argument("--train", type=int, default=300, help="unlabeled images to learn from")
     ap.add_argument("--val", type=int, default=200, help="labelled images to score on")
-    ap.add_argument("--lr", type=float, default=0.0001)
+    ap.add_argument("--lr", type=float, default=0.0003)
     ap.add_argument(
         "--case",
         choices=("zoo", "yolox", "pruned", "distilled"),

@@ -392,7 +392,7 @@ def qat_cmd(
     spec: Annotated[
         Path | None, typer.Option(help="spec file of a module:factory source or an .onnx file")
     ] = None,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 0.0001,
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = 0.0003,
     batch: Annotated[int, typer.Option(help="images per optimizer step")] = 8,
     threads: Threads = 2,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,

@@ -114,7 +114,7 @@ class QatOptions:
     max_drop: float | None = None
     eval_data: Path | None = None
     labels: bool | None = None
-    lr: float = 0.0001
+    lr: float = 0.0003
     batch: int = 8
     threads: int | None = 2
     latency_rounds: int = 3
