@@ -236,3 +236,47 @@ def test_a_keep_float_name_the_model_does_not_have_exits_2(tmp_path: Path, det64
     assert code == 2, out
     assert "not activation quantizers" in out and "Traceback" not in out
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["qat", "prune"])
+def test_training_images_are_letterboxed_as_the_spec_says(
+    tmp_path: Path, onnx_teacher: Path, det64: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An imported model whose spec letterboxes top-left is calibrated and fine-tuned on
+    top-left letterboxed images (stopped once the images are read)."""
+    import yaml
+
+    import cvdeploy.compress.pruning as pruning
+    import cvdeploy.compress.qat as qat
+    from cvdeploy.compress import PruneOptions, prune_model
+
+    b = Bundle.load(onnx_teacher)
+    spec = b.spec.model_dump(mode="json")
+    spec["preprocess"]["align"] = "top-left"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    onnx_file = b.model_file(b.artifact("onnx-fp32"))
+    (tmp_path / "det_factory.py").write_text(  # prune needs torch code: module:factory
+        "from cvdeploy.zoo.models import build_model\n\n"
+        f"def build():\n    return build_model('detector-n', num_classes={len(b.spec.names)})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args: object, align: str = "center", **kw: object) -> None:
+        seen.append(align)
+        raise Stop
+
+    module = qat if command == "qat" else pruning
+    monkeypatch.setattr(module, "load_train_images", spy)
+    with pytest.raises(Stop):
+        if command == "qat":
+            qat_model(str(onnx_file), _images(det64), tmp_path / "o", spec_file=spec_file,
+                      options=QatOptions(iters=1, minutes=None, progress=False))  # fmt: skip
+        else:
+            prune_model("det_factory:build", _images(det64), tmp_path / "o", spec_file=spec_file,
+                        options=PruneOptions(ratio=0.2, progress=False))  # fmt: skip
+    assert seen == ["top-left"]

@@ -218,3 +218,25 @@ def test_resized_trainset_matches_one_read_at_that_size(tmp_path: Path) -> None:
         np.testing.assert_allclose(la, lb, atol=1e-3)
     x, _ = derived.batch([0, 1])
     assert tuple(x.shape) == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("align", ["center", "top-left"])
+def test_trainset_letterboxes_with_the_spec_alignment(tmp_path: Path, align: str) -> None:
+    import cv2
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    wide = np.full((32, 64, 3), 200, np.uint8)  # a 2:1 image: 32 rows of padding at 64 px
+    cv2.imwrite(str(folder / "a.png"), wide)
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    (lab / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # box 16..48 x 8..24 in the image
+    ts = YoloTrainSet([folder], names=["x"], imgsz=64, align=align)
+    img, labels = ts.sample(0, rng=None, aug=None)
+    top = 16 if align == "center" else 0
+    rows = np.nonzero((img == 200).all(axis=(1, 2)))[0]
+    assert (rows.min(), rows.max()) == (top, top + 31)  # the image band; pad elsewhere
+    np.testing.assert_allclose(labels[0, 1:], [16, 8 + top, 48, 24 + top], atol=1e-4)
+    assert ts.resized(32).align == align  # the warm-up size keeps it
+    with pytest.raises(ValueError, match="align"):
+        YoloTrainSet([folder], names=["x"], imgsz=64, align="bottom")

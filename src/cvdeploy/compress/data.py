@@ -147,6 +147,7 @@ def load_train_images(
     imgsz: int,
     labels: bool | None = None,
     warnings: list[str] | None = None,
+    align: str = "center",
 ) -> TrainImages:
     """Read the training images.
 
@@ -160,6 +161,8 @@ def load_train_images(
             files are not read), ``None`` uses them when the dataset has any and the model
             can use them (label files of other classes are skipped with a warning).
         warnings: Collects a warning when the set is small.
+        align: The model's letterbox alignment (``preprocess.align`` of its spec): detection
+            images are placed in their letterbox the way the model will see them.
 
     Raises:
         DatasetError: Missing, empty or too small data, or labels required but absent.
@@ -188,14 +191,20 @@ def load_train_images(
     try:
         try:
             ts = YoloTrainSet(
-                folders, names=list(names), imgsz=imgsz, read_labels=labels is not False
+                folders,
+                names=list(names),
+                imgsz=imgsz,
+                read_labels=labels is not False,
+                align=align,
             )
         except LabelError as exc:
             if labels:
                 raise
             warn.append(f"{exc.message}: the labels are not used")
             labels = False
-            ts = YoloTrainSet(folders, names=list(names), imgsz=imgsz, read_labels=False)
+            ts = YoloTrainSet(
+                folders, names=list(names), imgsz=imgsz, read_labels=False, align=align
+            )
     except DatasetError as exc:
         raise DatasetError(
             f"no usable images in {data}: {exc.message}",

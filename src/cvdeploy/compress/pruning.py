@@ -207,7 +207,7 @@ def prune_model(
     notes: list[str] = []
     images = load_train_images(
         data, task=src.spec.task, names=src.spec.names, imgsz=src.imgsz, labels=o.labels,
-        warnings=notes,
+        warnings=notes, align=src.spec.preprocess.align,
     )  # fmt: skip
     for n in notes:
         say(f"note: {n}")

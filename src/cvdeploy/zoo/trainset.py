@@ -123,11 +123,22 @@ class YoloTrainSet:
         names: Class names.
         imgsz: Training image side.
         read_labels: Read the label files (``False``: every image has none).
+        align: Where an un-augmented image sits in its letterbox: ``center`` or
+            ``top-left`` (the spec's ``preprocess.align``: a model fine-tuned and calibrated
+            here sees its padding where it will see it deployed).
     """
 
     def __init__(
-        self, folders: list[Path], *, names: list[str], imgsz: int, read_labels: bool = True
+        self,
+        folders: list[Path],
+        *,
+        names: list[str],
+        imgsz: int,
+        read_labels: bool = True,
+        align: str = "center",
     ) -> None:
+        if align not in ("center", "top-left"):
+            raise ValueError(f"align must be 'center' or 'top-left', got {align!r}")
         files = sorted(
             p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
@@ -135,6 +146,7 @@ class YoloTrainSet:
             raise DatasetError(f"no images found in {', '.join(map(str, folders))}")
         self.names = names
         self.imgsz = imgsz
+        self.align = align
         self.files = files
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []  # [n, 5] cls, x1, y1, x2, y2 in cached-image pixels
@@ -170,7 +182,7 @@ class YoloTrainSet:
         """The same split cached at another training size (from the cached images: the
         files are not read again)."""
         out = object.__new__(YoloTrainSet)
-        out.names, out.files, out.imgsz = self.names, self.files, imgsz
+        out.names, out.files, out.imgsz, out.align = self.names, self.files, imgsz, self.align
         r = imgsz / self.imgsz
         out.images, out.labels = [], []
         for img, lab in zip(self.images, self.labels, strict=True):
@@ -220,7 +232,9 @@ class YoloTrainSet:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return image ``i`` (``[s, s, 3]`` uint8 RGB) and its ``[n, 5]`` (cls, xyxy) labels.
 
-        Without ``aug`` (or ``rng``) the image is letterboxed (centred) with no augmentation.
+        Without ``aug`` (or ``rng``) the image is letterboxed (centred, or at the top left
+        with ``align="top-left"``) with no augmentation; augmentation scales and translates
+        it from there.
         """
         s = self.imgsz
         if aug is not None and rng is not None and mosaic:
@@ -228,7 +242,10 @@ class YoloTrainSet:
             cx = cy = float(s)  # the mosaic centre maps to the output centre
         else:
             img, lab = self.images[i], self.labels[i].copy()
-            cx, cy = img.shape[1] / 2, img.shape[0] / 2
+            if self.align == "center":  # the image's centre maps to the output's centre
+                cx, cy = img.shape[1] / 2, img.shape[0] / 2
+            else:  # top-left: unscaled, the image's origin stays at the output's
+                cx = cy = s / 2
         scale, tx, ty = 1.0, 0.0, 0.0
         if aug is not None and rng is not None:
             scale = float(rng.uniform(1 - aug.scale, 1 + aug.scale))
