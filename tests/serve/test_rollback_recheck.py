@@ -71,3 +71,25 @@ def test_recheck_without_source_runs_it(tmp_path: Path) -> None:
     r = recheck_parity(Bundle.load(b))
     assert r.passed and r.how == "ran" and r.source is None
     shutil.rmtree(b)
+
+
+def test_recheck_reads_a_tolerance_recorded_before_match_iou_existed(tmp_path: Path) -> None:
+    """A parity record written before ``match_iou`` was a tolerance field re-checks at the
+    IoU its gate used (0.9), not at an unbounded one that would match nothing."""
+    from cvdeploy.bundle import Check
+    from cvdeploy.verify.recheck import _recorded_tolerance
+
+    b = _with_derived(make_bundle(tmp_path / "a"), tmp_path / "a", model_seed=0)
+    old = {"cosine_min": 0.98, "rel_max_err": "inf", "match_min": 0.75, "score_diff_max": 0.08,
+           "cosine_all_min": None}  # fmt: skip
+    bundle = Bundle.load(b)
+    check = Check(
+        kind="parity", name="onnx-fp32", passed=True, data={"source": "onnx-fp32", "tolerance": old}
+    )
+    with bundle.edit(action="test", details={}) as e:
+        e.add_check("onnx-derived", check)
+    loaded = Bundle.load(b)
+    tol = _recorded_tolerance(loaded, "onnx-derived", "onnx-fp32")
+    assert tol is not None and tol.match_iou == 0.9 and tol.match_min == 0.75
+    r = recheck_parity(loaded)
+    assert r.passed and r.how == "parity", r.failures

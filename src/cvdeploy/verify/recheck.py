@@ -56,6 +56,11 @@ def _recorded_tolerance(bundle: Bundle, art_id: str, source: str) -> Tolerance |
         return None
     values: dict[str, float | None] = {}
     for f in dataclasses.fields(Tolerance):
+        if f.name not in tol:  # a field newer than the record: what the gate then used
+            if f.default is dataclasses.MISSING:
+                return None
+            values[f.name] = f.default  # type: ignore[assignment]
+            continue
         v = tol.get(f.name)
         if v is None or v == "inf":  # recorded as null / "inf" when unbounded
             values[f.name] = None if f.name == "cosine_all_min" else float("inf")
