@@ -242,8 +242,8 @@ def test_a_keep_float_name_the_model_does_not_have_exits_2(tmp_path: Path, det64
 def test_training_images_are_letterboxed_as_the_spec_says(
     tmp_path: Path, onnx_teacher: Path, det64: Path, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An imported model whose spec letterboxes top-left is calibrated and fine-tuned on
-    top-left letterboxed images (stopped once the images are read)."""
+    """A model whose spec letterboxes top-left with black padding is calibrated and
+    fine-tuned on images letterboxed that way (stopped once the images are read)."""
     import yaml
 
     import cvdeploy.compress.pruning as pruning
@@ -253,6 +253,7 @@ def test_training_images_are_letterboxed_as_the_spec_says(
     b = Bundle.load(onnx_teacher)
     spec = b.spec.model_dump(mode="json")
     spec["preprocess"]["align"] = "top-left"
+    spec["preprocess"]["pad_value"] = 0
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     onnx_file = b.model_file(b.artifact("onnx-fp32"))
@@ -261,13 +262,13 @@ def test_training_images_are_letterboxed_as_the_spec_says(
         f"def build():\n    return build_model('detector-n', num_classes={len(b.spec.names)})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    seen: list[str] = []
+    seen: list[tuple[str, int]] = []
 
     class Stop(Exception):
         pass
 
-    def spy(*args: object, align: str = "center", **kw: object) -> None:
-        seen.append(align)
+    def spy(*args: object, align: str = "center", pad_value: int = 114, **kw: object) -> None:
+        seen.append((align, pad_value))
         raise Stop
 
     module = qat if command == "qat" else pruning
@@ -279,4 +280,4 @@ def test_training_images_are_letterboxed_as_the_spec_says(
         else:
             prune_model("det_factory:build", _images(det64), tmp_path / "o", spec_file=spec_file,
                         options=PruneOptions(ratio=0.2, progress=False))  # fmt: skip
-    assert seen == ["top-left"]
+    assert seen == [("top-left", 0)]

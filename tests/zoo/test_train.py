@@ -220,8 +220,10 @@ def test_resized_trainset_matches_one_read_at_that_size(tmp_path: Path) -> None:
     assert tuple(x.shape) == (2, 3, 32, 32)
 
 
-@pytest.mark.parametrize("align", ["center", "top-left"])
-def test_trainset_letterboxes_with_the_spec_alignment(tmp_path: Path, align: str) -> None:
+@pytest.mark.parametrize(("align", "pad"), [("center", 114), ("top-left", 0)])
+def test_trainset_letterboxes_with_the_spec_alignment_and_pad(
+    tmp_path: Path, align: str, pad: int
+) -> None:
     import cv2
 
     folder = tmp_path / "images"
@@ -231,12 +233,16 @@ def test_trainset_letterboxes_with_the_spec_alignment(tmp_path: Path, align: str
     lab = tmp_path / "labels"
     lab.mkdir()
     (lab / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # box 16..48 x 8..24 in the image
-    ts = YoloTrainSet([folder], names=["x"], imgsz=64, align=align)
+    ts = YoloTrainSet([folder], names=["x"], imgsz=64, align=align, pad_value=pad)
     img, labels = ts.sample(0, rng=None, aug=None)
     top = 16 if align == "center" else 0
     rows = np.nonzero((img == 200).all(axis=(1, 2)))[0]
-    assert (rows.min(), rows.max()) == (top, top + 31)  # the image band; pad elsewhere
+    assert (rows.min(), rows.max()) == (top, top + 31)  # the image band
+    band = np.zeros(64, bool)
+    band[top : top + 32] = True
+    assert (img[~band] == pad).all()  # the spec's pad value elsewhere
     np.testing.assert_allclose(labels[0, 1:], [16, 8 + top, 48, 24 + top], atol=1e-4)
-    assert ts.resized(32).align == align  # the warm-up size keeps it
+    small = ts.resized(32)  # the warm-up size keeps both
+    assert (small.align, small.pad_value) == (align, pad)
     with pytest.raises(ValueError, match="align"):
         YoloTrainSet([folder], names=["x"], imgsz=64, align="bottom")

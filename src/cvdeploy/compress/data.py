@@ -19,7 +19,7 @@ import torch
 from cvdeploy.data import list_images, read_image
 from cvdeploy.errors import DatasetError, InputError, LabelError, UsageError
 from cvdeploy.zoo.train import CLOSE_MOSAIC, WARM_SCALE, WARM_UNTIL
-from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
+from cvdeploy.zoo.trainset import PAD_VALUE, AugmentConfig, YoloTrainSet, read_data_yaml
 
 __all__ = [
     "DISTILL_AUGMENT",
@@ -148,6 +148,7 @@ def load_train_images(
     labels: bool | None = None,
     warnings: list[str] | None = None,
     align: str = "center",
+    pad_value: int = PAD_VALUE,
 ) -> TrainImages:
     """Read the training images.
 
@@ -163,6 +164,7 @@ def load_train_images(
         warnings: Collects a warning when the set is small.
         align: The model's letterbox alignment (``preprocess.align`` of its spec): detection
             images are placed in their letterbox the way the model will see them.
+        pad_value: The letterbox's grey level (``preprocess.pad_value``).
 
     Raises:
         DatasetError: Missing, empty or too small data, or labels required but absent.
@@ -196,6 +198,7 @@ def load_train_images(
                 imgsz=imgsz,
                 read_labels=labels is not False,
                 align=align,
+                pad_value=pad_value,
             )
         except LabelError as exc:
             if labels:
@@ -203,7 +206,12 @@ def load_train_images(
             warn.append(f"{exc.message}: the labels are not used")
             labels = False
             ts = YoloTrainSet(
-                folders, names=list(names), imgsz=imgsz, read_labels=False, align=align
+                folders,
+                names=list(names),
+                imgsz=imgsz,
+                read_labels=False,
+                align=align,
+                pad_value=pad_value,
             )
     except DatasetError as exc:
         raise DatasetError(

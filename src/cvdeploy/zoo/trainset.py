@@ -126,6 +126,8 @@ class YoloTrainSet:
         align: Where an un-augmented image sits in its letterbox: ``center`` or
             ``top-left`` (the spec's ``preprocess.align``: a model fine-tuned and calibrated
             here sees its padding where it will see it deployed).
+        pad_value: The letterbox's (and mosaic's) grey level (the spec's
+            ``preprocess.pad_value``).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class YoloTrainSet:
         imgsz: int,
         read_labels: bool = True,
         align: str = "center",
+        pad_value: int = PAD_VALUE,
     ) -> None:
         if align not in ("center", "top-left"):
             raise ValueError(f"align must be 'center' or 'top-left', got {align!r}")
@@ -147,6 +150,7 @@ class YoloTrainSet:
         self.names = names
         self.imgsz = imgsz
         self.align = align
+        self.pad_value = pad_value
         self.files = files
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []  # [n, 5] cls, x1, y1, x2, y2 in cached-image pixels
@@ -182,7 +186,8 @@ class YoloTrainSet:
         """The same split cached at another training size (from the cached images: the
         files are not read again)."""
         out = object.__new__(YoloTrainSet)
-        out.names, out.files, out.imgsz, out.align = self.names, self.files, imgsz, self.align
+        out.names, out.files, out.imgsz = self.names, self.files, imgsz
+        out.align, out.pad_value = self.align, self.pad_value
         r = imgsz / self.imgsz
         out.images, out.labels = [], []
         for img, lab in zip(self.images, self.labels, strict=True):
@@ -196,7 +201,7 @@ class YoloTrainSet:
 
     def _mosaic(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         s = self.imgsz
-        canvas = np.full((2 * s, 2 * s, 3), PAD_VALUE, np.uint8)
+        canvas = np.full((2 * s, 2 * s, 3), self.pad_value, np.uint8)
         xc, yc = (int(v) for v in rng.uniform(s / 2, 3 * s / 2, 2))
         idx = [i, *rng.integers(0, len(self), 3).tolist()]
         out = []
@@ -251,7 +256,9 @@ class YoloTrainSet:
             scale = float(rng.uniform(1 - aug.scale, 1 + aug.scale))
             tx, ty = (float(v) * s for v in rng.uniform(-aug.translate, aug.translate, 2))
         m = np.array([[scale, 0, s / 2 + tx - cx * scale], [0, scale, s / 2 + ty - cy * scale]])
-        img = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+        img = cv2.warpAffine(
+            img, m, (s, s), flags=cv2.INTER_LINEAR, borderValue=(self.pad_value,) * 3
+        )
         if len(lab):
             before = lab.copy()
             lab[:, [1, 3]] = lab[:, [1, 3]] * scale + m[0, 2]
