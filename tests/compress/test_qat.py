@@ -239,11 +239,11 @@ def test_a_keep_float_name_the_model_does_not_have_exits_2(tmp_path: Path, det64
 
 
 @pytest.mark.parametrize("command", ["qat", "prune"])
-def test_training_images_are_letterboxed_as_the_spec_says(
+def test_training_images_are_resized_aligned_and_padded_as_the_spec_says(
     tmp_path: Path, onnx_teacher: Path, det64: Path, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model whose spec letterboxes top-left with black padding is calibrated and
-    fine-tuned on images letterboxed that way (stopped once the images are read)."""
+    """The images a model is calibrated and fine-tuned on are resized, aligned and padded
+    as its spec says (stopped once the images are read)."""
     import yaml
 
     import cvdeploy.compress.pruning as pruning
@@ -254,6 +254,7 @@ def test_training_images_are_letterboxed_as_the_spec_says(
     spec = b.spec.model_dump(mode="json")
     spec["preprocess"]["align"] = "top-left"
     spec["preprocess"]["pad_value"] = 0
+    spec["preprocess"]["resize"] = "stretch"
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     onnx_file = b.model_file(b.artifact("onnx-fp32"))
@@ -262,13 +263,13 @@ def test_training_images_are_letterboxed_as_the_spec_says(
         f"def build():\n    return build_model('detector-n', num_classes={len(b.spec.names)})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, str]] = []
 
     class Stop(Exception):
         pass
 
-    def spy(*args: object, align: str = "center", pad_value: int = 114, **kw: object) -> None:
-        seen.append((align, pad_value))
+    def spy(*args: object, align: str = "c", pad_value: int = 1, resize: str = "l", **kw: object):
+        seen.append((align, pad_value, resize))
         raise Stop
 
     module = qat if command == "qat" else pruning
@@ -280,4 +281,4 @@ def test_training_images_are_letterboxed_as_the_spec_says(
         else:
             prune_model("det_factory:build", _images(det64), tmp_path / "o", spec_file=spec_file,
                         options=PruneOptions(ratio=0.2, progress=False))  # fmt: skip
-    assert seen == [("top-left", 0)]
+    assert seen == [("top-left", 0, "stretch")]

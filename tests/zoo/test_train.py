@@ -246,3 +246,30 @@ def test_trainset_letterboxes_with_the_spec_alignment_and_pad(
     assert (small.align, small.pad_value) == (align, pad)
     with pytest.raises(ValueError, match="align"):
         YoloTrainSet([folder], names=["x"], imgsz=64, align="bottom")
+
+
+def test_trainset_stretches_for_a_stretch_spec(tmp_path: Path) -> None:
+    import cv2
+
+    from cvdeploy.compress.data import load_train_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((32, 64, 3), 200, np.uint8))
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    ts = YoloTrainSet([folder], names=["x"], imgsz=64, resize="stretch")
+    img, labels = ts.sample(0, rng=None, aug=None)
+    assert (img == 200).all()  # the whole input is the image: no padding
+    np.testing.assert_allclose(labels[0, 1:], [16, 16, 48, 48], atol=1e-4)  # y doubled
+    # a crop spec's detection images are letterboxed, with a warning
+    for i in range(7):
+        cv2.imwrite(str(folder / f"b{i}.png"), np.full((32, 64, 3), 200, np.uint8))
+    warns: list[str] = []
+    t = load_train_images(folder, task="detect", names=("x",), imgsz=64, resize="crop",
+                          labels=False, warnings=warns)  # fmt: skip
+    assert t.detect is not None and t.detect.sample(0, rng=None, aug=None)[0].shape == (64, 64, 3)
+    assert not (t.detect.sample(0, rng=None, aug=None)[0] == 200).all()  # padded
+    assert any("crops" in w for w in warns)
+    with pytest.raises(ValueError, match="resize"):
+        YoloTrainSet([folder], names=["x"], imgsz=64, resize="crop")

@@ -149,6 +149,7 @@ def load_train_images(
     warnings: list[str] | None = None,
     align: str = "center",
     pad_value: int = PAD_VALUE,
+    resize: str = "letterbox",
 ) -> TrainImages:
     """Read the training images.
 
@@ -165,6 +166,9 @@ def load_train_images(
         align: The model's letterbox alignment (``preprocess.align`` of its spec): detection
             images are placed in their letterbox the way the model will see them.
         pad_value: The letterbox's grey level (``preprocess.pad_value``).
+        resize: The spec's ``preprocess.resize``: ``letterbox`` or ``stretch`` as the model
+            is fed; a ``crop`` spec's detection images are letterboxed (a crop would cut
+            labelled objects out), with a warning.
 
     Raises:
         DatasetError: Missing, empty or too small data, or labels required but absent.
@@ -190,6 +194,13 @@ def load_train_images(
             labels = False
     else:
         folders = [data]
+    mode = resize
+    if resize == "crop":
+        warn.append(
+            "the spec crops its input: the detection images are letterboxed instead (a crop "
+            "would cut labelled objects out)"
+        )
+        mode = "letterbox"
     try:
         try:
             ts = YoloTrainSet(
@@ -199,6 +210,7 @@ def load_train_images(
                 read_labels=labels is not False,
                 align=align,
                 pad_value=pad_value,
+                resize=mode,
             )
         except LabelError as exc:
             if labels:
@@ -212,6 +224,7 @@ def load_train_images(
                 read_labels=False,
                 align=align,
                 pad_value=pad_value,
+                resize=mode,
             )
     except DatasetError as exc:
         raise DatasetError(

@@ -128,6 +128,8 @@ class YoloTrainSet:
             here sees its padding where it will see it deployed).
         pad_value: The letterbox's (and mosaic's) grey level (the spec's
             ``preprocess.pad_value``).
+        resize: ``letterbox`` (the aspect ratio kept) or ``stretch`` (every image resized
+            to ``imgsz x imgsz``, as a ``stretch`` spec feeds the model).
     """
 
     def __init__(
@@ -139,9 +141,12 @@ class YoloTrainSet:
         read_labels: bool = True,
         align: str = "center",
         pad_value: int = PAD_VALUE,
+        resize: str = "letterbox",
     ) -> None:
         if align not in ("center", "top-left"):
             raise ValueError(f"align must be 'center' or 'top-left', got {align!r}")
+        if resize not in ("letterbox", "stretch"):
+            raise ValueError(f"resize must be 'letterbox' or 'stretch', got {resize!r}")
         files = sorted(
             p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
@@ -167,7 +172,9 @@ class YoloTrainSet:
                 raise DatasetError(f"cannot decode image {f}")
             h, w = img.shape[:2]
             r = imgsz / max(h, w)
-            if r != 1:
+            if resize == "stretch" and (h, w) != (imgsz, imgsz):
+                img = cv2.resize(img, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
+            elif resize == "letterbox" and r != 1:
                 img = cv2.resize(img, (round(w * r), round(h * r)), interpolation=cv2.INTER_LINEAR)
             h, w = img.shape[:2]
             self.images.append(np.ascontiguousarray(img[..., ::-1]))
