@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -268,8 +269,8 @@ def test_training_images_are_resized_aligned_and_padded_as_the_spec_says(
     class Stop(Exception):
         pass
 
-    def spy(*args: object, align: str = "c", pad_value: int = 1, resize: str = "l", **kw: object):
-        seen.append((align, pad_value, resize))
+    def spy(*args: object, preprocess: Any = None, **kw: object) -> None:
+        seen.append((preprocess.align, preprocess.pad_value, preprocess.resize))
         raise Stop
 
     module = qat if command == "qat" else pruning

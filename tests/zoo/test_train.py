@@ -252,6 +252,7 @@ def test_trainset_stretches_for_a_stretch_spec(tmp_path: Path) -> None:
     import cv2
 
     from cvdeploy.compress.data import load_train_images
+    from cvdeploy.spec import Preprocess
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -266,8 +267,8 @@ def test_trainset_stretches_for_a_stretch_spec(tmp_path: Path) -> None:
     for i in range(7):
         cv2.imwrite(str(folder / f"b{i}.png"), np.full((32, 64, 3), 200, np.uint8))
     warns: list[str] = []
-    t = load_train_images(folder, task="detect", names=("x",), imgsz=64, resize="crop",
-                          labels=False, warnings=warns)  # fmt: skip
+    t = load_train_images(folder, task="detect", names=("x",), imgsz=64, labels=False,
+                          preprocess=Preprocess(resize="crop"), warnings=warns)  # fmt: skip
     assert t.detect is not None and t.detect.sample(0, rng=None, aug=None)[0].shape == (64, 64, 3)
     assert not (t.detect.sample(0, rng=None, aug=None)[0] == 200).all()  # padded
     assert any("crops" in w for w in warns)

@@ -10,6 +10,7 @@ dataset has them and ``labels`` allows it. Classification images are a class-fol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -18,8 +19,9 @@ import torch
 
 from cvdeploy.data import list_images, read_image
 from cvdeploy.errors import DatasetError, InputError, LabelError, UsageError
+from cvdeploy.spec import Preprocess
 from cvdeploy.zoo.train import CLOSE_MOSAIC, WARM_SCALE, WARM_UNTIL
-from cvdeploy.zoo.trainset import PAD_VALUE, AugmentConfig, YoloTrainSet, read_data_yaml
+from cvdeploy.zoo.trainset import AugmentConfig, YoloTrainSet, read_data_yaml
 
 __all__ = [
     "DISTILL_AUGMENT",
@@ -147,9 +149,7 @@ def load_train_images(
     imgsz: int,
     labels: bool | None = None,
     warnings: list[str] | None = None,
-    align: str = "center",
-    pad_value: int = PAD_VALUE,
-    resize: str = "letterbox",
+    preprocess: Preprocess | None = None,
 ) -> TrainImages:
     """Read the training images.
 
@@ -163,12 +163,10 @@ def load_train_images(
             files are not read), ``None`` uses them when the dataset has any and the model
             can use them (label files of other classes are skipped with a warning).
         warnings: Collects a warning when the set is small.
-        align: The model's letterbox alignment (``preprocess.align`` of its spec): detection
-            images are placed in their letterbox the way the model will see them.
-        pad_value: The letterbox's grey level (``preprocess.pad_value``).
-        resize: The spec's ``preprocess.resize``: ``letterbox`` or ``stretch`` as the model
-            is fed; a ``crop`` spec's detection images are letterboxed (a crop would cut
-            labelled objects out), with a warning.
+        preprocess: The model's preprocessing (its spec's; default: the zoo's): detection
+            images are letterboxed (aligned, padded) or stretched the way the model will see
+            them; a ``crop`` spec's are letterboxed (a crop would cut labelled objects out),
+            with a warning.
 
     Raises:
         DatasetError: Missing, empty or too small data, or labels required but absent.
@@ -194,38 +192,30 @@ def load_train_images(
             labels = False
     else:
         folders = [data]
-    mode = resize
-    if resize == "crop":
+    pre = preprocess or Preprocess()
+    if pre.resize == "crop":
         warn.append(
             "the spec crops its input: the detection images are letterboxed instead (a crop "
             "would cut labelled objects out)"
         )
-        mode = "letterbox"
+    read = partial(
+        YoloTrainSet,
+        folders,
+        names=list(names),
+        imgsz=imgsz,
+        align=pre.align,
+        pad_value=pre.pad_value,
+        resize="stretch" if pre.resize == "stretch" else "letterbox",
+    )
     try:
         try:
-            ts = YoloTrainSet(
-                folders,
-                names=list(names),
-                imgsz=imgsz,
-                read_labels=labels is not False,
-                align=align,
-                pad_value=pad_value,
-                resize=mode,
-            )
+            ts = read(read_labels=labels is not False)
         except LabelError as exc:
             if labels:
                 raise
             warn.append(f"{exc.message}: the labels are not used")
             labels = False
-            ts = YoloTrainSet(
-                folders,
-                names=list(names),
-                imgsz=imgsz,
-                read_labels=False,
-                align=align,
-                pad_value=pad_value,
-                resize=mode,
-            )
+            ts = read(read_labels=False)
     except DatasetError as exc:
         raise DatasetError(
             f"no usable images in {data}: {exc.message}",

@@ -207,8 +207,7 @@ def prune_model(
     notes: list[str] = []
     images = load_train_images(
         data, task=src.spec.task, names=src.spec.names, imgsz=src.imgsz, labels=o.labels,
-        warnings=notes, align=src.spec.preprocess.align,
-        pad_value=src.spec.preprocess.pad_value, resize=src.spec.preprocess.resize,
+        warnings=notes, preprocess=src.spec.preprocess,
     )  # fmt: skip
     for n in notes:
         say(f"note: {n}")

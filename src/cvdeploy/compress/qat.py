@@ -234,8 +234,7 @@ def qat_model(
     notes: list[str] = list(src.notes)
     images = load_train_images(
         data, task=src.spec.task, names=src.spec.names, imgsz=imgsz, labels=o.labels,
-        warnings=notes, align=src.spec.preprocess.align,
-        pad_value=src.spec.preprocess.pad_value, resize=src.spec.preprocess.resize,
+        warnings=notes, preprocess=src.spec.preprocess,
     )  # fmt: skip
     if src.spec.task == "detect" and images.labelled:
         images.labelled = False
