@@ -36,6 +36,12 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SEARCH_STEPS = 6
 """Search steps of the ``--max-drop`` loop (1, 2, 4, ... sensitive nodes in float)."""
 _PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+ELEMENTWISE_OPS = (
+    "Add", "Sub", "Mul", "Div", "Sigmoid", "Relu", "Clip", "LeakyRelu", "HardSigmoid",
+    "HardSwish", "Tanh", "Elu", "Selu", "PRelu",
+)  # fmt: skip
+"""Ops between a layer and the next (activations, residual sums): a layer kept in float reads
+its input as these compute it from the producing layers' outputs, without re-quantization."""
 
 
 def _import_quantization() -> Any:
@@ -166,6 +172,8 @@ class OrtQuantOptions:
         symmetric: Signed, symmetric activations and weights (zero point 0), as TensorRT
             explicit quantization requires; otherwise uint8 asymmetric activations.
         exclude: Node names kept in float.
+        float_inputs: Nodes (kept in float) whose inputs are made float too, back to the
+            layers that produced them (see :func:`unquantize_inputs`); ``quantize_static`` only.
         engine: ``ort`` (``quantize_static``) or ``nncf`` (NNCF's ONNX backend).
         reduce_range: 7-bit weights: ONNX Runtime's U8S8 convolutions on
             x86 CPUs without VNNI use ``VPMADDUBSW``, whose int16 sums saturate with full
@@ -176,6 +184,7 @@ class OrtQuantOptions:
     per_channel: bool = True
     symmetric: bool = False
     exclude: tuple[str, ...] = ()
+    float_inputs: tuple[str, ...] = ()
     reduce_range: bool = False
     engine: str = "ort"
 
@@ -198,6 +207,11 @@ class OrtQuantOptions:
             "weights": "int8-symmetric",
             "quant_format": "QDQ",
             "reduce_range": self.reduce_range,
+            **(
+                {"kept_float_inputs": "float back to the producing layers (no Q/DQ)"}
+                if self.float_inputs
+                else {}
+            ),
         }
 
 
@@ -277,7 +291,118 @@ def quantize_qdq(
                 f"ONNX Runtime quantization failed: {exc}".splitlines()[0],
                 hint="try --method minmax, or --keep-float for the node named in the error",
             ) from exc
+    if options.float_inputs:
+        qdq = onnx.load(str(out))
+        unquantize_inputs(qdq, options.float_inputs, reference=model)
+        onnx.save(qdq, str(out))
     return out
+
+
+def unquantize_inputs(
+    model: onnx.ModelProto, nodes: Iterable[str], *, reference: onnx.ModelProto | None = None
+) -> list[str]:
+    """Take the Q/DQ pairs off the inputs of ``nodes``, back to the layers that made them.
+
+    ``quantize_static``'s ``nodes_to_exclude`` keeps a node's own weights and arithmetic in
+    float, but its input stays quantized whenever the op producing that tensor is quantized
+    (ONNX Runtime quantizes an op's output for the op's sake), and so do the inputs of the
+    activation in between: a SiLU is ``Mul(x, Sigmoid(x))`` with ``x``, the sigmoid and the
+    product each quantized per tensor. On YOLOX-Nano that makes ``--keep-float`` inert: the
+    first depthwise convolution's input has channels whose range is under a hundredth of the
+    largest one's (NNCF's per-channel scales for it span 0.0008 to 0.54), which a
+    per-tensor scale rounds to zero whether or not the convolution itself is in float.
+
+    Each input of a kept node that is ``DequantizeLinear(QuantizeLinear(t))`` is rewired to
+    ``t``; through the elementwise ops in between (:data:`ELEMENTWISE_OPS`), their inputs are
+    made float the same way, up to the producing layers (convolutions, concatenations...),
+    whose outputs are computed as before. Those elementwise ops then compute in float too.
+    Q/DQ pairs nobody reads any more are removed with their constants. Quantized weights
+    (``DequantizeLinear`` of an initializer) are not touched.
+
+    ``quantize_static`` removes a ReLU or Clip that follows a quantized op and lets the Q/DQ
+    range do the clamping (the convolution's output takes the ReLU's tensor name); the pair
+    then carries the activation. With ``reference`` (the model that was quantized), an input
+    is rewired only when its float tensor is made by the same op as there: a pair that stands
+    for a removed activation stays.
+
+    Args:
+        model: A Q/DQ model (changed in place).
+        nodes: Names of the nodes kept in float.
+        reference: The float model ``model`` was quantized from.
+
+    Returns:
+        The tensors now read in float, in the order they were freed.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name for i in g.initializer}
+
+    def behind_qdq(t: str) -> str | None:
+        dq = producer.get(t)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+            return None
+        q = producer.get(dq.input[0])
+        return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+    made_by = (
+        {o: n.name for n in reference.graph.node for o in n.output}
+        if reference is not None
+        else None
+    )
+
+    def same_as_before(t: str) -> bool:
+        # the float tensor must come from the op that made it in the reference (a removed
+        # ReLU's output name is reused for the convolution's raw output)
+        if made_by is None:
+            return True
+        now = producer.get(t)
+        return made_by.get(t) == (now.name if now is not None else None)
+
+    wanted = set(nodes)
+    stack = [n for n in g.node if n.name in wanted]
+    seen: set[str] = set()
+    freed: list[str] = []
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        for k, t in enumerate(node.input):
+            if not t or t in inits:
+                continue
+            f = behind_qdq(t)
+            if f is not None and not same_as_before(f):
+                continue  # the pair stands for a removed ReLU/Clip
+            if f is not None:
+                node.input[k] = f
+                freed.append(f)
+                t = f
+            p = producer.get(t)
+            if p is not None and p.op_type in ELEMENTWISE_OPS:
+                stack.append(p)
+    _drop_unread_qdq(model)
+    return list(dict.fromkeys(freed))
+
+
+def _drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads, then the constants only they used."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    while True:
+        read = {i for n in g.node for i in n.input} | outputs
+        dead = [
+            n
+            for n in g.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(o in read for o in n.output)
+        ]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    read = {i for n in g.node for i in n.input} | outputs
+    for init in [i for i in g.initializer if i.name not in read]:
+        g.initializer.remove(init)
 
 
 def quantize_qdq_nncf(
@@ -437,6 +562,7 @@ def quantize_onnxruntime(ctx: QuantizeContext) -> tuple[QuantizedModel, dict[str
             per_channel=opts.per_channel,
             symmetric=symmetric,
             exclude=exclude,
+            float_inputs=tuple(dict.fromkeys([*user, *extra])) if engine == "ort" else (),
             reduce_range=reduce_range,
             engine=engine,
         )
