@@ -229,3 +229,30 @@ def test_cli_json_stdout_is_only_json_with_nncf(tiny_bundle: Path, calib_120: Pa
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)  # the whole of stdout
     assert out["artifact"] == "onnx-int8" and out["parity"]["passed"]
+
+
+def test_a_refused_artifact_is_saved_only_with_save_refused(
+    tiny_bundle: Path, calib_120: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_refused (doctor's keep-float trial, on a scratch copy) keeps an artifact the gate
+    refuses, with the failed check recorded; without it nothing is saved."""
+    import dataclasses
+
+    import cvdeploy.verify.parity as parity
+    from cvdeploy.errors import CheckFailed
+
+    impossible = dataclasses.replace(parity.TOLERANCES["int8"], cosine_min=1.5)
+    monkeypatch.setitem(parity.TOLERANCES, "int8", impossible)
+    before = (tiny_bundle / "bundle.json").read_text()
+    opts = {"backend": "onnxruntime", "progress": False, "measure": False}
+    with pytest.raises(CheckFailed, match="failed the integrity gate"):
+        quantize_bundle(tiny_bundle, calib_120, options=QuantizeOptions(**opts))
+    assert (tiny_bundle / "bundle.json").read_text() == before
+    notes: list[str] = []
+    rep = quantize_bundle(
+        tiny_bundle, calib_120, options=QuantizeOptions(**opts, save_refused=True), log=notes.append
+    )
+    assert not rep.parity["passed"]
+    check = Bundle.load(tiny_bundle).artifact("onnx-int8").latest("parity")
+    assert check is not None and not check.passed
+    assert any("saved anyway" in n for n in notes)

@@ -567,6 +567,12 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                 f"re-quantized with them in float: mAP50-95 {t['map_int8']:.4f} -> "
                 f"{t['map_keep']:.4f} (FP32 {t['map_fp32']:.4f}): "
                 + (f"{rec:.0%} of the gap closed" if rec is not None else "no gap to close")
+                + (
+                    ""
+                    if t.get("keep_passes_gate", True)
+                    else "; the INT8 integrity gate still refuses that artifact (measured on "
+                    "a scratch copy): keep more layers in float or use another engine"
+                )
             )
             noisy = False
             if "noise_sd" in t:

@@ -507,7 +507,10 @@ def try_keep_float(
 
     Returns:
         ``map_fp32``, ``map_int8`` (the baseline), ``map_keep``, ``recovered`` (the share
-        of the gap closed), the layers kept and the command that does it for real; with
+        of the gap closed), ``keep_passes_gate`` (whether the re-quantized artifact passes
+        the INT8 integrity gate: every re-quantization is measured whatever the gate says,
+        so that a baseline the gate refuses can still be compared), the layers kept and the
+        command that does it for real; with
         ``noise``: ``noise_maps``, ``noise_sd`` and ``within_noise`` (the keep-float change
         is within two standard deviations of the calibration noise); with ``placebo``:
         ``placebo_keep``, ``map_placebo`` and ``beyond_placebo`` (the keep-float change
@@ -545,6 +548,8 @@ def try_keep_float(
         _hardlink_copy(bundle.path, work)
         b = Bundle.load(work, verify=False, loader=bundle.loader)
 
+        gates: list[bool] = []
+
         def quantize(keep_now: tuple[str, ...], cal: Path | None = None) -> float:
             quantize_bundle(
                 b,
@@ -560,9 +565,12 @@ def try_keep_float(
                     measure=False,
                     progress=progress,
                     gate_cosine=0.5,
+                    save_refused=True,
                 ),
             )
             fresh = Bundle.load(work, verify=False)
+            check = fresh.artifact(art.id).latest("parity")
+            gates.append(bool(check is not None and check.passed))
             rep = evaluate_bundle(fresh, data, artifact=art.id, record=False, progress=progress)
             return float(_score(rep.metrics))
 
@@ -575,6 +583,7 @@ def try_keep_float(
         m_fp32 = score(source_id)
         m_base = score(art.id) if same_calib else quantize(base_keep)
         m_keep = quantize(tuple(dict.fromkeys([*base_keep, *keep])))
+        results["keep_passes_gate"] = gates[-1]
         noise_maps = [
             quantize(base_keep, cal)
             for cal in _calibration_samples(calib_used, noise, Path(tmp) / "calib")
@@ -603,7 +612,10 @@ def try_keep_float(
         recovered=(m_keep - m_base) / gap if gap > 1e-9 else None,
         same_calibration=same_calib,
         command="cvdeploy quantize BUNDLE --calib "
-        + f"{calib_used} --backend {backend} --overwrite "
+        + f"{calib_used} --backend {backend} "
+        + (f"--engine {engine} " if backend == "onnxruntime" and engine != "ort" else "")
+        + (f"--method {method} " if method != "minmax" else "")
+        + "--overwrite "
         + " ".join(f"--keep-float '{k}'" for k in keep),
     )
     return results

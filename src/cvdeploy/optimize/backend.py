@@ -76,6 +76,9 @@ class QuantizeOptions:
         measure: Time FP32 and INT8 and diagnose a small speedup.
         threads: Runtime threads for the latency measurement.
         progress: Show progress bars.
+        save_refused: Save the artifact even when it fails the integrity gate, with the
+            failed check recorded (never from the CLI: for measuring on a scratch copy of a
+            bundle, as doctor's keep-float trial does).
     """
 
     backend: str = "openvino"
@@ -93,6 +96,7 @@ class QuantizeOptions:
     measure: bool = True
     threads: int | None = None
     progress: bool = True
+    save_refused: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -241,7 +241,9 @@ def _gate(
     gate_src = Predictor.from_bundle(b, source.id, batch=1)
     with gate_src, candidate_predictor(b, cand, art_id, thresholds=Thresholds()) as cpred:
         parity = check_parity(gate_src, cpred, images, precision="int8", tolerance=tol)
-    if not parity.passed:
+    if not parity.passed and opts.save_refused:
+        say(f"{art_id} failed the integrity gate (saved anyway: save_refused)")
+    elif not parity.passed:
         raise CheckFailed(
             f"{art_id} failed the integrity gate against {source.id}: "
             + "; ".join(parity.failures)
