@@ -17,6 +17,11 @@ finishes (a part not run this time keeps its previous result, with its date):
   must be that layer, in every trial; the clean artifact must have no jump. On the real
   YOLOX-Nano INT8 artifact: the layers named, and how much of the mAP loss keeping them in
   float recovers (re-quantized with the same calibration, measured on coco128).
+* ``layers-ort``: the same question on a YOLOX-Nano INT8 artifact that lost a lot: ONNX
+  Runtime's ``quantize_static`` (``cvdeploy quantize --backend onnxruntime``, 128 coco128
+  images; its INT8 gate refuses it, so it is saved here with ``save_refused``, as an
+  artifact made outside cvdeploy would reach production): the layers doctor names, and
+  what keeping them in float recovers, against the calibration noise and a placebo.
 * ``drift``: false alarms over ``--splits`` random no-shift splits of real images, and
   detection of moderate brightness, blur, noise and JPEG-quality shifts: MNIST t10k (the
   real MNIST CNN, 500 reference / 200-image windows) and coco128 (YOLOX-Nano, 64 / 64, the
@@ -33,7 +38,7 @@ on a quiet machine. ``--quick`` runs every part with tiny budgets (to check the 
 
 Usage::
 
-    python benchmarks/doctor.py [--parts audit,layers,drift,doctor,serve] [--trials 5]
+    python benchmarks/doctor.py [--parts audit,layers,layers-ort,drift,doctor,serve] [--trials 5]
         [--splits 100] [--shift-trials 50] [--quick] [--work DIR]
 
 Needs ``../shared/realworld`` (skips, exit 0, without it); caches bundles in ``--work``
@@ -492,6 +497,74 @@ def part_layers(
     return out
 
 
+def part_layers_ort(work: Path, rw: Path, coco: Path, noise: int) -> dict[str, Any]:
+    """YOLOX-Nano quantized by ONNX Runtime's quantize_static: doctor's layers and its trial.
+
+    Runs what ``cvdeploy doctor BUNDLE --data coco128.yaml --artifact onnx-int8 --only
+    accuracy,layers --keep-float-noise N`` runs (the library call), and records the layers it
+    names and its keep-float trial (calibration noise and placebo included).
+    """
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.diagnose import DoctorOptions, run_doctor
+    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
+
+    yolox = _yolox(work, rw, coco)
+    b = work / "yolox-ort"
+    shutil.rmtree(b, ignore_errors=True)
+    shutil.copytree(yolox, b)
+    t0 = time.perf_counter()
+    quantize_bundle(
+        b,
+        coco,
+        options=QuantizeOptions(
+            backend="onnxruntime", engine="ort", calib_size=128, force=True, measure=False,
+            progress=False, source="onnx-fp32", save_refused=True,
+        ),
+    )  # fmt: skip
+    gate = Bundle.load(b).artifact("onnx-int8").latest("parity")
+    t1 = time.perf_counter()
+    rep = run_doctor(
+        b,
+        DoctorOptions(
+            data=coco, artifact="onnx-int8", sections=("accuracy", "layers"),
+            keep_float_noise=noise, progress=False,
+        ),
+    )  # fmt: skip
+    reports = rep.to_dict()["sections"]["layers"]["data"]["reports"]
+    lr = next(r for r in reports if r["artifact"] == "onnx-int8")
+    layers = sorted(lr["layers"], key=lambda s: -(s.get("output_share") or 0))
+    out: dict[str, Any] = {
+        "made_by": "cvdeploy quantize --backend onnxruntime --engine ort (quantize_static, "
+        "minmax, per-channel weights, uint8 activations), 128 coco128 images",
+        "passes_gate": bool(gate and gate.passed),
+        "gate_failures": list((gate.data or {}).get("failures") or []) if gate else [],
+        "command": "cvdeploy doctor BUNDLE --data coco128.yaml --artifact onnx-int8 --only "
+        f"accuracy,layers --keep-float-noise {noise}",
+        "doctor_seconds": round(time.perf_counter() - t1, 1),
+        "keep_float": lr["keep_float"],
+        "first_jump": lr["first_jump"],
+        "largest_output_shares": [
+            {
+                "layer": s["layer"],
+                "output_share": round(s.get("output_share") or 0, 3),
+                "local_db": round(s["local_db"], 1),
+            }
+            for s in layers[:8]
+        ],
+        "findings": [f"{f.severity}: {f.title}" for f in rep.findings],
+        "trial": lr.get("trial"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    t = out["trial"] or {}
+    print(
+        f"  layers-ort: keep {lr['keep_float']}: {t.get('map_int8')} -> {t.get('map_keep')} "
+        f"(FP32 {t.get('map_fp32')}), recovered {t.get('recovered')}, gate "
+        f"{t.get('keep_passes_gate')} {t.get('error', '')}",
+        flush=True,
+    )
+    return out
+
+
 # drift --------------------------------------------------------------------------------------------
 def _shift(img: np.ndarray, kind: str, strength: dict[str, float]) -> bytes:
     if kind == "brightness":
@@ -934,6 +1007,41 @@ def readme_table(res: dict[str, Any]) -> str:
                     else "**no**",
                 )
             )
+    lo = res.get("layers-ort") or {}
+    t = lo.get("trial")
+    if t and t.get("recovered") is not None:
+        rows.append(
+            (
+                "YOLOX-Nano INT8 (ONNX Runtime `quantize_static`, loses "
+                f"{t['gap']:.3f}; the INT8 gate refuses it): keeping the "
+                f"{len(t['keep_float'])} layers doctor names in float "
+                f"({', '.join(t['keep_float'])}), share of the loss recovered",
+                f"{t['recovered']:.0%} (mAP {t['map_int8']:.4f} -> {t['map_keep']:.4f}, FP32 "
+                f"{t['map_fp32']:.4f}; "
+                + ("passes" if t.get("keep_passes_gate") else "still fails")
+                + " the INT8 gate)"
+                + (
+                    f"; calibration noise sd {t['noise_sd']:.4f} over "
+                    f"{len(t['noise_maps']) + 1} samples: "
+                    + ("within" if t["within_noise"] else "beyond")
+                    + " 2 sd"
+                    if "noise_sd" in t
+                    else ""
+                )
+                + (
+                    f"; placebo ({len(t['placebo_keep'])} healthy layers in float) "
+                    f"{t['map_placebo'] - t['map_int8']:+.4f}"
+                    if "map_placebo" in t
+                    else ""
+                ),
+                ">= 50%",
+                "yes"
+                if t["recovered"] >= 0.5
+                and not t.get("within_noise")
+                and t.get("beyond_placebo", True)
+                else "**no**",
+            )
+        )
     d = res.get("drift")
     if d:
         for ds in ("mnist", "coco128"):
@@ -1008,6 +1116,7 @@ def readme_table(res: dict[str, Any]) -> str:
     targets = {
         "audit": ("preprocessing audit: injected faults named", ">= 95%, 3 models"),
         "layers": ("layer localisation, and the keep-float recovery", "every trial; >= 50%"),
+        "layers-ort": ("keep-float recovery on YOLOX-Nano INT8 (quantize_static)", ">= 50%"),
         "drift": ("drift false alarms, detection, compute per window", "<= 5%; >= 90%; < 1 s"),
         "doctor": ("cvdeploy doctor wall time on coco128", "< 2 min"),
         "serve": ("server drift check overhead (p50)", "<= 3%"),
@@ -1033,7 +1142,7 @@ def update_readme(res: dict[str, Any], readme: Path = ROOT / "README.md") -> boo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="audit,layers,drift,doctor,serve")
+    ap.add_argument("--parts", default="audit,layers,layers-ort,drift,doctor,serve")
     ap.add_argument(
         "--trials", type=int, default=5, help="audit splits per model; layer perturbations per kind"
     )
@@ -1090,6 +1199,7 @@ def main() -> int:
             a.keep_float_noise,
             not a.no_keep_float_sets and not a.quick,
         ),
+        "layers-ort": lambda: part_layers_ort(a.work, rw, coco, a.keep_float_noise),
         "drift": lambda: part_drift(a.work, rw, coco, a.splits, a.shift_trials, a.mnist),
         "doctor": lambda: part_doctor(a.work, rw, coco),
         "serve": lambda: part_serve(

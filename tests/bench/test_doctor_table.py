@@ -31,7 +31,40 @@ def _cond(load: float, quick: bool = False) -> dict:
 
 def test_missing_parts_are_placeholders(doc: ModuleType) -> None:
     table = doc.readme_table({})
-    assert table.count("to be measured (`--parts ") == 5
+    assert table.count("to be measured (`--parts ") == 6
+    assert "to be measured (`--parts layers-ort`)" in table
+
+
+def test_the_quantize_static_keep_float_row(doc: ModuleType) -> None:
+    trial = {
+        "keep_float": ["Conv_44", "Conv_47"],
+        "map_fp32": 0.3346,
+        "map_int8": 0.1646,
+        "map_keep": 0.2912,
+        "gap": 0.17,
+        "recovered": 0.745,
+        "keep_passes_gate": True,
+        "noise_maps": [0.117, 0.120, 0.115],
+        "noise_sd": 0.024,
+        "within_noise": False,
+        "placebo_keep": ["a", "b"],
+        "map_placebo": 0.1598,
+        "beyond_placebo": True,
+    }
+    row = next(
+        r
+        for r in doc.readme_table({"layers-ort": {"trial": trial}}).splitlines()
+        if "quantize_static" in r
+    )
+    assert "74% (mAP 0.1646 -> 0.2912" in row and "passes the INT8 gate" in row
+    assert "beyond 2 sd" in row and row.endswith("| >= 50% | yes |")
+    for worse in ({"recovered": 0.3}, {"within_noise": True}, {"beyond_placebo": False}):
+        row = next(
+            r
+            for r in doc.readme_table({"layers-ort": {"trial": {**trial, **worse}}}).splitlines()
+            if "quantize_static" in r
+        )
+        assert row.endswith("| **no** |"), worse
 
 
 def test_accuracy_rows_are_quoted_and_busy_timings_are_not(doc: ModuleType) -> None:
