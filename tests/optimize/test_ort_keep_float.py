@@ -135,36 +135,69 @@ def test_the_record_says_the_inputs_are_float() -> None:
     assert "kept_float_inputs" not in OrtQuantOptions(exclude=("a",)).record()
 
 
-def test_a_pair_that_stands_for_a_removed_relu_stays(tmp_path: Path) -> None:
-    """quantize_static drops a ReLU after a quantized conv and clamps through the Q/DQ range:
-    rewiring past that pair would drop the ReLU, so the kept conv's input stays quantized."""
+@pytest.mark.parametrize("act", ["Relu", "Clip"])
+def test_a_folded_relu_is_computed_in_float_in_front_of_a_kept_layer(
+    tmp_path: Path, act: str
+) -> None:
+    """quantize_static drops a ReLU (or ReLU6 Clip) after a quantized conv and clamps through
+    the Q/DQ range, giving the conv's raw output the ReLU's tensor name. Rewiring past that
+    pair would drop the activation; the kept layer gets it back, in float, and the planted
+    small channel survives."""
     rng = np.random.default_rng(1)
     w1 = rng.normal(0, 1, (CH, CH, 1, 1)).astype(np.float32)
-    w2 = rng.normal(0, 1, (CH, CH, 1, 1)).astype(np.float32)
+    w1[SMALL] *= 1e-5
+    b1 = np.full(CH, 0.5, np.float32)
+    b1[SMALL] = 0.003  # positive and far under one step of the clamped range (6 / 255)
+    wdw = rng.normal(0, 1, (CH, 1, 3, 3)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(wdw, "wdw"),
+    ]
+    bounds = []
+    if act == "Clip":
+        inits += [
+            numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+        ]
+        bounds = ["lo", "hi"]
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node(act, ["c1", *bounds], ["r1"], name="act1"),
+        helper.make_node("Conv", ["r1", "wdw"], ["y"], name="dw", group=CH, pads=[1] * 4),
     ]
     graph = helper.make_graph(
         nodes,
-        "relu",
+        "folded",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CH, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CH, 8, 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    src = tmp_path / "relu.onnx"
+    src = tmp_path / "folded.onnx"
     onnx.save(m, str(src))
-    xs = [rng.normal(0, 10, (1, CH, 8, 8)).astype(np.float32) for _ in range(16)]
+    xs = [rng.uniform(-50, 50, (1, CH, 8, 8)).astype(np.float32) for _ in range(16)]
+
+    def small_error(q: Path) -> float:
+        s_f = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+        s_q = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+        f = s_f.run(None, {"x": xs[0]})[0][0, SMALL]
+        g = s_q.run(None, {"x": xs[0]})[0][0, SMALL]
+        return float(np.abs(f - g).mean() / np.abs(f).mean())
+
+    plain = quantize_qdq(src, tmp_path / "plain.onnx", xs, options=OrtQuantOptions(exclude=("dw",)))
+    assert small_error(plain) > 0.5  # erased behind the per-tensor scale
     q = quantize_qdq(
         src,
-        tmp_path / "q.onnx",
+        tmp_path / "kept.onnx",
         xs,
-        options=OrtQuantOptions(exclude=("conv2",), float_inputs=("conv2",)),
+        options=OrtQuantOptions(exclude=("dw",), float_inputs=("dw",)),
     )
-    x = xs[0]
-    f, g = _run(src, x), _run(q, x)
-    # the ReLU still acts: the quantized model follows the float one (rewiring to c1 would not)
-    assert np.abs(f - g).mean() / np.abs(f).mean() < 0.05
+    g, producer = _producers(q)
+    dw = next(n for n in g.node if n.name == "dw")
+    restored = producer[dw.input[0]]
+    assert restored.op_type == act and restored.name == "act1_float"
+    assert producer[restored.input[0]].name == "conv1"  # the conv's raw output, in float
+    onnx.checker.check_model(onnx.load(str(q)))
+    assert small_error(q) < 0.05  # the activation still acts, and the channel survives

@@ -316,14 +316,17 @@ def unquantize_inputs(
     ``t``; through the elementwise ops in between (:data:`ELEMENTWISE_OPS`), their inputs are
     made float the same way, up to the producing layers (convolutions, concatenations...),
     whose outputs are computed as before. Those elementwise ops then compute in float too.
-    Q/DQ pairs nobody reads any more are removed with their constants. Quantized weights
+    The Q/DQ pairs nobody reads any more are removed with their scales and zero points (not
+    in a graph with subgraphs, which read outer tensors implicitly). Quantized weights
     (``DequantizeLinear`` of an initializer) are not touched.
 
     ``quantize_static`` removes a ReLU or Clip that follows a quantized op and lets the Q/DQ
     range do the clamping (the convolution's output takes the ReLU's tensor name); the pair
     then carries the activation. With ``reference`` (the model that was quantized), an input
-    is rewired only when its float tensor is made by the same op as there: a pair that stands
-    for a removed activation stays.
+    is rewired only when its float tensor is made by the same op as there; a pair that stands
+    for a removed ReLU or Clip is replaced by that activation, computed in float (a copy of
+    the reference's node, its bounds copied too), and any other pair whose float tensor
+    cannot be matched with the reference stays.
 
     Args:
         model: A Q/DQ model (changed in place).
@@ -358,10 +361,45 @@ def unquantize_inputs(
         now = producer.get(t)
         return made_by.get(t) == (now.name if now is not None else None)
 
+    ref_nodes = {n.name: n for n in reference.graph.node} if reference is not None else {}
+    ref_inits = {i.name: i for i in reference.graph.initializer} if reference else {}
+    restored: dict[str, str] = {}
+
+    def restore_activation(t: str, before: onnx.NodeProto) -> str | None:
+        """The folded ReLU/Clip that made ``t`` in the reference, re-made in float."""
+        if t in restored:
+            return restored[t]
+        act = ref_nodes.get((made_by or {}).get(t, ""))
+        now = producer.get(t)
+        if (
+            act is None
+            or act.op_type not in ("Relu", "Clip")
+            or now is None
+            or (made_by or {}).get(act.input[0]) != now.name
+            or any(b and b not in ref_inits for b in act.input[1:])
+        ):
+            return None
+        for b in act.input[1:]:
+            if b and b not in inits:
+                g.initializer.append(ref_inits[b])
+                inits.add(b)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(act)
+        copy.name, out = f"{act.name}_float", f"{t}_float"
+        copy.input[0] = t
+        del copy.output[:]
+        copy.output.append(out)
+        at = next(i for i, n in enumerate(g.node) if n.name == before.name)
+        g.node.insert(at, copy)
+        producer[out] = copy
+        restored[t] = out
+        return out
+
     wanted = set(nodes)
     stack = [n for n in g.node if n.name in wanted]
     seen: set[str] = set()
     freed: list[str] = []
+    bypassed: list[onnx.NodeProto] = []
     while stack:
         node = stack.pop()
         if node.name in seen:
@@ -372,36 +410,49 @@ def unquantize_inputs(
                 continue
             f = behind_qdq(t)
             if f is not None and not same_as_before(f):
-                continue  # the pair stands for a removed ReLU/Clip
+                f = restore_activation(f, node)  # the pair stood for a folded ReLU/Clip
+                if f is None:
+                    continue
             if f is not None:
+                bypassed.append(producer[t])  # the DequantizeLinear now skipped
                 node.input[k] = f
                 freed.append(f)
                 t = f
             p = producer.get(t)
             if p is not None and p.op_type in ELEMENTWISE_OPS:
                 stack.append(p)
-    _drop_unread_qdq(model)
+    _drop_unread(model, bypassed, producer)
     return list(dict.fromkeys(freed))
 
 
-def _drop_unread_qdq(model: onnx.ModelProto) -> None:
-    """Remove Q/DQ nodes whose outputs nobody reads, then the constants only they used."""
+def _drop_unread(
+    model: onnx.ModelProto, bypassed: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto]
+) -> None:
+    """Remove the bypassed DequantizeLinear nodes nobody reads any more, the QuantizeLinear
+    in front of each when nobody else reads it, and the constants only they used."""
     g = model.graph
-    outputs = {o.name for o in g.output}
-    while True:
-        read = {i for n in g.node for i in n.input} | outputs
-        dead = [
-            n
-            for n in g.node
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and not any(o in read for o in n.output)
-        ]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in g.node for a in n.attribute):  # fmt: skip
+        return  # subgraphs read outer tensors implicitly: leave the unused pairs in place
+    keep = {o.name for o in g.output} | {i.name for i in g.input}
+    candidates = list({id(n): n for n in bypassed}.values())
+    dropped: list[onnx.NodeProto] = []
+    while candidates:
+        read = {i for n in g.node for i in n.input} | keep
+        dead = [n for n in candidates if not any(o in read for o in n.output)]
         if not dead:
             break
+        nxt: list[onnx.NodeProto] = []
         for n in dead:
             g.node.remove(n)
-    read = {i for n in g.node for i in n.input} | outputs
-    for init in [i for i in g.initializer if i.name not in read]:
+            dropped.append(n)
+            q = producer.get(n.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q in g.node:
+                nxt.append(q)
+        candidates = [n for n in candidates if n not in dead] + nxt
+    read = {i for n in g.node for i in n.input} | keep
+    consts = {i for n in dropped for i in n.input[1:]}
+    for init in [i for i in g.initializer if i.name in consts and i.name not in read]:
         g.initializer.remove(init)
 
 
