@@ -267,6 +267,7 @@ def test_the_keep_float_trial_measures_on_a_copy(stack: Path, stack_root: Path) 
     assert t["keep_float"] == ["conv1", "conv2", "conv3"] and "--keep-float 'conv2'" in t["command"]
     assert t["map_keep"] == pytest.approx(t["map_fp32"], abs=0.02), t
     assert t["keep_passes_gate"] is True, t  # every re-quantization is measured; verdict kept
+    assert "--force " in t["command"]  # 48 calibration images: the command says what it needs
     assert t["recovered"] is None or t["recovered"] > 0.5, t
     # the placebo: one more quantization with a healthy layer kept in float instead
     p = try_keep_float(b, art, ["conv2"], data, placebo=["conv3"])

@@ -519,7 +519,12 @@ def try_keep_float(
     Raises:
         UsageError: The artifact was not made by ``cvdeploy quantize``.
     """
-    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
+    from cvdeploy.optimize import (
+        MIN_CALIBRATION_IMAGES,
+        QuantizeOptions,
+        list_calibration_images,
+        quantize_bundle,
+    )
     from cvdeploy.verify import evaluate_bundle
 
     art = bundle.artifact(artifact)
@@ -596,6 +601,7 @@ def try_keep_float(
                 beyond_placebo=m_keep - m_base > abs(m_placebo - m_base),
             )
     gap = m_fp32 - m_base
+    n_calib = len(set(list_calibration_images(calib_used)))
     if noise_maps:
         sd = float(np.std([m_base, *noise_maps], ddof=1))
         results.update(
@@ -615,6 +621,7 @@ def try_keep_float(
         + f"{calib_used} --backend {backend} "
         + (f"--engine {engine} " if backend == "onnxruntime" and engine != "ort" else "")
         + (f"--method {method} " if method != "minmax" else "")
+        + ("--force " if n_calib < MIN_CALIBRATION_IMAGES else "")
         + "--overwrite "
         + " ".join(f"--keep-float '{k}'" for k in keep),
     )

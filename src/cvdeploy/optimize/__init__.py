@@ -4,7 +4,8 @@ Public API:
 
 - :func:`quantize_bundle` with :class:`QuantizeOptions` -> :class:`QuantizeReport`
 - :func:`explain_artifact` -> :class:`Explanation` (why INT8 is not faster)
-- :func:`build_calibration_set` -> :class:`CalibrationSet` (calibration hygiene)
+- :func:`build_calibration_set` -> :class:`CalibrationSet` (calibration hygiene;
+  :data:`MIN_CALIBRATION_IMAGES` without ``force``)
 - :data:`QUANTIZERS`: the backends by name (:class:`QuantizeContext` in, a
   :class:`QuantizedModel` out; see :mod:`cvdeploy.optimize.backend`)
 
@@ -21,6 +22,9 @@ from cvdeploy.optimize.backend import (
     candidate_predictor,
 )
 from cvdeploy.optimize.calibration import (
+    MIN_IMAGES as MIN_CALIBRATION_IMAGES,
+)
+from cvdeploy.optimize.calibration import (
     CalibrationSet,
     build_calibration_set,
     list_calibration_images,
@@ -31,6 +35,7 @@ from cvdeploy.optimize.quantize import QuantizeReport, quantize_bundle
 __all__ = [
     "ARTIFACT_IDS",
     "BACKENDS",
+    "MIN_CALIBRATION_IMAGES",
     "QUANTIZERS",
     "CalibrationSet",
     "Explanation",
