@@ -287,3 +287,41 @@ def test_a_shared_quantizer_jump_is_reported_as_the_quantizer_with_every_layer_i
     own = LayerReport("int8", "fp32", 4, layers, [], "c2", 12.0, [], None, None, ["c2"])
     (g,) = _layer_findings(own)
     assert g.title.endswith("the error jumps at layer c2 (Conv)") and "quantizer" not in g.title
+
+
+def test_a_few_lost_channels_are_named_and_a_uniformly_coarse_layer_is_not() -> None:
+    """A layer whose isolated error sits in a few output channels (a per-tensor input scale
+    that rounds small channels to zero, read channel by channel) says so; a layer that is
+    coarse everywhere, or a healthy one, does not; the gate verdict of the trial is shown."""
+    from cvdeploy.diagnose.doctor import _layer_findings
+    from cvdeploy.diagnose.layerwise import LayerReport, LayerStat, _channel_stats
+
+    def stat(name: str, dbs: list[float]) -> LayerStat:
+        st = LayerStat(name, name, "Conv", 1, 0.99, 15.0, 15.0, output_share=0.9)
+        sig = np.ones(len(dbs))
+        _channel_stats(st, np.stack([sig, sig / 10 ** (np.array(dbs) / 10)]))
+        return st
+
+    planted = stat("dw", [22.0, 21.0, 20.0, 19.0, 18.0, -11.0, 12.0])
+    assert planted.channels == 7 and planted.lost_channels == [5]  # 12 dB: coarse, not lost
+    assert planted.channel_median_db == pytest.approx(19.0)
+    assert stat("coarse", [5.0, 6.0, 4.0, 5.0]).lost_channels == []
+    assert stat("healthy", [30.0, 28.0, 31.0, 25.0]).lost_channels == []
+    dead = np.stack([np.zeros(3), np.ones(3)])  # no signal at all: nothing to judge
+    empty = LayerStat("x", "x", "Conv", 1, 0.99, 15.0)
+    _channel_stats(empty, dead)
+    assert empty.channels is None and empty.lost_channels == []
+
+    trial = {"map_fp32": 0.33, "map_int8": 0.16, "map_keep": 0.29, "gap": 0.17}
+    lr = LayerReport(
+        "onnx-int8", "onnx-fp32", 8, [planted], [], None, 12.0, ["dw"],
+        {**trial, "recovered": 0.74, "keep_passes_gate": False, "command": "cvdeploy ..."},
+    )  # fmt: skip
+    f = next(f for f in _layer_findings(lr) if "keep" in f.title)
+    text = " ".join(f.evidence)
+    assert "dw: 1 of 7 output channels are lost" in text and "channel 5;" in text
+    assert "the INT8 integrity gate still refuses" in text
+    lr.layers = [stat("dw", [30.0, 28.0, 31.0, 25.0])]
+    assert "lost" not in " ".join(
+        next(f for f in _layer_findings(lr) if "keep" in f.title).evidence
+    )

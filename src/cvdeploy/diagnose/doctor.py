@@ -45,8 +45,10 @@ from cvdeploy.diagnose.drift import (
 from cvdeploy.diagnose.findings import DoctorReport, Finding, Section
 from cvdeploy.diagnose.labels import Labelled, load_labelled
 from cvdeploy.diagnose.layerwise import (
+    LOST_DB,
     SHARE_TOP,
     LayerReport,
+    LayerStat,
     compare_layers,
     float_source,
     placebo_layers,
@@ -485,6 +487,22 @@ def _layers(
     return found, data
 
 
+def _lost_channels(st: LayerStat) -> str:
+    """Evidence: the layer's error sits in a few output channels."""
+    shown = ", ".join(str(c) for c in st.lost_channels[:8])
+    more = len(st.lost_channels) - 8
+    return (
+        f"{st.layer}: {len(st.lost_channels)} of {st.channels} output channels are lost when it "
+        f"is fed the float activations (SQNR under {LOST_DB:.0f} dB and as far below the "
+        f"median channel: channel{'s' if len(st.lost_channels) > 1 else ''} "
+        f"{shown}{f' and {more} more' if more > 0 else ''}; the median channel "
+        f"{st.channel_median_db:.1f} dB): the error sits in a few channels, as when a "
+        "per-tensor input scale rounds small channels to zero and the layer reads each "
+        "channel alone (depthwise); per-channel activation quantization avoids it too "
+        "(`--engine nncf`, or `--backend openvino`)"
+    )
+
+
 def _layer_findings(lr: LayerReport) -> list[Finding]:
     out: list[Finding] = []
     local = [s.local_db for s in lr.layers]
@@ -532,6 +550,7 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                     f"fed the float source's activations, {lr.first_jump} alone has an SQNR of "
                     f"{st.local_db:.1f} dB (the median layer: {med:.1f} dB; threshold "
                     f"{lr.threshold_db:.1f} dB), cosine {st.cosine:.4f} end to end",
+                    *([_lost_channels(st)] if st.lost_channels else []),
                     f"compared with {lr.source} on {lr.images} images, {len(lr.layers)} layers "
                     "matched by name",
                 ],
@@ -558,7 +577,12 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                 + ", ".join(
                     f"{k} ({s.local_db:.1f} dB)" for k in lr.keep_float if (s := lr.layer(k))
                 )
-            )
+            ),
+            *(
+                _lost_channels(s)
+                for k in lr.keep_float
+                if (s := lr.layer(k)) is not None and s.lost_channels
+            ),
         ]
         rec = t.get("recovered")
         severity = "info"

@@ -66,6 +66,10 @@ MAX_KEEP = 8
 SHARE_TOP = 8
 """Default ``share_top``: the output shares of the 8 largest isolated errors and the 8
 largest SQNR drops are measured (at most 16 runs instead of one per layer)."""
+LOST_DB = 10.0
+"""Isolated SQNR of one output channel below which the channel is lost (its error a tenth of
+its signal's power or more, a third of its amplitude) when it is also this far below the
+layer's median channel: the error is in that channel, not spread over the layer."""
 HEALTHY_DB = {"fp32": 60.0, "fp16": 35.0, "bf16": 30.0, "int8": 12.0}
 """Isolated SQNR below which a layer can be a jump, by precision family (``int8-*``: int8).
 An 8-bit layer's own error is normally 25-45 dB below its signal; a badly quantized one can
@@ -91,6 +95,12 @@ class LayerStat:
             is taken out (``None``: not measured).
         inputs: Candidate layers feeding it.
         quantizer: The quantizer of its input activation (INT8 artifacts; ``None``: none).
+        channels: Output channels (axis 1; ``None``: no channel axis).
+        lost_channels: Output channels whose isolated SQNR is under :data:`LOST_DB` and that
+            far below the layer's median channel: the error is concentrated in them, as when
+            a per-tensor input scale rounds small channels to zero and the layer reads each
+            channel alone (a depthwise convolution).
+        channel_median_db: The median isolated SQNR of the output channels.
     """
 
     layer: str
@@ -104,6 +114,9 @@ class LayerStat:
     output_share: float | None = None
     inputs: list[str] = field(default_factory=list)
     quantizer: str | None = None
+    channels: int | None = None
+    lost_channels: list[int] = field(default_factory=list)
+    channel_median_db: float | None = None
 
     @property
     def local_nsr(self) -> float:
@@ -257,6 +270,8 @@ def compare_layers(
     pre_cand = Predictor.from_bundle(bundle, cand.id, batch=1, imgsz=pre_src.imgsz)
     # per layer: sum a^2, sum e^2, sum ab, sum b^2 (end to end), sum e_local^2 (isolated)
     acc = np.zeros((len(pairs), 5), dtype=np.float64)
+    # per layer and output channel (axis 1): sum a^2, sum e_local^2
+    acc_ch: dict[int, np.ndarray] = {}
     head = get_head(bundle.spec.decoder.kind)
     kept: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]] = []
     with tm_src, tm_cand:
@@ -282,6 +297,12 @@ def compare_layers(
                     continue
                 e = a - b
                 el = a - c
+                shape = a_out[sk].shape
+                if len(shape) == 4 and shape[0] == 1 and shape[1] > 1:  # NCHW
+                    a2 = a.reshape(shape[1], -1)
+                    l2 = el.reshape(shape[1], -1)
+                    ch = np.stack([np.einsum("ij,ij->i", a2, a2), np.einsum("ij,ij->i", l2, l2)])
+                    acc_ch[i] = acc_ch[i] + ch if i in acc_ch else ch.astype(np.float64)
                 acc[i] += (
                     float(a @ a),
                     float(e @ e),
@@ -309,6 +330,8 @@ def compare_layers(
             inputs=[k for k in p.inputs],
             quantizer=p.quantizer,
         )
+        if i in acc_ch:
+            _channel_stats(stats[ck], acc_ch[i])
     entry_db = min(CAP_DB, 6.02 * _BITS.get(cand.precision, 24) + 1.76)
     for st in stats.values():
         ins = [stats[k] for k in st.inputs if k in stats]
@@ -343,6 +366,20 @@ def compare_layers(
         jump_quantizer=jump_q,
         jump_layers=jump_layers,
     )
+
+
+def _channel_stats(st: LayerStat, ch: np.ndarray) -> None:
+    """Per-channel isolated SQNRs of one layer (``ch``: sums of a^2 and e_local^2)."""
+    s_aa, s_ll = ch
+    live = s_aa > 0
+    if not live.any():
+        return
+    db = np.array([_sqnr(float(x), float(y)) for x, y in zip(s_aa, s_ll, strict=True)])
+    st.channels = len(db)
+    st.channel_median_db = float(np.median(db[live]))
+    bound = min(LOST_DB, st.channel_median_db - LOST_DB)
+    lost = [int(k) for k in np.flatnonzero(live & (db < bound))]
+    st.lost_channels = lost if len(lost) <= len(db) // 2 else []
 
 
 def jump_group(
