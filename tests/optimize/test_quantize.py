@@ -245,8 +245,9 @@ def test_a_refused_artifact_is_saved_only_with_save_refused(
     monkeypatch.setitem(parity.TOLERANCES, "int8", impossible)
     before = (tiny_bundle / "bundle.json").read_text()
     opts = {"backend": "onnxruntime", "progress": False, "measure": False}
-    with pytest.raises(CheckFailed, match="failed the integrity gate"):
+    with pytest.raises(CheckFailed, match="failed the integrity gate") as refused:
         quantize_bundle(tiny_bundle, calib_120, options=QuantizeOptions(**opts))
+    assert "--engine nncf" in (refused.value.hint or "")  # quantize_static: the other engine
     assert (tiny_bundle / "bundle.json").read_text() == before
     notes: list[str] = []
     rep = quantize_bundle(

@@ -251,6 +251,12 @@ def _gate(
             hint="try --method entropy or percentile, more calibration images, "
             "--keep-float for sensitive layers, or --max-drop with --eval-data"
             + (
+                "; --engine nncf quantizes a depthwise layer's input per channel, which "
+                "quantize_static cannot (`cvdeploy doctor` names such layers)"
+                if opts.backend == "onnxruntime" and opts.engine == "ort"
+                else ""
+            )
+            + (
                 "; only the raw-output cosine failed while detections agree: if the mAP "
                 "on --eval-data is acceptable, --gate-cosine sets a lower (recorded) bound"
                 if all("cosine" in f for f in parity.failures)
