@@ -169,6 +169,7 @@ def test_budget_missed_saves_nothing(
             ),
         )
     assert "best found: drop 0.1000" in exc.value.message
+    assert "--engine nncf" in (exc.value.hint or "")  # quantize_static: the other engine
     assert (tiny_bundle / "bundle.json").read_text() == before
 
 

@@ -554,7 +554,9 @@ def quantize_dynamic_model(src: Path, out: Path) -> Path:
     return out
 
 
-def _budget_failure(max_drop: float, fp32_map: float, tried: list[dict[str, Any]]) -> CheckFailed:
+def _budget_failure(
+    max_drop: float, fp32_map: float, tried: list[dict[str, Any]], *, nncf_hint: bool = False
+) -> CheckFailed:
     best = min(tried, key=lambda t: t["drop"])
     return CheckFailed(
         f"could not meet the budget of {max_drop:.4f} mAP50-95 (FP32 {fp32_map:.4f}); best "
@@ -562,7 +564,13 @@ def _budget_failure(max_drop: float, fp32_map: float, tried: list[dict[str, Any]
         f"{len(best['float_nodes'])} sensitive node(s) kept in float "
         f"({', '.join(best['float_nodes'][:6]) or 'none'}); nothing was saved",
         hint="allow a larger --max-drop, calibrate on more images, or try --method "
-        "entropy/percentile or --backend openvino",
+        "entropy/percentile or --backend openvino"
+        + (
+            "; or --engine nncf, which quantizes a depthwise layer's input per channel "
+            "(quantize_static cannot)"
+            if nncf_hint
+            else ""
+        ),
     )
 
 
@@ -698,4 +706,6 @@ def quantize_onnxruntime(ctx: QuantizeContext) -> tuple[QuantizedModel, dict[str
         if k >= len(ranking):
             break
         k = min(2 * k, len(ranking))
-    raise _budget_failure(opts.max_drop, fp32_map, tried)
+    raise _budget_failure(
+        opts.max_drop, fp32_map, tried, nncf_hint=opts.backend == "onnxruntime" and engine == "ort"
+    )
