@@ -908,6 +908,28 @@ def _timed(part: dict[str, Any] | None, value: str) -> str:
     return value if load <= QUIET_LOAD else f"to be measured (this run: {value}, load {load})"
 
 
+def _trial_controls(t: dict[str, Any], samples: str) -> str:
+    """A keep-float trial's calibration-noise and placebo figures, for a table cell."""
+    out = ""
+    if "noise_sd" in t:
+        out += (
+            f"; calibration noise sd {t['noise_sd']:.4f} over {len(t['noise_maps']) + 1} "
+            f"{samples} " + ("within" if t["within_noise"] else "beyond") + " 2 sd"
+        )
+    if "map_placebo" in t:
+        out += (
+            f"; placebo ({len(t['placebo_keep'])} healthy layers in float) "
+            f"{t['map_placebo'] - t['map_int8']:+.4f}"
+        )
+    return out
+
+
+def _trial_met(t: dict[str, Any]) -> str:
+    """Half the loss recovered, beyond the calibration noise and the placebo."""
+    met = t["recovered"] >= 0.5 and not t.get("within_noise") and t.get("beyond_placebo", True)
+    return "yes" if met else "**no**"
+
+
 def readme_table(res: dict[str, Any]) -> str:
     """The README's doctor table from ``doctor.json`` (rows of parts not run: "not run")."""
     rows: list[tuple[str, str, str, str]] = []
@@ -965,26 +987,9 @@ def readme_table(res: dict[str, Any]) -> str:
                     f"({len(t['keep_float'])}), share of the mAP50-95 loss recovered",
                     f"{t['recovered']:.0%} (mAP {t['map_int8']:.4f} -> {t['map_keep']:.4f}, "
                     f"FP32 {t['map_fp32']:.4f})"
-                    + (
-                        f"; calibration noise sd {t['noise_sd']:.4f} over "
-                        f"{len(t['noise_maps']) + 1} calibration samples: the change is "
-                        + ("within" if t["within_noise"] else "beyond")
-                        + " 2 sd"
-                        if "noise_sd" in t
-                        else ""
-                    )
-                    + (
-                        f"; placebo ({len(t['placebo_keep'])} healthy layers in float) "
-                        f"{t['map_placebo'] - t['map_int8']:+.4f}"
-                        if "map_placebo" in t
-                        else ""
-                    ),
+                    + _trial_controls(t, "calibration samples: the change is"),
                     ">= 50%",
-                    "yes"
-                    if t["recovered"] >= 0.5
-                    and not t.get("within_noise")
-                    and t.get("beyond_placebo", True)
-                    else "**no**",
+                    _trial_met(t),
                 )
             )
         sets = (ly.get("yolox_real_int8") or {}).get("sets") or {}
@@ -1020,26 +1025,9 @@ def readme_table(res: dict[str, Any]) -> str:
                 f"{t['map_fp32']:.4f}; "
                 + ("passes" if t.get("keep_passes_gate") else "still fails")
                 + " the INT8 gate)"
-                + (
-                    f"; calibration noise sd {t['noise_sd']:.4f} over "
-                    f"{len(t['noise_maps']) + 1} samples: "
-                    + ("within" if t["within_noise"] else "beyond")
-                    + " 2 sd"
-                    if "noise_sd" in t
-                    else ""
-                )
-                + (
-                    f"; placebo ({len(t['placebo_keep'])} healthy layers in float) "
-                    f"{t['map_placebo'] - t['map_int8']:+.4f}"
-                    if "map_placebo" in t
-                    else ""
-                ),
+                + _trial_controls(t, "samples:"),
                 ">= 50%",
-                "yes"
-                if t["recovered"] >= 0.5
-                and not t.get("within_noise")
-                and t.get("beyond_placebo", True)
-                else "**no**",
+                _trial_met(t),
             )
         )
     d = res.get("drift")

@@ -51,20 +51,16 @@ def test_the_quantize_static_keep_float_row(doc: ModuleType) -> None:
         "map_placebo": 0.1598,
         "beyond_placebo": True,
     }
-    row = next(
-        r
-        for r in doc.readme_table({"layers-ort": {"trial": trial}}).splitlines()
-        if "quantize_static" in r
-    )
-    assert "74% (mAP 0.1646 -> 0.2912" in row and "passes the INT8 gate" in row
-    assert "beyond 2 sd" in row and row.endswith("| >= 50% | yes |")
+
+    def row(t: dict[str, object]) -> str:
+        table = doc.readme_table({"layers-ort": {"trial": t}})
+        return next(r for r in table.splitlines() if "quantize_static" in r)
+
+    met = row(trial)
+    assert "74% (mAP 0.1646 -> 0.2912" in met and "passes the INT8 gate" in met
+    assert "beyond 2 sd" in met and met.endswith("| >= 50% | yes |")
     for worse in ({"recovered": 0.3}, {"within_noise": True}, {"beyond_placebo": False}):
-        row = next(
-            r
-            for r in doc.readme_table({"layers-ort": {"trial": {**trial, **worse}}}).splitlines()
-            if "quantize_static" in r
-        )
-        assert row.endswith("| **no** |"), worse
+        assert row({**trial, **worse}).endswith("| **no** |"), worse
 
 
 def test_accuracy_rows_are_quoted_and_busy_timings_are_not(doc: ModuleType) -> None:
