@@ -82,8 +82,11 @@ def test_refuses_a_ratio_that_breaks_the_head() -> None:
     model, _ = load_zoo_model("detector-n")
     model = make_prunable(model)
     x = torch.zeros(1, 3, 64, 64)
-    with pytest.raises(UsageError, match="head"):
+    with pytest.raises(UsageError, match="head") as e:
         check_ratio(copy.deepcopy(model), x, ratio=0.9, round_to=None)
+    # the head's minimum (8) refuses, not the rounding: a smaller --round-to would not help
+    assert "round-to 1)" in str(e.value) and "--round-to" not in (e.value.hint or "")
+    assert "--ratio 0.75 or less" in (e.value.hint or "")
     with pytest.raises(UsageError, match="ratio"):
         check_ratio(model, x, ratio=0.95, round_to=8)
     check_ratio(model, x, ratio=0.3, round_to=8)  # fine

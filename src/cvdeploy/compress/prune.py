@@ -245,8 +245,8 @@ def check_ratio(
             largest = max(0.0, 1 - floor / b)
             raise UsageError(
                 f"--ratio {ratio} would leave {name} with {a} of its {b} channels: the "
-                f"model's head needs at least {min(floor, b)} there (round-to {round_to})",
-                hint=f"use --ratio {largest:.2f} or less (or a smaller --round-to)",
+                f"model's head needs at least {min(floor, b)} there (round-to {round_to or 1})",
+                hint=f"use --ratio {largest:.2f} or less",
             )
     with torch.no_grad():
         got = trace_forward(trial, x)
