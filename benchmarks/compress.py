@@ -12,6 +12,11 @@ what it measured; ``--only`` picks phases):
     and pruned FP32 on each runtime, pruned INT8 on each) are timed in the same alternating
     rounds (bench harness, end to end file -> detections, batch 1, ``--threads``, medians)
     and scored (mAP50-95, eval stage protocol) on the 200-image seed-0 synthetic val split.
+``floor``
+    Latency only, nothing scored: ``detector-n`` pruned as far as its head allows
+    (``--floor-ratios``, two optimizer steps, no recovery), FP32 and INT8 on both runtimes,
+    timed in the same rounds as the ONNX Runtime FP32 original: the fastest any pruned +
+    INT8 version of this graph can be, whatever its recovery.
 ``distill``
     The same student (``zoo:detector-p``) for the same wall-clock budget
     (``--distill-minutes``): distilled label-free from ``detector-n``'s ONNX Runtime bundle
@@ -36,7 +41,7 @@ Writes
 
 Usage::
 
-    python benchmarks/compress.py [--quick] [--only prune,distill,yolox,classifier]
+    python benchmarks/compress.py [--quick] [--only prune,floor,distill,yolox,classifier]
         [--prune-minutes 10] [--distill-minutes 10] [--yolox-minutes 2] [--threads 2]
         [--rounds 5] [--out FILE]
 """
@@ -55,7 +60,7 @@ from typing import Any
 
 from _common import ROOT, realworld_root
 
-PHASES = ("prune", "distill", "yolox", "classifier")
+PHASES = ("prune", "floor", "distill", "yolox", "classifier")
 TARGETS = {
     "prune_latency_ratio_max": 0.7,
     "prune_map_drop_max": 0.02,
@@ -75,6 +80,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prune-minutes", type=float, default=10.0, help="recovery budget")
     ap.add_argument("--steps", type=int, default=2, help="pruning steps")
     ap.add_argument("--max-ratio", type=float, default=0.4, help="largest channel ratio")
+    ap.add_argument(
+        "--floor-ratios",
+        default="0.6,0.75,0.75:1",
+        help="floor phase: RATIO[:ROUND_TO] list (latency only; round-to 8 unless given)",
+    )
     ap.add_argument("--prune-lr", type=float, default=None, help="recovery lr (default: prune's)")
     ap.add_argument(
         "--max-drop",
@@ -110,13 +120,59 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # -- prune ---------------------------------------------------------------------------
 
 
+def _int8_both(
+    pb: Any,
+    pruned: Path,
+    train: Path,
+    a: argparse.Namespace,
+    say: Any,
+    *,
+    latency_only: bool = False,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Quantize a pruned bundle with both backends: ``({backend: artifact}, {backend: refusal})``.
+
+    ``latency_only`` saves an artifact its gate refuses (``save_refused``, recorded by the
+    bundle) and calibrates on fewer images: for timing a graph, never for its accuracy.
+    """
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.errors import CheckFailed
+    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
+
+    int8: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for backend in ("openvino", "onnxruntime"):
+        say(f"quantizing the pruned model to INT8 ({backend})")
+        try:
+            q = quantize_bundle(
+                pb,
+                train,
+                options=QuantizeOptions(
+                    backend=backend,
+                    calib_size=64 if latency_only else 300,
+                    force=a.quick or latency_only,
+                    measure=False,
+                    progress=False,
+                    threads=a.threads,
+                    save_refused=latency_only,
+                ),
+                log=say,
+            )
+        except CheckFailed as exc:  # refused by its gate: recorded, the rest still measured
+            say(f"INT8 ({backend}) refused: {str(exc).splitlines()[0]}")
+            refused[backend] = str(exc)
+            continue
+        finally:
+            pb = Bundle.load(pruned)
+        int8[backend] = q.artifact
+    return int8, refused
+
+
 def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, Any]:
     from cvdeploy.bundle import Bundle
     from cvdeploy.compress import PruneOptions, prune_model
     from cvdeploy.compress.measure import accuracy, export_candidate, interleaved_latency
     from cvdeploy.errors import CheckFailed
     from cvdeploy.export import export_model
-    from cvdeploy.optimize import QuantizeOptions, quantize_bundle
 
     train = data.parent / "images" / "train"
     val_images = sorted((data.parent / "images" / "val").glob("*.jpg"))[:16]
@@ -149,31 +205,8 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
     export_model("detector-n", formats=["onnx", "openvino"], out=t / "source", data=train)
     src = Bundle.load(t / "source")
     pb = export_candidate(Bundle.load(pruned), runtime="openvino", gate_data=train)
-    int8: dict[str, str] = {}
-    res["int8_refused"] = {}
-    for backend in ("openvino", "onnxruntime"):
-        say(f"quantizing the pruned model to INT8 ({backend})")
-        try:
-            q = quantize_bundle(
-                pb,
-                train,
-                options=QuantizeOptions(
-                    backend=backend,
-                    calib_size=300,
-                    force=a.quick,
-                    measure=False,
-                    progress=False,
-                    threads=a.threads,
-                ),
-                log=say,
-            )
-        except CheckFailed as exc:  # refused by its gate: recorded, the rest still measured
-            say(f"INT8 ({backend}) refused: {str(exc).splitlines()[0]}")
-            res["int8_refused"][backend] = str(exc)
-            continue
-        finally:
-            pb = Bundle.load(pruned)
-        int8[backend] = q.artifact
+    int8, res["int8_refused"] = _int8_both(pb, pruned, train, a, say)
+    pb = Bundle.load(pruned)
     models = {
         "source onnx-fp32": (src, "onnx-fp32"),
         "pruned onnx-fp32": (pb, "onnx-fp32"),
@@ -239,6 +272,110 @@ def _prune(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
         )
         res["summary"][f"int8_{backend}"] = d
     return res
+
+
+# -- floor ---------------------------------------------------------------------------
+
+
+def _floor(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, Any]:
+    """Latency only: how close can channel pruning + INT8 get to the 0.4x target at all?
+
+    ``detector-n`` is pruned at each of ``--floor-ratios`` (0.75 is the most its head
+    allows; ``:1`` drops the rounding of channel counts) with two optimizer steps (no
+    recovery: the weights are not meant to detect anything, so nothing is scored), exported
+    to OpenVINO and quantized with both backends (saved even if the gate refuses). Every
+    artifact is timed in the same alternating rounds as the ONNX Runtime FP32 original.
+    What this bounds: recovery changes weights, not the graph, so a model pruned this far
+    runs no faster than measured here (slower, if anything: untrained weights give NMS
+    fewer candidate boxes), and one pruned less has more work. If the best ratio here is
+    above the target, no recovery recipe meets it with this graph on this CPU.
+    """
+    from cvdeploy.bundle import Bundle
+    from cvdeploy.compress import PruneOptions, prune_model
+    from cvdeploy.compress.measure import export_candidate, interleaved_latency
+    from cvdeploy.export import export_model
+
+    train = data.parent / "images" / "train"
+    val_images = sorted((data.parent / "images" / "val").glob("*.jpg"))[:16]
+    if not (t / "source").exists():
+        export_model("detector-n", formats=["onnx"], out=t / "source", data=train)
+    models: dict[str, tuple[Bundle, str]] = {
+        "source onnx-fp32": (Bundle.load(t / "source"), "onnx-fp32")
+    }
+    pruned_info: dict[str, Any] = {}
+    for spec in a.floor_ratios.split(","):
+        r_s, _, to_s = spec.partition(":")
+        r, to = float(r_s), int(to_s or 8)
+        name = f"ratio {r}" + ("" if to == 8 else f" round-to {to}")
+        say(f"pruning detector-n at {name} (2 optimizer steps: latency only)")
+        out = t / f"floor-{r}-{to}"
+        rep = prune_model(
+            "detector-n",
+            train,
+            out,
+            options=PruneOptions(
+                ratio=r,
+                round_to=to,
+                steps=1,
+                minutes=None,
+                iters=2,
+                labels=False,
+                threads=a.threads,
+                latency_rounds=1,
+                progress=False,
+            ),
+            log=say,
+        )
+        row = next(x for x in rep.to_dict()["rows"] if x["name"] == "step 1")
+        pb = export_candidate(Bundle.load(out), runtime="openvino", gate_data=train)
+        int8, refused = _int8_both(pb, out, train, a, say, latency_only=True)
+        pb = Bundle.load(out)
+        pruned_info[name] = {
+            "params": row["params"],
+            "macs": row["macs"],
+            "int8_refused": refused,
+        }
+        for art in ("onnx-fp32", "openvino-fp32", *int8.values()):
+            models[f"{name} {art}"] = (pb, art)
+    rounds = 1 if a.quick else a.rounds
+    say(f"timing {len(models)} artifacts in {rounds} alternating rounds")
+    lat = interleaved_latency(models, val_images, rounds=rounds, threads=a.threads)
+    base = lat["source onnx-fp32"]
+    rows: dict[str, dict[str, Any]] = {
+        k: {
+            "artifact": v.artifact,
+            "p50_ms": v.p50_ms,
+            "inference_p50_ms": v.inference_p50_ms,
+            "pre_post_p50_ms": v.pre_post_p50_ms,
+            "latency_ratio": _ratio(v.p50_ms, base.p50_ms),
+            "inference_ratio": _ratio(v.inference_p50_ms, base.inference_p50_ms),
+        }
+        for k, v in lat.items()
+    }
+    pruned = {k: r for k, r in rows.items() if k != "source onnx-fp32"}
+    int8_rows = {k: r for k, r in pruned.items() if "int8" in r["artifact"]}
+    best = min(pruned, key=lambda k: pruned[k]["latency_ratio"])
+    best_int8 = min(int8_rows, key=lambda k: int8_rows[k]["latency_ratio"]) if int8_rows else None
+    best_inf = min(pruned, key=lambda k: pruned[k]["inference_ratio"])
+    target = TARGETS["int8_latency_ratio_max"]
+    return {
+        "status": "done",
+        "pruned": pruned_info,
+        "rows": rows,
+        "summary": {
+            "best_any": {"key": best, "latency_ratio": pruned[best]["latency_ratio"]},
+            "best_int8": None
+            if best_int8 is None
+            else {"key": best_int8, "latency_ratio": int8_rows[best_int8]["latency_ratio"]},
+            "best_inference_only": {
+                "key": best_inf,
+                "inference_ratio": pruned[best_inf]["inference_ratio"],
+            },
+            "target_latency_ratio": target,
+            # the end-to-end ratio can only be met if some pruned artifact gets there
+            "target_reachable": pruned[best]["latency_ratio"] <= target,
+        },
+    }
 
 
 # -- distill -------------------------------------------------------------------------
@@ -425,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cvdeploy-bench-compress-") as tmp:
         t = Path(tmp)
         data: Path | None = None
-        if {"prune", "distill"} & set(phases):
+        if {"prune", "floor", "distill"} & set(phases):
             n_train, n_val = (32, 16) if a.quick else (a.n_train, 200)
             say(f"generating the synthetic set (seed 0, {n_train} train, {n_val} val)")
             data = make_detection_dataset(t / "data", n_train=n_train, n_val=n_val, seed=0)
@@ -436,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                 if phase == "prune":
                     assert data is not None
                     res = _prune(a, t, data, say)
+                elif phase == "floor":
+                    assert data is not None
+                    res = _floor(a, t, data, say)
                 elif phase == "distill":
                     assert data is not None
                     res = _distill(a, t, data, say)

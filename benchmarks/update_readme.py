@@ -358,6 +358,32 @@ def _prune_rows(prune: Any, what: str, data: dict[str, Any], quick: str) -> list
     return rows
 
 
+def _floor_row(floor: Any, quick: str) -> list[Row]:
+    """The ``floor`` phase: the fastest any pruned (+ INT8) version of the graph can be."""
+    s = _get(floor, "summary")
+    if not isinstance(s, dict):
+        return []
+    best_any = _num(_get(s, "best_any", "latency_ratio"))
+    best_int8 = _num(_get(s, "best_int8", "latency_ratio"))
+    inf = _num(_get(s, "best_inference_only", "inference_ratio"))
+    target = _num(s.get("target_latency_ratio"))
+    if best_any is None or target is None:
+        return []
+    reach = s.get("target_reachable")
+    return [
+        (
+            "detector-n pruned as far as its head allows, latency only (no recovery, nothing "
+            "scored): the fastest end to end vs the ONNX Runtime FP32 original, "
+            "a bound on pruned + INT8" + quick,
+            ("" if best_int8 is None else f"INT8 at best {best_int8:.2f}x; ")
+            + f"any pruned artifact {best_any:.2f}x ({_get(s, 'best_any', 'key')})"
+            + ("" if inf is None else f"; inference alone {inf:.2f}x"),
+            f"<= {target}x reachable at all",
+            _met(None if not isinstance(reach, bool) else reach),
+        )
+    ]
+
+
 def _compress_rows(r: Results) -> list[Row]:
     """``compress.json`` (``benchmarks/compress.py``): pruning, pruned + INT8, label-free
     distillation, YOLOX-Nano as a teacher, classifier-n. Nothing when it was not run."""
@@ -371,6 +397,7 @@ def _compress_rows(r: Results) -> list[Row]:
     best = _best_one_step(ph)
     if best is not None:
         rows += _prune_rows(_get(ph, best), _prune_label(best, _get(ph, best)), data, quick)
+    rows += _floor_row(_get(ph, "floor"), quick)
     d = _get(ph, "distill")
     ratio = _num(_get(d, "summary", "map_ratio"))
     free = _num(_get(d, "label_free", "map50_95"))

@@ -215,9 +215,22 @@ def test_compress_rows(ur: ModuleType, tmp_path: Path) -> None:
         },
         "yolox": {"summary": {"teacher_map50_95": 0.25, "student_map50_95": 0.05}},
         "classifier": {"summary": {"top1": 0.96, "train_minutes": 9.8}},
+        "floor": {
+            "summary": {
+                "best_any": {"key": "ratio 0.75 openvino-fp32", "latency_ratio": 0.418},
+                "best_int8": {"key": "ratio 0.75 onnx-int8", "latency_ratio": 0.479},
+                "best_inference_only": {"key": "x", "inference_ratio": 0.35},
+                "target_latency_ratio": 0.4,
+                "target_reachable": False,
+            }
+        },
     }
     (d / "compress.json").write_text(json.dumps({"threads": 2, "phases": phases}))
     table = ur.render_table(ur.load_results(d))
+    assert (
+        "| INT8 at best 0.48x; any pruned artifact 0.42x (ratio 0.75 openvino-fp32); "
+        "inference alone 0.35x | <= 0.4x reachable at all | **no** |" in table
+    )
     assert "| 0.60x (6.0 vs 10.0 ms), drop 0.0100, 40% of channels removed" in table
     assert "OpenVINO end to end, batch 1, 2 threads" in table
     assert "| 0.35x, drop 0.0200 | <= 0.4x, <= 0.03 | yes |" in table
