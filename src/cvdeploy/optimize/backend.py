@@ -26,6 +26,11 @@ from cvdeploy.spec import IOSpec
 
 BACKENDS = ("openvino", "onnxruntime", "tensorrt")
 ENGINES = ("ort", "nncf")
+NNCF_ENGINE_HINT = (
+    "--engine nncf quantizes a depthwise layer's input per channel, which quantize_static cannot"
+)
+"""Advice when ``--engine ort`` (``quantize_static``) loses too much: its per-tensor input
+scales erase small channels of depthwise layers (``cvdeploy doctor`` names such layers)."""
 ARTIFACT_IDS = {
     "openvino": "openvino-int8",
     "onnxruntime": "onnx-int8",

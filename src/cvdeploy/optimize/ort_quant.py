@@ -25,6 +25,7 @@ import onnx
 
 from cvdeploy.errors import BackendUnavailable, CheckFailed, ModelLoadError, UsageError
 from cvdeploy.optimize.backend import (
+    NNCF_ENGINE_HINT,
     QuantizeContext,
     QuantizedModel,
     candidate_predictor,
@@ -565,12 +566,7 @@ def _budget_failure(
         f"({', '.join(best['float_nodes'][:6]) or 'none'}); nothing was saved",
         hint="allow a larger --max-drop, calibrate on more images, or try --method "
         "entropy/percentile or --backend openvino"
-        + (
-            "; or --engine nncf, which quantizes a depthwise layer's input per channel "
-            "(quantize_static cannot)"
-            if nncf_hint
-            else ""
-        ),
+        + (f"; or {NNCF_ENGINE_HINT}" if nncf_hint else ""),
     )
 
 

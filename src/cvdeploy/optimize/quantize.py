@@ -29,6 +29,7 @@ from cvdeploy.environment import fingerprint
 from cvdeploy.errors import CheckFailed, UsageError
 from cvdeploy.optimize.backend import (
     ARTIFACT_IDS,
+    NNCF_ENGINE_HINT,
     QUANTIZERS,
     Log,
     QuantizeBackend,
@@ -251,8 +252,7 @@ def _gate(
             hint="try --method entropy or percentile, more calibration images, "
             "--keep-float for sensitive layers, or --max-drop with --eval-data"
             + (
-                "; --engine nncf quantizes a depthwise layer's input per channel, which "
-                "quantize_static cannot (`cvdeploy doctor` names such layers)"
+                f"; {NNCF_ENGINE_HINT} (`cvdeploy doctor` names such layers)"
                 if opts.backend == "onnxruntime" and opts.engine == "ort"
                 else ""
             )
