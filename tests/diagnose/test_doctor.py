@@ -289,6 +289,54 @@ def test_a_shared_quantizer_jump_is_reported_as_the_quantizer_with_every_layer_i
     assert g.title.endswith("the error jumps at layer c2 (Conv)") and "quantizer" not in g.title
 
 
+def test_a_jump_the_output_does_not_feel_is_information_not_a_warning() -> None:
+    """A first jump whose own error removes under 5 % of the output error (measured) is a
+    coarse layer, not a broken one: reported as info with that evidence and no keep-float
+    advice; a felt or unmeasured jump stays a warning (the demo's healthy OpenVINO INT8 has
+    such a layer at 11.9 dB, and `doctor --only layers` called it unhealthy)."""
+    from cvdeploy.diagnose.doctor import _layer_findings
+    from cvdeploy.diagnose.layerwise import LayerReport, LayerStat
+
+    def report(shares: list[float | None], quantizer: str | None) -> LayerReport:
+        layers = [
+            LayerStat("c1", "c1", "Conv", 0, 0.99, 40.0, 40.0, output_share=0.01),
+            *(
+                LayerStat(
+                    f"c{i + 2}",
+                    f"c{i + 2}",
+                    "Conv",
+                    i + 1,
+                    0.95,
+                    11.0,
+                    11.9,
+                    output_share=sh,
+                    quantizer=quantizer,
+                )
+                for i, sh in enumerate(shares)
+            ),
+        ]
+        jl = [s.layer for s in layers[1:]]
+        return LayerReport("int8", "fp32", 8, layers, [], "c2", 12.0, [], None, quantizer, jl)
+
+    (f,) = _layer_findings(report([-0.017], None))
+    assert f.severity == "info" and f.title.endswith("the error jumps at layer c2 (Conv)")
+    text = " ".join(f.evidence)
+    assert "taking c2's own error out changes the output error by +2%" in text
+    assert "does not feel it (under 5%)" in text
+    assert "--keep-float" not in f.fix and f.fix.startswith("nothing for this layer's sake")
+    for felt in ([0.3], [None]):  # felt, or not measured (--no-layer-shares): a warning
+        (g,) = _layer_findings(report(felt, None))
+        assert g.severity == "warning" and "--keep-float 'c2'" in g.fix
+        assert "does not feel" not in " ".join(g.evidence)
+    (q,) = _layer_findings(report([0.02, 0.01], "fq1"))  # a shared quantizer: the sum counts
+    assert q.severity == "info" and "quantizer fq1" in q.title
+    assert "taking these 2 layers' own error out changes the output error by -3%" in " ".join(
+        q.evidence
+    )
+    (q,) = _layer_findings(report([0.03, 0.03], "fq1"))
+    assert q.severity == "warning" and "check the calibration range of fq1" in q.fix
+
+
 def test_a_few_lost_channels_are_named_and_a_uniformly_coarse_layer_is_not() -> None:
     """A layer whose isolated error sits in a few output channels (a per-tensor input scale
     that rounds small channels to zero, read channel by channel) says so; a layer that is

@@ -45,6 +45,7 @@ from cvdeploy.diagnose.drift import (
 from cvdeploy.diagnose.findings import DoctorReport, Finding, Section
 from cvdeploy.diagnose.labels import Labelled, load_labelled
 from cvdeploy.diagnose.layerwise import (
+    JUMP_SHARE_MIN,
     LOST_DB,
     SHARE_TOP,
     LayerReport,
@@ -503,6 +504,34 @@ def _lost_channels(st: LayerStat) -> str:
     )
 
 
+_NOT_FELT_FIX = (
+    "nothing for this layer's sake; if accuracy falls short, the layers whose error reaches "
+    "the output are the ones to keep in float (the keep-float finding)"
+)
+
+
+def _unfelt(group: list[LayerStat]) -> list[str]:
+    """Evidence that a jump does not reach the output (empty: it does, or not measured).
+
+    A layer can sit under the jump threshold and still not matter: a coarse layer whose
+    error the layers after it absorb (the demo's healthy INT8 has one at 11.9 dB whose own
+    error accounts for none of the output's). A jump is a warning only when its own error
+    is at least :data:`JUMP_SHARE_MIN` of the output's, or when that was not measured.
+    """
+    shares = [s.output_share for s in group]
+    if not group or any(x is None for x in shares):
+        return []
+    total = sum(x for x in shares if x is not None)
+    if total >= JUMP_SHARE_MIN:
+        return []
+    who = f"{group[0].layer}'s" if len(group) == 1 else f"these {len(group)} layers'"
+    return [
+        f"taking {who} own error out changes the output error by {-total:+.0%}: the output "
+        f"does not feel it (under {JUMP_SHARE_MIN:.0%}), so the model is coarse there, not "
+        "broken; reported, not a warning"
+    ]
+
+
 def _layer_findings(lr: LayerReport) -> list[Finding]:
     out: list[Finding] = []
     local = [s.local_db for s in lr.layers]
@@ -510,10 +539,11 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
     if lr.first_jump is not None and lr.jump_quantizer is not None:
         group = [s for k in lr.jump_layers if (s := lr.layer(k)) is not None]
         names = ", ".join(f"{s.layer} ({s.local_db:.1f} dB)" for s in group)
+        unfelt = _unfelt(group)
         out.append(
             Finding(
                 kind="layers",
-                severity="warning",
+                severity="info" if unfelt else "warning",
                 title=f"{lr.artifact}: the error jumps at quantizer {lr.jump_quantizer}, the input "
                 f"of {len(group)} layers",
                 evidence=[
@@ -521,10 +551,13 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
                     f"{lr.jump_quantizer}'s output is an outlier: {names} (the median layer: "
                     f"{med:.1f} dB; threshold {lr.threshold_db:.1f} dB): the fault is in "
                     "the quantizer they share (its range), not in one layer's weights",
+                    *unfelt,
                     f"compared with {lr.source} on {lr.images} images, {len(lr.layers)} layers "
                     "matched by name",
                 ],
-                fix=f"check the calibration range of {lr.jump_quantizer} (calibration images "
+                fix=_NOT_FELT_FIX
+                if unfelt
+                else f"check the calibration range of {lr.jump_quantizer} (calibration images "
                 "like the production ones, --method percentile); or keep the layers it feeds "
                 "in float: `cvdeploy quantize BUNDLE --calib DATA --overwrite "
                 + " ".join(f"--keep-float '{k}'" for k in lr.jump_layers)
@@ -541,20 +574,24 @@ def _layer_findings(lr: LayerReport) -> list[Finding]:
     elif lr.first_jump is not None:
         st = lr.layer(lr.first_jump)
         assert st is not None
+        unfelt = _unfelt([st])
         out.append(
             Finding(
                 kind="layers",
-                severity="warning",
+                severity="info" if unfelt else "warning",
                 title=f"{lr.artifact}: the error jumps at layer {lr.first_jump} ({st.op_type})",
                 evidence=[
                     f"fed the float source's activations, {lr.first_jump} alone has an SQNR of "
                     f"{st.local_db:.1f} dB (the median layer: {med:.1f} dB; threshold "
                     f"{lr.threshold_db:.1f} dB), cosine {st.cosine:.4f} end to end",
                     *([_lost_channels(st)] if st.lost_channels else []),
+                    *unfelt,
                     f"compared with {lr.source} on {lr.images} images, {len(lr.layers)} layers "
                     "matched by name",
                 ],
-                fix=f"check how {lr.first_jump} was converted or quantized (its weights, its "
+                fix=_NOT_FELT_FIX
+                if unfelt
+                else f"check how {lr.first_jump} was converted or quantized (its weights, its "
                 "quantization scale); keep it in float: `cvdeploy quantize BUNDLE --calib DATA "
                 f"--keep-float '{lr.first_jump}' --overwrite`",
                 artifact=lr.artifact,

@@ -66,6 +66,9 @@ MAX_KEEP = 8
 SHARE_TOP = 8
 """Default ``share_top``: the output shares of the 8 largest isolated errors and the 8
 largest SQNR drops are measured (at most 16 runs instead of one per layer)."""
+JUMP_SHARE_MIN = 0.05
+"""A first jump whose own error is less than this share of the output's error (its
+``output_share``) is reported as information, not a warning: the output does not feel it."""
 LOST_DB = 10.0
 """Isolated SQNR of one output channel below which the channel is lost (its error a tenth of
 its signal's power or more, a third of its amplitude) when it is also this far below the
