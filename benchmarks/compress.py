@@ -326,13 +326,14 @@ def _floor(a: argparse.Namespace, t: Path, data: Path, say: Any) -> dict[str, An
             ),
             log=say,
         )
-        row = next(x for x in rep.to_dict()["rows"] if x["name"] == "step 1")
+        row = rep.row("step 1")
+        assert row is not None  # one step was asked for and run
         pb = export_candidate(Bundle.load(out), runtime="openvino", gate_data=train)
         int8, refused = _int8_both(pb, out, train, a, say, latency_only=True)
         pb = Bundle.load(out)
         pruned_info[name] = {
-            "params": row["params"],
-            "macs": row["macs"],
+            "params": row.params,
+            "macs": row.macs,
             "int8_refused": refused,
         }
         for art in ("onnx-fp32", "openvino-fp32", *int8.values()):
